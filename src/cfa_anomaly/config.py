@@ -1,0 +1,223 @@
+"""Typed configuration: dataclasses, YAML in and out, overrides and validation with clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MVTEC_CATEGORIES: tuple[str, ...] = (
+    "carpet", "grid", "leather", "tile", "wood",
+    "bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "transistor", "zipper",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/mvtec_ad"  # folder that holds <category>/train, <category>/test, <category>/ground_truth
+    category: str = "bottle"
+    resize: int = 256
+    crop: int = 224
+    batch_size: int = 4
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "wide_resnet50_2"
+    pretrained: bool = True  # false means random backbone weights: only for tests and timing
+    weights: str | None = None  # local weights file for the backbone; None: offline package or download
+    gamma_c: int = 1  # memory bank compression: H*W // gamma_c centres (k-means when > 1)
+    gamma_d: int = 1  # descriptor width: backbone channels // gamma_d
+    K: int = 3  # nearest centres attracted (and used for scoring)
+    J: int = 3  # next nearest centres repelled (K+1 .. K+J)
+    nu: float = 1e-3
+    alpha: float = 0.1
+    radius_init: float = 1e-5
+    blur_sigma: float = 4.0
+    kmeans_iters: int = 100
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "runs"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> Config:
+        """Check values before any expensive work; raise ConfigError naming the key and the allowed range."""
+        checks: list[tuple[str, bool, str]] = [
+            ("data.resize", self.data.resize > 0, "a positive integer"),
+            ("data.crop", 0 < self.data.crop <= self.data.resize, f"a positive integer <= data.resize ({self.data.resize})"),
+            ("data.batch_size", self.data.batch_size > 0, "a positive integer"),
+            ("data.num_workers", self.data.num_workers >= 0, "an integer >= 0"),
+            ("model.gamma_c", self.model.gamma_c >= 1, "an integer >= 1"),
+            ("model.gamma_d", self.model.gamma_d >= 1, "an integer >= 1"),
+            ("model.K", self.model.K >= 1, "an integer >= 1"),
+            ("model.J", self.model.J >= 0, "an integer >= 0"),
+            ("model.nu", self.model.nu > 0, "a positive number"),
+            ("model.alpha", self.model.alpha >= 0, "a number >= 0"),
+            ("model.radius_init", self.model.radius_init >= 0, "a number >= 0"),
+            ("model.blur_sigma", self.model.blur_sigma >= 0, "a number >= 0 (0 disables smoothing)"),
+            ("model.kmeans_iters", self.model.kmeans_iters >= 1, "an integer >= 1"),
+            ("train.epochs", self.train.epochs >= 0, "an integer >= 0"),
+            ("train.lr", self.train.lr > 0, "a positive number"),
+            ("train.weight_decay", self.train.weight_decay >= 0, "a number >= 0"),
+        ]
+        for key, ok, allowed in checks:
+            if not ok:
+                raise ConfigError(f"{key} = {_get(self, key)!r} is invalid: it must be {allowed}")
+        if self.model.pretrained is False and self.model.weights:
+            raise ConfigError("model.weights is set but model.pretrained is false: remove one of them")
+        device = self.train.device
+        if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+            raise ConfigError(f"train.device = {device!r} is invalid: use auto, cpu, cuda or cuda:N")
+        # Memory-bank size limits that depend on the feature-map size (stride 4 of the crop).
+        positions = (self.data.crop // 4) ** 2
+        centres = positions // self.model.gamma_c
+        if centres < 1:
+            raise ConfigError(
+                f"model.gamma_c = {self.model.gamma_c} is too large: the {self.data.crop}px crop gives "
+                f"{positions} patch positions, so gamma_c must be <= {positions}"
+            )
+        if self.model.K + self.model.J > centres:
+            raise ConfigError(
+                f"model.K + model.J = {self.model.K + self.model.J} exceeds the memory bank size {centres} "
+                f"(crop {self.data.crop}px, gamma_c {self.model.gamma_c}); lower K/J or gamma_c"
+            )
+        return self
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    section, _, name = dotted.partition(".")
+    return getattr(getattr(cfg, section), name) if name else getattr(cfg, section)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert a YAML or command-line value to the annotated type, or raise ConfigError naming the key."""
+    hints = typing.get_args(annotation) or (annotation,)
+    allows_none = type(None) in hints
+    base = next((h for h in hints if h is not type(None)), annotation)
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+        if allows_none:
+            return None
+        raise ConfigError(f"{key} must not be empty: give a {base.__name__}")
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+                return value.lower() in ("true", "yes", "1")
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    raise ConfigError(f"{key} = {value!r} has the wrong type: expected {base.__name__}")
+
+
+def _section_types(section_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(section_cls)
+
+
+def apply_dict(cfg: Config, values: dict[str, Any], source: str = "config") -> Config:
+    """Apply nested values to cfg; unknown sections or keys are rejected by name."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections (data, model, train), got {type(values).__name__}")
+    top_types = _section_types(Config)
+    for section, content in values.items():
+        if section not in top_types:
+            raise ConfigError(f"{source}: unknown key {section!r}; known keys: {', '.join(top_types)}")
+        if section == "output_dir":
+            cfg.output_dir = _coerce("output_dir", content, str)
+            continue
+        if not isinstance(content, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping of keys to values")
+        target = getattr(cfg, section)
+        types = _section_types(type(target))
+        for key, value in content.items():
+            if key not in types:
+                raise ConfigError(
+                    f"{source}: unknown key {section}.{key}; known keys in {section}: {', '.join(types)}"
+                )
+            setattr(target, key, _coerce(f"{section}.{key}", value, types[key]))
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn ["model.backbone=resnet18", "train.epochs=5"] into a nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=10")
+        value = yaml.safe_load(raw) if raw else ""
+        parts = key.split(".")
+        if len(parts) > 2:
+            raise ConfigError(f"override {item!r}: keys have at most two parts (section.key)")
+        if len(parts) == 1:
+            nested[parts[0]] = value
+        else:
+            nested.setdefault(parts[0], {})[parts[1]] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (if any), then command-line overrides; validated."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            content = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        apply_dict(cfg, content, source=str(path))
+    if overrides:
+        apply_dict(cfg, parse_overrides(overrides), source="command line")
+    return cfg.validate()
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a Config saved with to_dict (e.g. from a checkpoint)."""
+    return apply_dict(Config(), values, source="checkpoint config").validate()
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    from cfa_anomaly.io_utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,63 @@
+"""A torch Dataset over a sample index: image in 0..1, mask, label and path, all with one geometry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cfa_anomaly.data.images import check_same_size, image_to_tensor, mask_to_tensor, read_mask, read_rgb
+from cfa_anomaly.data.samples import Sample
+
+
+class AnomalyDataset(Dataset):
+    """Items: {"image": (3,S,S) float 0..1, "mask": (S,S) bool, "label": int, "path": str}."""
+
+    def __init__(self, samples: Sequence[Sample], resize: int, crop: int) -> None:
+        self.samples = list(samples)
+        self.resize = resize
+        self.crop = crop
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        rgb = read_rgb(sample.image)
+        if sample.mask is not None:
+            mask = read_mask(sample.mask)
+            check_same_size(mask, sample.mask, rgb, sample.image)
+        else:
+            mask = np.zeros(rgb.shape[:2], dtype=bool)
+        return {
+            "image": image_to_tensor(rgb, self.resize, self.crop),
+            "mask": mask_to_tensor(mask, self.resize, self.crop),
+            "label": sample.label,
+            "path": str(sample.image),
+        }
+
+
+class ImageFilesDataset(Dataset):
+    """Plain image files (for predict): {"image", "path"}."""
+
+    def __init__(self, paths: Sequence[Path], resize: int, crop: int) -> None:
+        self.paths = list(paths)
+        self.resize = resize
+        self.crop = crop
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.paths[index]
+        return {"image": image_to_tensor(read_rgb(path), self.resize, self.crop), "path": str(path)}
+
+
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """Deterministic order (no shuffling is needed: features are cached and batches re-drawn per epoch)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      persistent_workers=False, pin_memory=torch.cuda.is_available())

@@ -1,0 +1,91 @@
+"""Reading images and masks, and giving both the same geometry (resize, then center-crop)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from cfa_anomaly.data.samples import DatasetError
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()
+    except FileNotFoundError as err:
+        raise DatasetError(f"file not found: {path}") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DatasetError(f"cannot read image {path}: {err}; the file is corrupt or not an image") from err
+    return image
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale 16-bit or 32-bit integer data to 0..255; float data is assumed to be in 0..1."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.floating):
+        return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    top = 65535 if array.max(initial=0) > 255 else 255
+    return (np.clip(array.astype(np.float64), 0, top) * (255.0 / top) + 0.5).astype(np.uint8)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as an (H, W, 3) uint8 array: grayscale is repeated, alpha dropped, 16-bit scaled."""
+    image = _open(path)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        gray = _to_uint8(np.asarray(image))
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.array(image.convert("RGB"))
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A mask file as an (H, W) bool array.
+
+    Defective pixels are those >= 128 in 8-bit terms (MVTec masks are 0/255); masks stored as 0/1 are
+    recognised by a maximum of 1.
+    """
+    image = _open(path)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F", "1", "L", "P"):
+        raw = np.asarray(image.convert("L") if image.mode in ("1", "P") else image)
+    else:
+        raw = np.asarray(image.convert("L"))
+    if raw.ndim != 2:
+        raise DatasetError(f"mask {path} has shape {raw.shape}: expected a single-channel image")
+    if raw.max(initial=0) <= 1:
+        return raw > 0
+    return _to_uint8(raw) >= 128
+
+
+def resize_center_crop(tensor: torch.Tensor, resize: int, crop: int, nearest: bool = False) -> torch.Tensor:
+    """Resize a (C, H, W) tensor to resize x resize, then keep the central crop x crop square."""
+    mode = "nearest-exact" if nearest else "bilinear"
+    kwargs = {} if nearest else {"align_corners": False, "antialias": True}
+    resized = F.interpolate(tensor[None].float(), size=(resize, resize), mode=mode, **kwargs)[0]
+    top = (resize - crop) // 2
+    return resized[:, top: top + crop, top: top + crop]
+
+
+def image_to_tensor(rgb: np.ndarray, resize: int, crop: int) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, crop, crop) float tensor in 0..1."""
+    tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255.0
+    return resize_center_crop(tensor, resize, crop).clamp_(0.0, 1.0)
+
+
+def mask_to_tensor(mask: np.ndarray, resize: int, crop: int) -> torch.Tensor:
+    """(H, W) bool -> (crop, crop) bool tensor, nearest-neighbour so it stays binary."""
+    tensor = torch.from_numpy(np.ascontiguousarray(mask))[None].to(torch.uint8)
+    return resize_center_crop(tensor, resize, crop, nearest=True)[0] > 0.5
+
+
+def check_same_size(mask: np.ndarray, mask_path: Path, image: np.ndarray, image_path: Path) -> None:
+    if mask.shape != image.shape[:2]:
+        raise DatasetError(
+            f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
+            f"{image.shape[1]}x{image.shape[0]}; a mask must have its image's size"
+        )

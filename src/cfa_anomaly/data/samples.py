@@ -1,0 +1,109 @@
+"""The sample index of an MVTec AD-style category: which images, which masks, which labels.
+
+Layout (MVTec AD, or a user's own product in the same shape)::
+
+    <root>/<category>/train/good/*.png
+    <root>/<category>/test/good/*.png
+    <root>/<category>/test/<defect>/*.png
+    <root>/<category>/ground_truth/<defect>/<stem>_mask.png   (or <stem>.png)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+GOOD = "good"
+
+
+class DatasetError(ValueError):
+    """A dataset folder that does not follow the layout; the message names the file or folder."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: Path
+    mask: Path | None  # None for good images
+    label: int  # 0 good, 1 defective
+    defect_type: str
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files of a folder, sorted; hidden files ignored."""
+    return sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _mask_stem(mask: Path) -> str:
+    return mask.stem[: -len("_mask")] if mask.stem.endswith("_mask") else mask.stem
+
+
+def _pair_masks(images: list[Path], mask_folder: Path) -> list[Path]:
+    """Return the mask of each image; every image needs exactly one mask and every mask an image."""
+    if not mask_folder.is_dir():
+        raise DatasetError(
+            f"missing mask folder {mask_folder}: every defect type under test/ needs its masks in "
+            "ground_truth/<defect>/ named <stem>_mask.png or <stem>.png"
+        )
+    masks_by_stem: dict[str, Path] = {}
+    for mask in list_images(mask_folder):
+        stem = _mask_stem(mask)
+        if stem in masks_by_stem:
+            raise DatasetError(f"two masks for image stem {stem!r}: {masks_by_stem[stem]} and {mask}; keep one")
+        masks_by_stem[stem] = mask
+    paired: list[Path] = []
+    for image in images:
+        mask = masks_by_stem.pop(image.stem, None)
+        if mask is None:
+            raise DatasetError(
+                f"no mask for {image}: expected {mask_folder / (image.stem + '_mask.png')} "
+                f"or {mask_folder / (image.stem + '.png')}"
+            )
+        paired.append(mask)
+    if masks_by_stem:
+        orphan = sorted(masks_by_stem.values())[0]
+        raise DatasetError(f"mask without an image: {orphan} (no image with stem {_mask_stem(orphan)!r} "
+                           f"in {images[0].parent if images else 'the test folder'})")
+    return paired
+
+
+def category_dir(root: str | Path, category: str) -> Path:
+    """The category folder, or a DatasetError saying where it was looked for."""
+    folder = Path(root).expanduser() / category
+    if not (folder / "train").is_dir():
+        raise DatasetError(
+            f"dataset not found: looked for {folder / 'train'} (data.root={str(root)!r}, "
+            f"data.category={category!r}); pass --data_root / data.root=<folder holding {category}/>"
+        )
+    return folder
+
+
+def make_samples(root: str | Path, category: str, split: Literal["train", "test"]) -> list[Sample]:
+    """Index one split of a category; raises DatasetError naming the file when the layout is broken."""
+    folder = category_dir(root, category) / split
+    if not folder.is_dir():
+        raise DatasetError(f"missing folder {folder}")
+    if split == "train":
+        good = folder / GOOD
+        images = list_images(good) if good.is_dir() else []
+        if not images:
+            raise DatasetError(f"no training images in {good}: put defect-free images there")
+        return [Sample(image=p, mask=None, label=0, defect_type=GOOD) for p in images]
+
+    samples: list[Sample] = []
+    for defect_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        images = list_images(defect_dir)
+        if not images:
+            raise DatasetError(f"empty test folder {defect_dir}: remove it or add images")
+        if defect_dir.name == GOOD:
+            samples += [Sample(image=p, mask=None, label=0, defect_type=GOOD) for p in images]
+            continue
+        masks = _pair_masks(images, folder.parent / "ground_truth" / defect_dir.name)
+        samples += [Sample(image=i, mask=m, label=1, defect_type=defect_dir.name) for i, m in zip(images, masks)]
+    if not samples:
+        raise DatasetError(f"no test images under {folder}: expected test/good/ and test/<defect>/ folders")
+    return samples

@@ -1,0 +1,60 @@
+"""Scoring images with a trained model and computing the test metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from cfa_anomaly import metrics
+from cfa_anomaly.model import CFA
+
+
+@dataclass
+class Predictions:
+    paths: list[str]
+    scores: np.ndarray  # (N,) image scores
+    maps: np.ndarray  # (N, H, W) smoothed anomaly maps
+    images_per_second: float  # backbone through smoothed map, data loading excluded
+    labels: np.ndarray | None = None  # (N,) 0 good / 1 defective, when known
+    masks: np.ndarray | None = None  # (N, H, W) bool, when known
+
+
+def predict(model: CFA, loader: DataLoader, device: torch.device, desc: str = "test") -> Predictions:
+    """Maps and scores for every image of the loader; labels and masks are kept when the loader has them."""
+    model.eval()
+    paths, scores, maps, labels, masks = [], [], [], [], []
+    compute_seconds = 0.0
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+            images = batch["image"].to(device)
+            start = time.perf_counter()
+            batch_maps, batch_scores = model(images)
+            batch_maps, batch_scores = batch_maps.float().cpu(), batch_scores.float().cpu()
+            compute_seconds += time.perf_counter() - start
+            maps.append(batch_maps.numpy())
+            scores.append(batch_scores.numpy())
+            paths += list(batch["path"])
+            if "label" in batch:
+                labels.append(np.asarray(batch["label"]))
+                masks.append(batch["mask"].numpy())
+    count = len(paths)
+    return Predictions(
+        paths=paths,
+        scores=np.concatenate(scores) if scores else np.zeros(0),
+        maps=np.concatenate(maps) if maps else np.zeros((0, 0, 0)),
+        images_per_second=count / compute_seconds if compute_seconds > 0 else float("nan"),
+        labels=np.concatenate(labels) if labels else None,
+        masks=np.concatenate(masks).astype(bool) if masks else None,
+    )
+
+
+def compute_test_metrics(predictions: Predictions) -> dict[str, float | None]:
+    """Image AUROC, pixel AUROC, pixel F1-max (test-fitted threshold) and AUPRO (FPR <= 0.3)."""
+    if predictions.labels is None or predictions.masks is None:
+        raise ValueError("metrics need labels and masks: score a test split, not plain images")
+    return metrics.compute_all(predictions.labels, predictions.scores, predictions.masks, predictions.maps)

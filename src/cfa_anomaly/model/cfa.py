@@ -1,0 +1,61 @@
+"""The CFA model: frozen backbone, patch descriptor, memory bank, loss with learned radius, scorer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from cfa_anomaly.backbones import FeatureExtractor
+from cfa_anomaly.config import ModelConfig
+from cfa_anomaly.model.descriptor import PatchDescriptor, aggregate_maps
+from cfa_anomaly.model.loss import CoupledHypersphereLoss
+from cfa_anomaly.model.scorer import anomaly_maps, patch_scores
+
+
+def flatten_patches(features: torch.Tensor) -> torch.Tensor:
+    """(B, D, h, w) -> (B*h*w, D)."""
+    return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+
+
+class CFA(nn.Module):
+    """Only the descriptor, the radius and the memory bank are state; the backbone is rebuilt from config."""
+
+    def __init__(self, extractor: FeatureExtractor, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.extractor = extractor
+        self.descriptor = PatchDescriptor(sum(extractor.channels), cfg.gamma_d)
+        self.loss_fn = CoupledHypersphereLoss(cfg.K, cfg.J, cfg.nu, cfg.alpha, cfg.radius_init)
+        self.register_buffer("memory_bank", torch.zeros(0, self.descriptor.out_channels))
+
+    @torch.no_grad()
+    def aggregate(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen part: images (B,3,H,W) in 0..1 -> pooled, aligned, concatenated maps (B, C, H/4, W/4)."""
+        return aggregate_maps(self.extractor(images))
+
+    def loss(self, aggregated: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(flatten_patches(self.descriptor(aggregated)), self.memory_bank)
+
+    def score_aggregated(self, aggregated: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aggregated maps -> (smoothed anomaly maps (B, H, W), image scores (B,) = max of each map)."""
+        if self.memory_bank.shape[0] == 0:
+            raise RuntimeError("the memory bank is empty: train the model or load a checkpoint first")
+        features = self.descriptor(aggregated)
+        batch, _, height, width = features.shape
+        scores = patch_scores(flatten_patches(features).float(), self.memory_bank.float(), self.cfg.K)
+        maps = anomaly_maps(scores.view(batch, height, width), size, self.cfg.blur_sigma)
+        return maps, maps.flatten(1).amax(dim=1)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.score_aggregated(self.aggregate(images), tuple(images.shape[-2:]))
+
+    def learned_state(self) -> dict[str, torch.Tensor]:
+        """Everything training produced: descriptor weights, radius, memory bank."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("extractor.")}
+
+    def load_learned_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.memory_bank = torch.empty_like(state["memory_bank"])
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("extractor.")]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not fit this model: missing {missing}, unexpected {unexpected}")

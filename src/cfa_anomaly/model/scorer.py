@@ -1,0 +1,29 @@
+"""Patch scores and anomaly maps: softmin-weighted distance to the nearest centre, upsampled and smoothed."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2.functional import gaussian_blur
+
+from cfa_anomaly.model.distances import nearest_centres
+
+
+def patch_scores(features: torch.Tensor, bank: torch.Tensor, K: int) -> torch.Tensor:
+    """(N, D) -> (N,) score = softmin(d)[0] * d[0], d = Euclidean distances to the K nearest centres."""
+    squared, _ = nearest_centres(features, bank, K)
+    dist = squared.sqrt()
+    return torch.softmax(-dist, dim=1)[:, 0] * dist[:, 0]
+
+
+def gaussian_kernel_size(sigma: float) -> int:
+    """Odd kernel covering +-4 sigma."""
+    return 2 * int(4.0 * sigma + 0.5) + 1
+
+
+def anomaly_maps(score_grid: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+    """(B, h, w) patch scores -> (B, H, W) maps: bilinear upsampling, then a Gaussian of std sigma."""
+    maps = F.interpolate(score_grid.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+    if sigma > 0:
+        maps = gaussian_blur(maps, kernel_size=[gaussian_kernel_size(sigma)] * 2, sigma=[sigma, sigma])
+    return maps.squeeze(1)
