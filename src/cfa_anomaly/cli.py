@@ -80,7 +80,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predictions = predict_images(Path(args.checkpoint), args.inputs, output)
     for path, score in zip(predictions.paths, predictions.scores):
         print(f"{score:10.4f}  {path}")
-    print(f"scores.csv, maps.npz and heatmaps/ written to {output}")
+    print(f"scores.csv, maps.npz and panels/ written to {output}")
 
 
 def demo_config(root: Path, overrides: Sequence[str]) -> Config:

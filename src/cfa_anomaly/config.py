@@ -28,6 +28,10 @@ class DataConfig:
     crop: int = 224
     batch_size: int = 4
     num_workers: int = 0
+    # Normal images held out of training to set the decision threshold (never the test set):
+    # a seeded fraction of train/good, or a folder of normal images given here.
+    holdout_fraction: float = 0.1
+    holdout_dir: str | None = None
 
 
 @dataclass
@@ -56,10 +60,20 @@ class TrainConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    threshold_quantile: float = 0.99  # decision threshold: this quantile of the held-out normal image scores
+    panels: bool = True  # one PNG per test image
+    gif_good_frames: int = 3
+    gif_max_frames: int = 30
+    gif_width: int = 640
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     output_dir: str = "runs"
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +86,12 @@ class Config:
             ("data.crop", 0 < self.data.crop <= self.data.resize, f"a positive integer <= data.resize ({self.data.resize})"),
             ("data.batch_size", self.data.batch_size > 0, "a positive integer"),
             ("data.num_workers", self.data.num_workers >= 0, "an integer >= 0"),
+            ("data.holdout_fraction", 0.0 <= self.data.holdout_fraction <= 0.5, "a number from 0 to 0.5"),
+            ("evaluation.threshold_quantile", 0.0 < self.evaluation.threshold_quantile <= 1.0,
+             "a number in (0, 1]"),
+            ("evaluation.gif_good_frames", self.evaluation.gif_good_frames >= 0, "an integer >= 0"),
+            ("evaluation.gif_max_frames", self.evaluation.gif_max_frames >= 1, "an integer >= 1"),
+            ("evaluation.gif_width", self.evaluation.gif_width >= 64, "an integer >= 64"),
             ("model.gamma_c", self.model.gamma_c >= 1, "an integer >= 1"),
             ("model.gamma_d", self.model.gamma_d >= 1, "an integer >= 1"),
             ("model.K", self.model.K >= 1, "an integer >= 1"),

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import imageio.v3 as iio
 import numpy as np
-from matplotlib import colormaps
 
+from cfa_anomaly import viz
+from cfa_anomaly.config import EvaluationConfig
 from cfa_anomaly.data.images import image_to_tensor, read_rgb
 from cfa_anomaly.evaluate import Predictions
 from cfa_anomaly.io_utils import atomic_write, atomic_write_text
@@ -58,13 +58,16 @@ def format_metrics_table(results: dict[str, float | None]) -> str:
     return "\n".join(lines)
 
 
-def write_scores_csv(path: Path, predictions: Predictions) -> None:
+def write_scores_csv(path: Path, predictions: Predictions, threshold: float | None = None) -> None:
+    """path, score, decision at the held-out threshold (when there is one), label (when known)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     has_labels = predictions.labels is not None
-    writer.writerow(["path", "score", *(["label"] if has_labels else [])])
+    writer.writerow(["path", "score", "decision", *(["label"] if has_labels else [])])
     for index, image_path in enumerate(predictions.paths):
-        row: list[Any] = [image_path, f"{predictions.scores[index]:.6g}"]
+        score = float(predictions.scores[index])
+        decision = "" if threshold is None else ("defective" if score >= threshold else "good")
+        row: list[Any] = [image_path, f"{score:.6g}", decision]
         if has_labels:
             row.append(int(predictions.labels[index]))
         writer.writerow(row)
@@ -79,20 +82,39 @@ def write_maps(path: Path, predictions: Predictions) -> None:
     atomic_write(path, write)
 
 
-def heatmap_overlay(rgb: np.ndarray, anomaly_map: np.ndarray, low: float, high: float) -> np.ndarray:
-    """(H,W,3) uint8 image and (H,W) map -> uint8 overlay with the jet colour map on a shared scale."""
-    scaled = np.clip((anomaly_map - low) / max(high - low, 1e-12), 0.0, 1.0)
-    colours = colormaps["jet"](scaled)[..., :3]
-    return (0.5 * rgb / 255.0 + 0.5 * colours).clip(0, 1).__mul__(255).astype(np.uint8)
+def cropped_rgb(path: str | Path, resize: int, crop: int) -> np.ndarray:
+    """The image as the model saw it: (crop, crop, 3) uint8."""
+    tensor = image_to_tensor(read_rgb(Path(path)), resize, crop)
+    return (tensor.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
-def write_heatmaps(folder: Path, predictions: Predictions, resize: int, crop: int) -> None:
-    """One overlay PNG per image under folder/<parent folder name>/<stem>.png, colour scale shared by all."""
-    low, high = float(predictions.maps.min()), float(predictions.maps.max())
-    for image_path, anomaly_map in zip(predictions.paths, predictions.maps):
-        source = Path(image_path)
-        rgb = (image_to_tensor(read_rgb(source), resize, crop).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-        target = folder / source.parent.name / f"{source.stem}.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        overlay = heatmap_overlay(rgb, anomaly_map, low, high)
-        atomic_write(target, lambda handle, image=overlay: handle.write(iio.imwrite("<bytes>", image, extension=".png")))
+def panel_name(path: str | Path) -> str:
+    """<parent folder>/<stem>: unique within an MVTec-style test split (defect type / image)."""
+    source = Path(path)
+    return f"{source.parent.name}/{source.stem}"
+
+
+def write_visuals(output: Path, predictions: Predictions, resize: int, crop: int, threshold: float | None,
+                  evaluation: EvaluationConfig, title: str) -> dict[str, str]:
+    """Panels (one per image), and for labelled data a GIF, ROC curves and a score histogram."""
+    written: dict[str, str] = {}
+    images = [cropped_rgb(p, resize, crop) for p in predictions.paths]
+    names = [panel_name(p) for p in predictions.paths]
+    labelled = predictions.labels is not None
+    if evaluation.panels:
+        viz.write_panels(output / "panels", images, predictions.maps, predictions.scores, names, threshold,
+                         predictions.masks, has_truth=labelled)
+        written["panels"] = "panels/"
+    if not labelled:
+        return written
+    order = viz.gif_order(predictions.labels, evaluation.gif_good_frames, evaluation.gif_max_frames)
+    scale = (float(predictions.maps.min()), float(predictions.maps.max()))
+    frames = [viz.render_panel(images[i], predictions.maps[i], float(predictions.scores[i]), threshold, scale,
+                               predictions.masks[i], title=names[i]) for i in order]
+    viz.write_gif(output / f"{title}.gif", frames, max_width=evaluation.gif_width)
+    viz.plot_roc(output / "roc.png", predictions.labels, predictions.scores, predictions.masks, predictions.maps,
+                 title=title)
+    viz.plot_score_histogram(output / "score_histogram.png", predictions.labels, predictions.scores, threshold,
+                             title=title)
+    written.update({"gif": f"{title}.gif", "roc": "roc.png", "histogram": "score_histogram.png"})
+    return written

@@ -7,17 +7,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cfa_anomaly import __version__
 from cfa_anomaly.checkpoint import load_state_into, read_checkpoint, save_checkpoint
 from cfa_anomaly.config import Config, save_config
 from cfa_anomaly.data.dataset import AnomalyDataset, ImageFilesDataset, make_loader
-from cfa_anomaly.data.samples import DatasetError, list_images, make_samples
+from cfa_anomaly.data.samples import DatasetError, Sample, folder_samples, list_images, make_samples, split_holdout
 from cfa_anomaly.evaluate import Predictions, compute_test_metrics, predict
 from cfa_anomaly.io_utils import atomic_write_json
 from cfa_anomaly.model import CFA
-from cfa_anomaly.outputs import format_metrics_table, write_heatmaps, write_maps, write_scores_csv
+from cfa_anomaly.outputs import format_metrics_table, write_maps, write_scores_csv, write_visuals
 from cfa_anomaly.train import TrainResult, build_model, fit, resolve_device
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -28,10 +29,45 @@ def _environment() -> dict[str, Any]:
             "machine": platform.machine()}
 
 
-def _loader(cfg: Config, split: str):
-    samples = make_samples(cfg.data.root, cfg.data.category, split)  # raises DatasetError before any model work
+def _loader_of(samples, cfg: Config):
     return make_loader(AnomalyDataset(samples, cfg.data.resize, cfg.data.crop), cfg.data.batch_size,
                        cfg.data.num_workers)
+
+
+def _loader(cfg: Config, split: str):
+    return _loader_of(make_samples(cfg.data.root, cfg.data.category, split), cfg)
+
+
+def training_split(cfg: Config) -> tuple[list[Sample], list[Sample]]:
+    """(training images, held-out normal images for the threshold), as the config asks."""
+    samples = make_samples(cfg.data.root, cfg.data.category, "train")
+    if cfg.data.holdout_dir:
+        return samples, folder_samples(cfg.data.holdout_dir)
+    return split_holdout(samples, cfg.data.holdout_fraction, cfg.train.seed)
+
+
+def holdout_threshold(model: CFA, holdout: list[Sample], cfg: Config, device: torch.device) -> dict[str, Any]:
+    """Decision threshold = a high quantile of held-out normal images' scores (never the test set)."""
+    if not holdout:
+        return {"value": None, "source": "none: data.holdout_fraction is 0 and no data.holdout_dir"}
+    scores = predict(model, _loader_of(holdout, cfg), device, desc="holdout").scores
+    quantile = cfg.evaluation.threshold_quantile
+    return {"value": float(np.quantile(scores, quantile)), "quantile": quantile, "images": len(holdout),
+            "source": f"quantile {quantile} of the image scores of {len(holdout)} held-out normal images"}
+
+
+def decisions_at_threshold(predictions: Predictions, threshold: float | None) -> dict[str, Any] | None:
+    """Image-level outcome at the held-out threshold: what a deployment would have seen."""
+    if threshold is None or predictions.labels is None:
+        return None
+    flagged = predictions.scores >= threshold
+    defective = predictions.labels == 1
+    return {
+        "threshold": threshold,
+        "defective_flagged": f"{int((flagged & defective).sum())}/{int(defective.sum())}",
+        "good_flagged": f"{int((flagged & ~defective).sum())}/{int((~defective).sum())}",
+        "accuracy": round(float((flagged == defective).mean()), 4),
+    }
 
 
 def _test_report(cfg: Config, predictions: Predictions, results: dict[str, Any]) -> dict[str, Any]:
@@ -49,43 +85,52 @@ def _test_report(cfg: Config, predictions: Predictions, results: dict[str, Any])
 
 
 def evaluate_and_write(model: CFA, cfg: Config, device: torch.device, output: Path,
-                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Score the test split; write metrics.json, scores.csv, maps.npz and heatmaps/ into output."""
-    loader = _loader(cfg, "test")
-    predictions = predict(model, loader, device)
+                       threshold: float | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Score the test split; write metrics.json, scores.csv, maps.npz, panels, GIF and plots into output."""
+    predictions = predict(model, _loader(cfg, "test"), device)
     report = _test_report(cfg, predictions, compute_test_metrics(predictions))
+    report["at_threshold"] = decisions_at_threshold(predictions, threshold)
     report.update(extra or {})
     report["config"] = cfg.to_dict()
     report["environment"] = _environment()
-    atomic_write_json(output / "metrics.json", report)
-    write_scores_csv(output / "scores.csv", predictions)
+    write_scores_csv(output / "scores.csv", predictions, threshold)
     write_maps(output / "maps.npz", predictions)
-    write_heatmaps(output / "heatmaps", predictions, cfg.data.resize, cfg.data.crop)
+    report["files"] = write_visuals(output, predictions, cfg.data.resize, cfg.data.crop, threshold,
+                                    cfg.evaluation, title=cfg.data.category)
+    atomic_write_json(output / "metrics.json", report)  # last: its presence marks a finished run
     return report
 
 
 def _train_summary(result: TrainResult, epochs: int) -> dict[str, Any]:
-    return {"train": {"images": result.images, "epochs": epochs, "final_loss": result.losses[-1] if result.losses else None,
+    return {"train": {"images": result.images, "epochs": epochs,
+                      "final_loss": result.losses[-1] if result.losses else None,
                       "loss_per_epoch": [round(v, 6) for v in result.losses], "radius": result.radius,
                       "feature_seconds": round(result.feature_seconds, 2),
                       "train_seconds": round(result.train_seconds, 2)}}
 
 
 def train_and_test(cfg: Config, output: Path, run_test: bool = True) -> dict[str, Any]:
-    """Train on train/good, save the checkpoint, then (optionally) test; everything lands in output."""
+    """Train on train/good (less the held-out images), set the threshold, save, then (optionally) test."""
     device = resolve_device(cfg.train.device)
-    train_loader = _loader(cfg, "train")
+    train_samples, holdout = training_split(cfg)  # DatasetError here, before any model work
     if run_test:
         make_samples(cfg.data.root, cfg.data.category, "test")  # fail on a broken test split before training
     model = build_model(cfg, device)
     save_config(cfg, output / "config.yaml")
-    result = fit(model, train_loader, cfg, device)
+    result = fit(model, _loader_of(train_samples, cfg), cfg, device)
     summary = _train_summary(result, cfg.train.epochs)
+    summary["threshold"] = holdout_threshold(model, holdout, cfg, device)
     save_checkpoint(model, cfg, output / CHECKPOINT_NAME, extra=summary)
     if not run_test:
         atomic_write_json(output / "train.json", {**summary, "config": cfg.to_dict(), "environment": _environment()})
         return summary
-    return evaluate_and_write(model, cfg, device, output, extra=summary)
+    return evaluate_and_write(model, cfg, device, output, summary["threshold"]["value"], extra=summary)
+
+
+def checkpoint_threshold(checkpoint: Path) -> float | None:
+    """The held-out decision threshold stored with a checkpoint (None when it was trained without one)."""
+    _, payload = read_checkpoint(checkpoint)
+    return payload.get("extra", {}).get("threshold", {}).get("value")
 
 
 def load_model(checkpoint: Path, device_name: str | None = None) -> tuple[CFA, Config, torch.device]:
@@ -103,7 +148,8 @@ def evaluate_checkpoint(checkpoint: Path, output: Path, data_root: str | None = 
     model, cfg, device = load_model(checkpoint)
     if data_root:
         cfg.data.root = data_root
-    return evaluate_and_write(model, cfg, device, output, extra={"checkpoint": str(checkpoint)})
+    return evaluate_and_write(model, cfg, device, output, checkpoint_threshold(checkpoint),
+                              extra={"checkpoint": str(checkpoint)})
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -123,15 +169,16 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def predict_images(checkpoint: Path, inputs: Sequence[str | Path], output: Path) -> Predictions:
-    """Scores and maps for plain images: scores.csv, maps.npz and heatmaps/ in output."""
+    """Scores and maps for plain images: scores.csv, maps.npz and panels/ in output."""
     model, cfg, device = load_model(checkpoint)
     paths = collect_images(inputs)
     loader = make_loader(ImageFilesDataset(paths, cfg.data.resize, cfg.data.crop), cfg.data.batch_size,
                          cfg.data.num_workers)
     predictions = predict(model, loader, device, desc="predict")
-    write_scores_csv(output / "scores.csv", predictions)
+    threshold = checkpoint_threshold(checkpoint)
+    write_scores_csv(output / "scores.csv", predictions, threshold)
     write_maps(output / "maps.npz", predictions)
-    write_heatmaps(output / "heatmaps", predictions, cfg.data.resize, cfg.data.crop)
+    write_visuals(output, predictions, cfg.data.resize, cfg.data.crop, threshold, cfg.evaluation, title="predict")
     return predictions
 
 
@@ -140,4 +187,8 @@ def print_report(report: dict[str, Any], output: Path) -> None:
     print(f"\n{report.get('category', '')} ({report.get('backbone', '')}): {test.get('images', 0)} test images, "
           f"{test.get('defective', 0)} defective")
     print(format_metrics_table(report["metrics"]))
+    at = report.get("at_threshold")
+    if at:
+        print(f"  at the held-out threshold {at['threshold']:.4g}: defective flagged {at['defective_flagged']}, "
+              f"good flagged {at['good_flagged']}")
     print(f"results in {output}")

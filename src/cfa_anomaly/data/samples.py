@@ -10,6 +10,7 @@ Layout (MVTec AD, or a user's own product in the same shape)::
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -107,3 +108,30 @@ def make_samples(root: str | Path, category: str, split: Literal["train", "test"
     if not samples:
         raise DatasetError(f"no test images under {folder}: expected test/good/ and test/<defect>/ folders")
     return samples
+
+
+def split_holdout(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """A seeded random fraction of the training images, held out to set the decision threshold."""
+    if fraction <= 0:
+        return list(samples), []
+    count = max(1, round(fraction * len(samples)))
+    if count >= len(samples):
+        raise DatasetError(
+            f"only {len(samples)} training image(s): too few to hold out {fraction:.0%} for the threshold; "
+            "add images or set data.holdout_fraction=0"
+        )
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:count])
+    return ([s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held])
+
+
+def folder_samples(folder: str | Path) -> list[Sample]:
+    """Normal images of a plain folder (e.g. a user-given hold-out set)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DatasetError(f"folder not found: {folder}")
+    images = list_images(folder)
+    if not images:
+        raise DatasetError(f"no image files in {folder}")
+    return [Sample(image=p, mask=None, label=0, defect_type=GOOD) for p in images]
