@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cfa_anomaly.backbones import BackboneError
 from cfa_anomaly.checkpoint import CheckpointError
-from cfa_anomaly.config import Config, ConfigError, load_config
+from cfa_anomaly.config import MVTEC_CATEGORIES, Config, ConfigError, load_config
 from cfa_anomaly.data.samples import DatasetError
 from cfa_anomaly.outputs import OutputExistsError, new_run_dir, prepare_output_dir
 from cfa_anomaly.train import TrainingError
@@ -83,23 +83,39 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"scores.csv, maps.npz and panels/ written to {output}")
 
 
-def demo_config(root: Path, overrides: Sequence[str]) -> Config:
-    """The embedded default: synthetic data, an offline ImageNet backbone, the paper's training settings."""
-    base = [f"data.root={root}", f"data.category={DEMO_CATEGORY}", "model.backbone=mobilenet_v2",
-            "train.epochs=30"]
-    return load_config(None, base + list(overrides))
+def demo_overrides(extra: Sequence[str]) -> list[str]:
+    """The embedded default: an offline ImageNet backbone and the paper's training settings."""
+    return ["model.backbone=mobilenet_v2", "train.epochs=30", "data.holdout_fraction=0.2", *extra]
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from cfa_anomaly.benchmark import run_benchmark
     from cfa_anomaly.data.synthetic import generate_dataset
 
     output = output_folder(args, "runs", "demo")
     data_root = output / "data"
-    cfg = demo_config(data_root, args.overrides)  # validate before generating anything
-    print(f"generating a synthetic {args.kind} dataset in {data_root / DEMO_CATEGORY}")
-    generate_dataset(data_root, category=DEMO_CATEGORY, kind=args.kind, seed=cfg.train.seed)
-    args.output, args.overwrite = str(output), True  # the folder is ours: it was just created for this demo
-    run_training(cfg, args)
+    seed = load_config(None, demo_overrides(args.overrides)).train.seed  # validate before generating anything
+    categories = [f"{DEMO_CATEGORY}_{kind}" for kind in args.kinds]
+    for kind, category in zip(args.kinds, categories):
+        print(f"generating a synthetic {kind} dataset in {data_root / category}")
+        generate_dataset(data_root, category=category, kind=kind, seed=seed)
+    summary = run_benchmark(data_root, output, categories, demo_overrides(args.overrides), config_dir=None)
+    print((output / "results.md").read_text().split("Avg is the mean")[0])
+    for category, reason in summary["problems"].items():
+        print(f"  {category}: {reason}")
+    print(f"results, panels, GIFs and plots in {output} (tables: {output / 'results.md'})")
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    from cfa_anomaly.benchmark import CONFIG_DIR, run_benchmark
+
+    config_dir = Path(args.config_dir) if args.config_dir else (CONFIG_DIR if CONFIG_DIR.is_dir() else None)
+    output = Path(args.output)
+    summary = run_benchmark(args.root, output, args.categories, args.overrides, config_dir, force=args.force)
+    done = [c for c, s in summary["status"].items() if s in ("done", "reused")]
+    print(f"\n{len(done)} of {len(args.categories)} categories in {output / 'results.md'} and results.csv")
+    for category, reason in summary["problems"].items():
+        print(f"  {category}: {reason}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,8 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--overwrite", action="store_true")
     pred.set_defaults(func=cmd_predict)
 
+    bench = commands.add_parser("benchmark", help="train + test over categories; tables, CSV and GIFs")
+    bench.add_argument("--root", required=True, help="folder holding the category folders (e.g. MVTec AD)")
+    bench.add_argument("--categories", nargs="+", default=list(MVTEC_CATEGORIES))
+    bench.add_argument("--config-dir", help="folder of <category>.yaml (default: ./configs/anomaly/unsupervised/cfa when present)")
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    bench.add_argument("--output", default="runs/benchmark")
+    bench.add_argument("--force", action="store_true", help="recompute categories that finished earlier")
+    bench.set_defaults(func=cmd_benchmark)
+
     demo = commands.add_parser("demo", help="generate synthetic data, train and test on it (offline)")
-    demo.add_argument("--kind", choices=("texture", "object"), default="texture")
+    demo.add_argument("--kinds", nargs="+", choices=("texture", "object"), default=["texture", "object"],
+                      help="synthetic categories to generate (default: both)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     add_output_arguments(demo)
     demo.set_defaults(func=cmd_demo)

@@ -1,0 +1,114 @@
+"""Panels, GIFs, result tables and the resumable benchmark."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from PIL import Image
+
+from cfa_anomaly import viz
+from cfa_anomaly.benchmark import run_benchmark
+from cfa_anomaly.report import average, csv_report, markdown_report, markdown_table
+from conftest import SYNTH_CATEGORY, requires_mobilenet_weights, small_overrides
+
+RESULTS = {
+    "grid": {"image_auroc": 0.9, "pixel_auroc": 0.97, "pixel_f1_max": 0.5, "aupro": 0.8},
+    "bottle": {"image_auroc": 1.0, "pixel_auroc": 0.99, "pixel_f1_max": 0.7, "aupro": None},
+    "my_part": {"image_auroc": 0.5, "pixel_auroc": 0.6, "pixel_f1_max": 0.1, "aupro": 0.4},
+}
+
+
+def table_cells(table: str) -> tuple[list[str], list[str]]:
+    header, _, row = table.splitlines()
+    return [c.strip() for c in header.strip("|").split("|")], [c.strip() for c in row.strip("|").split("|")]
+
+
+def test_table_has_every_category_and_the_average_is_their_mean():
+    header, row = table_cells(markdown_table(RESULTS, "image_auroc", "cfa"))
+    assert header[:2] == ["", "Avg"]
+    assert header[2:] == ["Grid", "Bottle", "My Part"]  # MVTec order first, then others
+    values = [float(v) for v in row[2:]]
+    assert float(row[1]) == pytest.approx(np.mean(values), abs=1e-3)
+
+
+def test_undefined_values_are_shown_and_left_out_of_the_average():
+    header, row = table_cells(markdown_table(RESULTS, "aupro", "cfa"))
+    assert row[header.index("Bottle")] == "-"
+    assert float(row[1]) == pytest.approx((0.8 + 0.4) / 2, abs=1e-3)
+    assert average([None, None]) is None
+
+
+def test_markdown_report_has_four_tables_and_lists_problems():
+    text = markdown_report(RESULTS, "cfa", problems={"screw": "skipped: dataset not found"})
+    for title in ("Image-Level AUC", "Pixel-Level AUC", "Pixel F1 Score", "AUPRO"):
+        assert f"### {title}" in text
+    assert "screw: skipped: dataset not found" in text
+
+
+def test_csv_report_rows_and_average():
+    rows = list(csv.reader(io.StringIO(csv_report(RESULTS))))
+    assert rows[0] == ["category", "image_auroc", "pixel_auroc", "pixel_f1_max", "aupro"]
+    assert [r[0] for r in rows[1:]] == ["grid", "bottle", "my_part", "average"]
+    assert float(rows[-1][1]) == pytest.approx(np.mean([0.9, 1.0, 0.5]))
+
+
+def test_panel_has_one_column_per_view_and_gif_has_the_requested_frames(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    anomaly_map = rng.random((64, 64))
+    mask = np.zeros((64, 64), bool)
+    mask[10:20, 10:20] = True
+    with_truth = viz.render_panel(image, anomaly_map, 0.9, 0.5, (0.0, 1.0), mask, title="a")
+    without = viz.render_panel(image, anomaly_map, 0.9, 0.5, (0.0, 1.0), None, title="b")
+    assert with_truth.dtype == np.uint8 and with_truth.shape[2] == 3
+    assert with_truth.shape[1] > without.shape[1]  # the ground-truth column is added
+
+    labels = np.array([0, 1, 0, 1, 1, 0, 0])
+    order = viz.gif_order(labels, good_frames=2, max_frames=10)
+    assert order == [1, 3, 4, 0, 2]  # defective first, then two good ones
+    assert viz.gif_order(labels, good_frames=2, max_frames=3) == [1, 0, 2]
+    frames = [with_truth] * len(order)
+    viz.write_gif(tmp_path / "x.gif", frames, max_width=300)
+    gif = iio.imread(tmp_path / "x.gif", index=None)
+    assert gif.shape[0] == len(order)
+    assert gif.shape[2] <= 300
+    with Image.open(tmp_path / "x.gif") as handle:
+        assert handle.n_frames == len(order)
+
+
+@requires_mobilenet_weights
+def test_benchmark_writes_tables_gifs_and_resumes(synth_root, tmp_path):
+    overrides = [o for o in small_overrides(synth_root, **{"train.epochs": "1"}) if not o.startswith("data.")]
+    overrides += ["data.resize=72", "data.crop=64", "data.holdout_fraction=0.2"]
+    output = tmp_path / "bench"
+    summary = run_benchmark(synth_root, output, [SYNTH_CATEGORY, "absent_part"], overrides, config_dir=None)
+    assert summary["status"] == {SYNTH_CATEGORY: "done", "absent_part": "skipped"}
+    assert "dataset not found" in summary["problems"]["absent_part"]
+    metrics_path = output / SYNTH_CATEGORY / "metrics.json"
+    report = json.loads(metrics_path.read_text())
+    assert report["threshold"]["images"] == 1  # 20% of 6 training images, held out
+    assert report["train"]["images"] == 5
+    gif = output / "assets" / f"{SYNTH_CATEGORY}.gif"
+    with Image.open(gif) as handle:
+        assert handle.n_frames == 4 + 3  # every defective image, then the three good ones (default)
+    panels = sorted((output / SYNTH_CATEGORY / "panels").rglob("*.png"))
+    assert len(panels) == 7
+    for name in ("roc.png", "score_histogram.png"):
+        assert (output / SYNTH_CATEGORY / name).stat().st_size > 0
+    text = (output / "results.md").read_text()
+    assert "Synth" in text and "absent_part" in text
+
+    stamp = metrics_path.stat().st_mtime_ns
+    again = run_benchmark(synth_root, output, [SYNTH_CATEGORY], overrides, config_dir=None)
+    assert again["status"] == {SYNTH_CATEGORY: "reused"}
+    assert metrics_path.stat().st_mtime_ns == stamp
+    assert again["results"][SYNTH_CATEGORY] == report["metrics"]
+
+    changed = run_benchmark(synth_root, output, [SYNTH_CATEGORY], [*overrides, "model.K=2"], config_dir=None)
+    assert changed["status"] == {SYNTH_CATEGORY: "skipped"}  # another config: not silently reused
+    assert metrics_path.stat().st_mtime_ns == stamp
