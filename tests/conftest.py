@@ -6,8 +6,13 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 from cfa_anomaly.config import Config, load_config
+
+# The tensors here are tiny: one intra-op thread is fastest, and it avoids OpenMP threads spinning against
+# each other (a 2-thread depthwise convolution ran ~400x slower than 1 thread on a busy 2-core machine).
+torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

@@ -80,6 +80,7 @@ def test_missing_file_and_broken_yaml_are_config_errors(tmp_path):
     ({"dataa": {"root": "x"}}, "dataa"),
     ({"model": {"backbone": "resnet18", "gama_c": 2}}, "gama_c"),
     ({"train": {"epoch": 3}}, "epoch"),
+    ({"evaluation": {"treshold_quantile": 0.9}}, "treshold_quantile"),
 ])
 def test_unknown_section_or_key_is_rejected_by_name(tmp_path, content, key):
     with pytest.raises(ConfigError) as err:
@@ -132,6 +133,8 @@ def test_wrong_types_on_the_command_line_are_rejected_naming_the_key(override, k
     (["train.lr=-0.1"], "train.lr"),
     (["model.gamma_d=0"], "model.gamma_d"),
     (["train.device=gpu"], "train.device"),
+    (["data.holdout_fraction=0.9"], "data.holdout_fraction"),
+    (["evaluation.threshold_quantile=0"], "evaluation.threshold_quantile"),
 ])
 def test_impossible_values_are_rejected_naming_the_key(overrides, key):
     with pytest.raises(ConfigError) as err:
@@ -165,11 +168,14 @@ def test_weights_with_pretrained_false_is_contradictory():
 
 
 # --------------------------------------------------------------------------- overrides
-def test_parse_overrides_builds_nested_typed_values():
-    nested = parse_overrides(["model.backbone=resnet18", "train.epochs=5", "model.pretrained=false",
-                              "train.lr=0.01", "output_dir=out", "model.weights=null"])
-    assert nested == {"model": {"backbone": "resnet18", "pretrained": False, "weights": None},
-                      "train": {"epochs": 5, "lr": 0.01}, "output_dir": "out"}
+def test_parse_overrides_builds_nested_text_that_the_config_types():
+    items = ["model.backbone=resnet18", "train.epochs=5", "model.pretrained=false", "train.lr=0.01",
+             "output_dir=out", "model.weights=null"]
+    assert parse_overrides(items) == {"model": {"backbone": "resnet18", "pretrained": "false", "weights": "null"},
+                                      "train": {"epochs": "5", "lr": "0.01"}, "output_dir": "out"}
+    cfg = load_config(None, items)
+    assert (cfg.model.backbone, cfg.model.pretrained, cfg.model.weights) == ("resnet18", False, None)
+    assert (cfg.train.epochs, cfg.train.lr, cfg.output_dir) == (5, 0.01, "out")
 
 
 def test_overrides_are_applied_after_the_file_and_typed(tmp_path):
@@ -197,8 +203,6 @@ def test_unknown_override_key_is_named():
     assert "model.bogus" in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: string overrides are parsed as YAML, so data.category=01 becomes "
-                   "'1' and data.root=2024_01 becomes '202401' (numeric-looking names such as BTAD's 01/02/03)")
 def test_string_overrides_keep_their_text():
     cfg = load_config(None, ["data.category=01", "data.root=2024_01"])
     assert cfg.data.category == "01"

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cfa_anomaly.config import Config, ModelConfig, load_config
+from cfa_anomaly.config import Config, ConfigError, ModelConfig, load_config
 from cfa_anomaly.model import CFA
 from cfa_anomaly.model.cfa import flatten_patches
 from cfa_anomaly.model.descriptor import CoordConv1x1, PatchDescriptor, aggregate_maps, coordinate_channels
@@ -299,13 +299,10 @@ def test_model_maps_have_the_input_size_and_score_is_map_max():
     torch.testing.assert_close(scores, maps.flatten(1).amax(1))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a valid config with a small crop (data.crop=16, blur_sigma=4) "
-                   "crashes in scoring: gaussian_blur reflect padding 16 >= map size 16 (RuntimeError)")
-def test_small_crop_accepted_by_config_can_be_scored():
-    try:
-        cfg = load_config(None, ["data.resize=16", "data.crop=16"])
-    except Exception:  # noqa: BLE001 - rejecting the config up front would be fine too
-        return
+def test_blur_wider_than_a_small_crop_is_rejected_up_front():
+    with pytest.raises(ConfigError, match="model.blur_sigma"):
+        load_config(None, ["data.resize=16", "data.crop=16"])  # sigma 4: radius 16 does not fit a 16 px map
+    cfg = load_config(None, ["data.resize=16", "data.crop=16", "model.blur_sigma=1", "model.K=1", "model.J=1"])
     torch.manual_seed(0)
     model = stub_model(**{k: getattr(cfg.model, k) for k in ("K", "J", "blur_sigma")})
     images = torch.rand(1, 3, cfg.data.crop, cfg.data.crop)

@@ -72,7 +72,8 @@ def test_panel_has_one_column_per_view_and_gif_has_the_requested_frames(tmp_path
     order = viz.gif_order(labels, good_frames=2, max_frames=10)
     assert order == [1, 3, 4, 0, 2]  # defective first, then two good ones
     assert viz.gif_order(labels, good_frames=2, max_frames=3) == [1, 0, 2]
-    frames = [with_truth] * len(order)
+    frames = [viz.render_panel(image, anomaly_map * (i + 1), 0.9, 0.5, (0.0, 5.0), mask, title=str(i))
+              for i in range(len(order))]  # distinct frames: GIF writers merge identical ones
     viz.write_gif(tmp_path / "x.gif", frames, max_width=300)
     gif = iio.imread(tmp_path / "x.gif", index=None)
     assert gif.shape[0] == len(order)

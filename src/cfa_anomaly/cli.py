@@ -48,8 +48,9 @@ def output_folder(args: argparse.Namespace, base: str, category: str) -> Path:
 
 
 def run_training(cfg: Config, args: argparse.Namespace, run_test: bool = True) -> Path:
-    from cfa_anomaly.pipeline import print_report, train_and_test
+    from cfa_anomaly.pipeline import check_data, print_report, train_and_test
 
+    check_data(cfg, run_test)  # a missing or broken dataset fails before an output folder is made
     output = output_folder(args, cfg.output_dir, cfg.data.category)
     print(f"training CFA ({cfg.model.backbone}) on {Path(cfg.data.root) / cfg.data.category}; output: {output}")
     report = train_and_test(cfg, output, run_test=run_test)
@@ -70,14 +71,14 @@ def cmd_test(args: argparse.Namespace) -> None:
     checkpoint = Path(args.checkpoint)
     output = Path(args.output) if args.output else checkpoint.parent / "test"
     output = prepare_output_dir(output, args.overwrite)
-    print_report(evaluate_checkpoint(checkpoint, output, data_root=args.data_root), output)
+    print_report(evaluate_checkpoint(checkpoint, output, data_root=args.data_root, device_name=args.device), output)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from cfa_anomaly.pipeline import predict_images
 
     output = prepare_output_dir(args.output, args.overwrite)
-    predictions = predict_images(Path(args.checkpoint), args.inputs, output)
+    predictions = predict_images(Path(args.checkpoint), args.inputs, output, device_name=args.device)
     for path, score in zip(predictions.paths, predictions.scores):
         print(f"{score:10.4f}  {path}")
     print(f"scores.csv, maps.npz and panels/ written to {output}")
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     test = commands.add_parser("test", help="evaluate a checkpoint on its category's test split")
     test.add_argument("--checkpoint", required=True)
     test.add_argument("--data_root", "--data-root", dest="data_root", help="override the data root")
+    test.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda or cuda:N")
     add_output_arguments(test)
     test.set_defaults(func=cmd_test)
 
@@ -139,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("inputs", nargs="+", help="image files or folders")
     pred.add_argument("--output", required=True)
     pred.add_argument("--overwrite", action="store_true")
+    pred.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda or cuda:N")
     pred.set_defaults(func=cmd_predict)
 
     bench = commands.add_parser("benchmark", help="train + test over categories; tables, CSV and GIFs")

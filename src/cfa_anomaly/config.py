@@ -100,6 +100,8 @@ class Config:
             ("model.alpha", self.model.alpha >= 0, "a number >= 0"),
             ("model.radius_init", self.model.radius_init >= 0, "a number >= 0"),
             ("model.blur_sigma", self.model.blur_sigma >= 0, "a number >= 0 (0 disables smoothing)"),
+            ("model.blur_sigma", int(4.0 * self.model.blur_sigma + 0.5) < self.data.crop,
+             f"small enough that the Gaussian's radius round(4 sigma) is below data.crop ({self.data.crop})"),
             ("model.kmeans_iters", self.model.kmeans_iters >= 1, "an integer >= 1"),
             ("train.epochs", self.train.epochs >= 0, "an integer >= 0"),
             ("train.lr", self.train.lr > 0, "a positive number"),
@@ -151,6 +153,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 return value.lower() in ("true", "yes", "1")
             raise ValueError
         if base is int:
+            if isinstance(value, str):
+                value = float(value) if any(c in value for c in ".eE") else int(value)
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)
@@ -198,13 +202,16 @@ def apply_dict(cfg: Config, values: dict[str, Any], source: str = "config") -> C
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Turn ["model.backbone=resnet18", "train.epochs=5"] into a nested dict (values parsed as YAML)."""
+    """Turn ["model.backbone=resnet18", "train.epochs=5"] into a nested dict.
+
+    Values stay text ("01" stays "01" for a string key); typed keys are converted by the config itself.
+    """
     nested: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=10")
-        value = yaml.safe_load(raw) if raw else ""
+        value = raw
         parts = key.split(".")
         if len(parts) > 2:
             raise ConfigError(f"override {item!r}: keys have at most two parts (section.key)")

@@ -109,12 +109,18 @@ def _train_summary(result: TrainResult, epochs: int) -> dict[str, Any]:
                       "train_seconds": round(result.train_seconds, 2)}}
 
 
+def check_data(cfg: Config, run_test: bool = True) -> tuple[list[Sample], list[Sample]]:
+    """Index the data (DatasetError naming the file) before any output or model work; returns the split."""
+    split = training_split(cfg)
+    if run_test:
+        make_samples(cfg.data.root, cfg.data.category, "test")
+    return split
+
+
 def train_and_test(cfg: Config, output: Path, run_test: bool = True) -> dict[str, Any]:
     """Train on train/good (less the held-out images), set the threshold, save, then (optionally) test."""
     device = resolve_device(cfg.train.device)
-    train_samples, holdout = training_split(cfg)  # DatasetError here, before any model work
-    if run_test:
-        make_samples(cfg.data.root, cfg.data.category, "test")  # fail on a broken test split before training
+    train_samples, holdout = check_data(cfg, run_test)
     model = build_model(cfg, device)
     save_config(cfg, output / "config.yaml")
     result = fit(model, _loader_of(train_samples, cfg), cfg, device)
@@ -133,19 +139,22 @@ def checkpoint_threshold(checkpoint: Path) -> float | None:
     return payload.get("extra", {}).get("threshold", {}).get("value")
 
 
-def load_model(checkpoint: Path, device_name: str | None = None) -> tuple[CFA, Config, torch.device]:
-    """Rebuild the model a checkpoint was trained with (backbone from its config) and load its state."""
+def load_model(checkpoint: Path, device_name: str = "auto") -> tuple[CFA, Config, torch.device]:
+    """Rebuild the model a checkpoint was trained with (backbone from its config) and load its state.
+
+    The device is chosen here (default: a GPU when there is one), not where the checkpoint was trained.
+    """
     cfg, payload = read_checkpoint(checkpoint)
-    if device_name:
-        cfg.train.device = device_name
-    device = resolve_device(cfg.train.device)
+    cfg.train.device = device_name
+    device = resolve_device(device_name)
     model = build_model(cfg, device)
     load_state_into(model, payload, checkpoint)
     return model.to(device).eval(), cfg, device
 
 
-def evaluate_checkpoint(checkpoint: Path, output: Path, data_root: str | None = None) -> dict[str, Any]:
-    model, cfg, device = load_model(checkpoint)
+def evaluate_checkpoint(checkpoint: Path, output: Path, data_root: str | None = None,
+                        device_name: str = "auto") -> dict[str, Any]:
+    model, cfg, device = load_model(checkpoint, device_name)
     if data_root:
         cfg.data.root = data_root
     return evaluate_and_write(model, cfg, device, output, checkpoint_threshold(checkpoint),
@@ -168,9 +177,10 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def predict_images(checkpoint: Path, inputs: Sequence[str | Path], output: Path) -> Predictions:
+def predict_images(checkpoint: Path, inputs: Sequence[str | Path], output: Path,
+                   device_name: str = "auto") -> Predictions:
     """Scores and maps for plain images: scores.csv, maps.npz and panels/ in output."""
-    model, cfg, device = load_model(checkpoint)
+    model, cfg, device = load_model(checkpoint, device_name)
     paths = collect_images(inputs)
     loader = make_loader(ImageFilesDataset(paths, cfg.data.resize, cfg.data.crop), cfg.data.batch_size,
                          cfg.data.num_workers)

@@ -38,9 +38,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(cfg: Config, device: torch.device) -> CFA:
-    """Backbone as configured and a freshly initialised descriptor (seeded)."""
-    extractor = FeatureExtractor(cfg.model.backbone, pretrained=cfg.model.pretrained, weights=cfg.model.weights)
+    """Backbone as configured and a freshly initialised descriptor, both seeded (random backbones included)."""
     torch.manual_seed(cfg.train.seed)
+    extractor = FeatureExtractor(cfg.model.backbone, pretrained=cfg.model.pretrained, weights=cfg.model.weights)
     return CFA(extractor, cfg.model).to(device)
 
 

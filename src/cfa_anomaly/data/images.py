@@ -24,19 +24,20 @@ def _open(path: Path) -> Image.Image:
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """Scale 16-bit or 32-bit integer data to 0..255; float data is assumed to be in 0..1."""
+    """Scale by the pixel type, never by content: integer data is 16-bit (0..65535), float data 0..1."""
     if array.dtype == np.uint8:
         return array
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.floating):
         return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    top = 65535 if array.max(initial=0) > 255 else 255
-    return (np.clip(array.astype(np.float64), 0, top) * (255.0 / top) + 0.5).astype(np.uint8)
+    return (np.clip(array.astype(np.float64), 0, 65535) * (255.0 / 65535.0) + 0.5).astype(np.uint8)
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """An image file as an (H, W, 3) uint8 array: grayscale is repeated, alpha dropped, 16-bit scaled."""
+    """An image file as an (H, W, 3) uint8 array: grayscale is repeated, alpha dropped.
+
+    Single-channel 16-bit or 32-bit integer images (PIL modes I;16 and I) are read as 16-bit data and
+    scaled by 255/65535; float images (mode F) as 0..1.
+    """
     image = _open(path)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         gray = _to_uint8(np.asarray(image))
@@ -45,10 +46,9 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """A mask file as an (H, W) bool array.
+    """A mask file as an (H, W) bool array: defective where the value is at least half the mask's maximum.
 
-    Defective pixels are those >= 128 in 8-bit terms (MVTec masks are 0/255); masks stored as 0/1 are
-    recognised by a maximum of 1.
+    That reads 0/255 (MVTec), 0/1 and 16-bit 0/65535 masks alike, and soft (anti-aliased) edges at 50%.
     """
     image = _open(path)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F", "1", "L", "P"):
@@ -57,9 +57,10 @@ def read_mask(path: Path) -> np.ndarray:
         raw = np.asarray(image.convert("L"))
     if raw.ndim != 2:
         raise DatasetError(f"mask {path} has shape {raw.shape}: expected a single-channel image")
-    if raw.max(initial=0) <= 1:
-        return raw > 0
-    return _to_uint8(raw) >= 128
+    top = raw.max(initial=0)
+    if top <= 0:
+        return np.zeros(raw.shape, dtype=bool)
+    return raw.astype(np.float64) >= top / 2.0
 
 
 def resize_center_crop(tensor: torch.Tensor, resize: int, crop: int, nearest: bool = False) -> torch.Tensor:
