@@ -113,3 +113,26 @@ def test_benchmark_writes_tables_gifs_and_resumes(synth_root, tmp_path):
     changed = run_benchmark(synth_root, output, [SYNTH_CATEGORY], [*overrides, "model.K=2"], config_dir=None)
     assert changed["status"] == {SYNTH_CATEGORY: "skipped"}  # another config: not silently reused
     assert metrics_path.stat().st_mtime_ns == stamp
+
+
+def test_atomic_writes_replace_whole_files_with_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from cfa_anomaly.io_utils import atomic_write, atomic_write_json
+
+    target = tmp_path / "report.json"
+    atomic_write_json(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+    def broken(handle):
+        handle.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, broken)
+    assert json.loads(target.read_text()) == {"a": 1}  # the earlier file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left behind
