@@ -48,6 +48,9 @@ class ModelConfig:
     radius_init: float = 1e-5
     blur_sigma: float = 4.0
     kmeans_iters: int = 100
+    # float32: the plain path. bfloat16: backbone, descriptor and nearest-centre search on bfloat16 matrix
+    # units (AMX on recent x86 CPUs, tensor cores on GPUs); distances, loss and scores stay float32.
+    precision: str = "float32"
 
 
 @dataclass
@@ -112,6 +115,8 @@ class Config:
                 raise ConfigError(f"{key} = {_get(self, key)!r} is invalid: it must be {allowed}")
         if self.model.pretrained is False and self.model.weights:
             raise ConfigError("model.weights is set but model.pretrained is false: remove one of them")
+        if self.model.precision not in ("float32", "bfloat16"):
+            raise ConfigError(f"model.precision = {self.model.precision!r} is invalid: use float32 or bfloat16")
         device = self.train.device
         if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
             raise ConfigError(f"train.device = {device!r} is invalid: use auto, cpu, cuda or cuda:N")

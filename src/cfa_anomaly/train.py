@@ -58,7 +58,7 @@ def init_memory_bank(model: CFA, cached: torch.Tensor, batch_size: int, cfg: Con
     """Mean untrained-descriptor feature at each position over all training images (k-means if gamma_c > 1)."""
     total = None
     for start in range(0, cached.shape[0], batch_size):
-        part = model.descriptor(cached[start: start + batch_size]).sum(dim=0)
+        part = model.describe(cached[start: start + batch_size]).float().sum(dim=0)
         total = part if total is None else total + part
     model.memory_bank = build_memory_bank(
         total.float(), cached.shape[0], cfg.model.gamma_c, cfg.model.kmeans_iters, cfg.train.seed

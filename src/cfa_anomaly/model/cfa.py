@@ -25,24 +25,40 @@ class CFA(nn.Module):
         self.cfg = cfg
         self.extractor = extractor
         self.descriptor = PatchDescriptor(sum(extractor.channels), cfg.gamma_d)
-        self.loss_fn = CoupledHypersphereLoss(cfg.K, cfg.J, cfg.nu, cfg.alpha, cfg.radius_init)
+        self.low_precision = cfg.precision == "bfloat16"
+        self.loss_fn = CoupledHypersphereLoss(cfg.K, cfg.J, cfg.nu, cfg.alpha, cfg.radius_init,
+                                              low_precision_search=self.low_precision)
         self.register_buffer("memory_bank", torch.zeros(0, self.descriptor.out_channels))
+
+    def autocast(self) -> torch.autocast:
+        """bfloat16 autocast for the matrix products when model.precision is bfloat16; a no-op otherwise."""
+        return torch.autocast(self.memory_bank.device.type, dtype=torch.bfloat16, enabled=self.low_precision)
 
     @torch.no_grad()
     def aggregate(self, images: torch.Tensor) -> torch.Tensor:
-        """Frozen part: images (B,3,H,W) in 0..1 -> pooled, aligned, concatenated maps (B, C, H/4, W/4)."""
-        return aggregate_maps(self.extractor(images))
+        """Frozen part: images (B,3,H,W) in 0..1 -> pooled, aligned, concatenated maps (B, C, H/4, W/4).
+
+        bfloat16 under model.precision = bfloat16 (also halves the training-feature cache).
+        """
+        with self.autocast():
+            return aggregate_maps(self.extractor(images))
+
+    def describe(self, aggregated: torch.Tensor) -> torch.Tensor:
+        """The trainable descriptor on aggregated maps -> (B, D, h, w) patch features."""
+        with self.autocast():
+            return self.descriptor(aggregated)
 
     def loss(self, aggregated: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(flatten_patches(self.descriptor(aggregated)), self.memory_bank)
+        return self.loss_fn(flatten_patches(self.describe(aggregated)), self.memory_bank)
 
     def score_aggregated(self, aggregated: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Aggregated maps -> (smoothed anomaly maps (B, H, W), image scores (B,) = max of each map)."""
         if self.memory_bank.shape[0] == 0:
             raise RuntimeError("the memory bank is empty: train the model or load a checkpoint first")
-        features = self.descriptor(aggregated)
+        features = self.describe(aggregated)
         batch, _, height, width = features.shape
-        scores = patch_scores(flatten_patches(features).float(), self.memory_bank.float(), self.cfg.K)
+        scores = patch_scores(flatten_patches(features).float(), self.memory_bank.float(), self.cfg.K,
+                              low_precision=self.low_precision)
         maps = anomaly_maps(scores.view(batch, height, width), size, self.cfg.blur_sigma)
         return maps, maps.flatten(1).amax(dim=1)
 

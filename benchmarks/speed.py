@@ -1,0 +1,135 @@
+"""Speed and accuracy of the plain float32 path against the bfloat16 fast path (not a test).
+
+    python benchmarks/speed.py                       # timing (wide_resnet50_2, random weights) + accuracy
+    python benchmarks/speed.py --images 209 --epochs 1 --skip-accuracy   # peak memory of a 209-image category
+
+Timing: each precision runs in its own process (so peak memory is its own) on the same seeded random
+images: the one-time feature pass, ms per image per training epoch, and inference images/s (backbone
+through smoothed map, decoding excluded). Accuracy: train + test on the shared real data (../shared/data)
+with an offline backbone in both precisions; metric deltas and the correlation of the score maps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from cfa_anomaly.config import load_config  # noqa: E402
+from cfa_anomaly.train import build_model, fit  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+REAL_SETS = {"grid": (SHARED / "mvtec_ad", "grid"), "hazelnut": (SHARED / "hazelnut_toy", "hazelnut")}
+PRECISIONS = ("float32", "bfloat16")
+
+
+def timing_run(precision: str, backbone: str, images: int, epochs: int, batch: int) -> dict:
+    """One process: feature pass, training epochs and inference on seeded random images."""
+    cfg = load_config(None, [f"model.backbone={backbone}", "model.pretrained=false", f"model.precision={precision}",
+                             f"train.epochs={epochs}", f"data.batch_size={batch}", "train.device=cpu"])
+    device = torch.device("cpu")
+    model = build_model(cfg, device)
+    generator = torch.Generator().manual_seed(0)
+    data = torch.rand(images, 3, cfg.data.crop, cfg.data.crop, generator=generator)
+    loader = [{"image": data[i: i + batch]} for i in range(0, images, batch)]
+    result = fit(model, loader, cfg, device)
+    model.eval()
+    with torch.inference_mode():
+        model(data[:batch])  # warm-up
+        start = time.perf_counter()
+        for i in range(0, images, batch):
+            model(data[i: i + batch])
+        infer_seconds = time.perf_counter() - start
+    return {
+        "precision": precision,
+        "feature_ms_per_image": 1000 * result.feature_seconds / images,
+        "train_ms_per_image_epoch": 1000 * result.train_seconds / (images * max(epochs, 1)),
+        "inference_images_per_second": images / infer_seconds,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+
+
+def accuracy_run(name: str, backbone: str, epochs: int) -> dict:
+    """Train + test one real set in both precisions; metric deltas and map correlation."""
+    from cfa_anomaly.pipeline import train_and_test
+
+    root, category = REAL_SETS[name]
+    out: dict = {"data": name, "backbone": backbone}
+    maps = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in PRECISIONS:
+            cfg = load_config(None, [f"data.root={root}", f"data.category={category}", f"model.backbone={backbone}",
+                                     f"model.precision={precision}", f"train.epochs={epochs}", "train.device=cpu"])
+            folder = Path(tmp) / precision
+            folder.mkdir()
+            report = train_and_test(cfg, folder)
+            out[precision] = report["metrics"]
+            out[f"{precision}_train_seconds"] = report["train"]["train_seconds"]
+            maps[precision] = np.load(folder / "maps.npz")["maps"].astype(np.float64)
+    out["max_metric_delta"] = max(abs(out["bfloat16"][k] - out["float32"][k]) for k in out["float32"]
+                                  if out["float32"][k] is not None)
+    out["map_correlation"] = float(np.corrcoef(maps["float32"].ravel(), maps["bfloat16"].ravel())[0, 1])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="wide_resnet50_2")
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--accuracy-backbone", default="mobilenet_v2")
+    parser.add_argument("--accuracy-epochs", type=int, default=30)
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--single", choices=PRECISIONS, help=argparse.SUPPRESS)  # child process mode
+    args = parser.parse_args()
+    if args.single:
+        print(json.dumps(timing_run(args.single, args.backbone, args.images, args.epochs, args.batch)))
+        return
+
+    print(f"{time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}  torch {torch.__version__}  "
+          f"threads {torch.get_num_threads()}")
+    print(f"timing: {args.backbone} (random weights), {args.images} images 224 px, {args.epochs} epochs, "
+          f"batch {args.batch}")
+    rows = {}
+    for precision in PRECISIONS:
+        command = [sys.executable, __file__, "--single", precision, "--backbone", args.backbone,
+                   "--images", str(args.images), "--epochs", str(args.epochs), "--batch", str(args.batch)]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        rows[precision] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{'':10} {'feature ms/img':>15} {'train ms/img/epoch':>19} {'infer img/s':>12} {'peak RSS GiB':>13}")
+    for precision, row in rows.items():
+        print(f"{precision:10} {row['feature_ms_per_image']:15.1f} {row['train_ms_per_image_epoch']:19.1f} "
+              f"{row['inference_images_per_second']:12.2f} {row['peak_rss_gib']:13.2f}")
+    plain, fast = rows["float32"], rows["bfloat16"]
+    print(f"speed-up: training x{plain['train_ms_per_image_epoch'] / fast['train_ms_per_image_epoch']:.2f}, "
+          f"inference x{fast['inference_images_per_second'] / plain['inference_images_per_second']:.2f}")
+    if args.skip_accuracy:
+        return
+    if not SHARED.is_dir():
+        print(f"accuracy: skipped, {SHARED} is absent")
+        return
+    print(f"accuracy: {args.accuracy_backbone} (ImageNet), {args.accuracy_epochs} epochs, float32 vs bfloat16")
+    for name in REAL_SETS:
+        result = accuracy_run(name, args.accuracy_backbone, args.accuracy_epochs)
+        for precision in PRECISIONS:
+            metrics = " ".join(f"{k}={v:.4f}" for k, v in result[precision].items() if v is not None)
+            print(f"  {name:9} {precision:9} {metrics}  train {result[f'{precision}_train_seconds']:.1f}s")
+        print(f"  {name:9} max metric delta {result['max_metric_delta']:.4f}, "
+              f"map correlation {result['map_correlation']:.5f}")
+
+
+if __name__ == "__main__":
+    main()
