@@ -309,3 +309,23 @@ def test_blur_wider_than_a_small_crop_is_rejected_up_front():
     model.memory_bank = flatten_patches(model.descriptor(model.aggregate(images))).detach()
     maps, _ = model(images)
     assert maps.shape == (1, 16, 16)
+
+
+def test_chosen_distances_value_and_gradient_match_autograd_through_an_explicit_gather():
+    from cfa_anomaly.model.distances import gathered_squared_distances
+
+    generator = torch.Generator().manual_seed(3)
+    centres = torch.randn(50, 16, generator=generator, dtype=torch.float64).float() + 3.0
+    points = (torch.randn(40, 16, generator=generator) + 3.0).requires_grad_(True)
+    indices = torch.randint(0, 50, (40, 5), generator=generator)
+    weights = torch.randn(40, 5, generator=generator)
+
+    fast = gathered_squared_distances(points, centres, indices)
+    (fast * weights).sum().backward()
+    fast_grad = points.grad.clone()
+
+    reference_points = points.detach().double().requires_grad_(True)
+    reference = (reference_points.unsqueeze(1) - centres.double()[indices]).pow(2).sum(-1)
+    (reference * weights.double()).sum().backward()
+    torch.testing.assert_close(fast.double(), reference.detach(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(fast_grad.double(), reference_points.grad, rtol=1e-5, atol=1e-4)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+
+# CSR tensors are used only for the k-entries-per-row selection below, a well-covered case.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 
 def squared_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -45,7 +50,43 @@ def nearest_centres(points: torch.Tensor, centres: torch.Tensor, k: int, chunk: 
     return torch.cat(values), torch.cat(indices)
 
 
+def _selection(indices: torch.Tensor, values: torch.Tensor, n_centres: int) -> torch.Tensor:
+    """A sparse (N, M) CSR matrix with values[n, j] at column indices[n, j]: k entries per row."""
+    rows, k = indices.shape
+    crow = torch.arange(0, rows * k + 1, k, device=indices.device)
+    return torch.sparse_csr_tensor(crow, indices.reshape(-1), values.reshape(-1).contiguous(),
+                                   size=(rows, n_centres), check_invariants=False)
+
+
+class _ChosenSquaredDistances(torch.autograd.Function):
+    """|p_n - c_j|^2 for the k chosen centres of each point, without gathering (N, k, D) copies.
+
+    Forward: |p|^2 - 2 p.c_j + |c_j|^2 with the dot products computed only at the chosen pairs (a sampled
+    sparse product), on data centred on the mean centre so the cancellation stays small.
+    Backward (exact): d/dp |p - c_j|^2 = 2 (p - c_j), i.e. 2 p sum_j g_j - 2 G C with G sparse.
+    """
+
+    @staticmethod
+    def forward(ctx, points: torch.Tensor, centres: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        offset = centres.mean(0, keepdim=True)
+        p, c = points - offset, centres - offset
+        pattern = _selection(indices, torch.zeros(indices.shape, dtype=p.dtype, device=p.device), c.shape[0])
+        dots = torch.sparse.sampled_addmm(pattern, p, c.transpose(0, 1), beta=0.0).values().view(indices.shape)
+        ctx.save_for_backward(points, centres, indices)
+        return (p.pow(2).sum(1, keepdim=True) - 2.0 * dots + c.pow(2).sum(1)[indices]).clamp_min_(0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        points, centres, indices = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        pulled = _selection(indices, grad.to(points.dtype), centres.shape[0]) @ centres
+        return 2.0 * points * grad.sum(1, keepdim=True) - 2.0 * pulled, None, None
+
+
 def gathered_squared_distances(points: torch.Tensor, centres: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """(N, D), (M, D), (N, k) -> (N, k) squared distances to the chosen centres, differentiable in points."""
-    chosen = centres[indices]  # (N, k, D)
-    return (points.unsqueeze(1) - chosen).pow(2).sum(-1)
+    """(N, D), (M, D), (N, k) -> (N, k) float32 squared distances to the chosen centres, differentiable in points.
+
+    The centres are constants (the memory bank), so they get no gradient.
+    """
+    return _ChosenSquaredDistances.apply(points.float(), centres.detach().float(), indices)
