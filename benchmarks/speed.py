@@ -12,6 +12,7 @@ with an offline backbone in both precisions; metric deltas and the correlation o
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import platform
 import resource
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars off: this prints a report
 sys.path.insert(0, str(REPO / "src"))
 
 from cfa_anomaly.config import load_config  # noqa: E402
@@ -93,6 +95,7 @@ def main() -> None:
     parser.add_argument("--accuracy-backbone", default="mobilenet_v2")
     parser.add_argument("--accuracy-epochs", type=int, default=30)
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--single", choices=PRECISIONS, help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args()
     if args.single:
@@ -101,6 +104,24 @@ def main() -> None:
 
     print(f"{time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}  torch {torch.__version__}  "
           f"threads {torch.get_num_threads()}")
+    if not args.skip_timing:
+        print_timing(args)
+    if args.skip_accuracy:
+        return
+    if not SHARED.is_dir():
+        print(f"accuracy: skipped, {SHARED} is absent")
+        return
+    print(f"accuracy: {args.accuracy_backbone} (ImageNet), {args.accuracy_epochs} epochs, float32 vs bfloat16")
+    for name in REAL_SETS:
+        result = accuracy_run(name, args.accuracy_backbone, args.accuracy_epochs)
+        for precision in PRECISIONS:
+            metrics = " ".join(f"{k}={v:.4f}" for k, v in result[precision].items() if v is not None)
+            print(f"  {name:9} {precision:9} {metrics}  train {result[f'{precision}_train_seconds']:.1f}s")
+        print(f"  {name:9} max metric delta {result['max_metric_delta']:.4f}, "
+              f"map correlation {result['map_correlation']:.5f}")
+
+
+def print_timing(args: argparse.Namespace) -> None:
     print(f"timing: {args.backbone} (random weights), {args.images} images 224 px, {args.epochs} epochs, "
           f"batch {args.batch}")
     rows = {}
@@ -116,19 +137,6 @@ def main() -> None:
     plain, fast = rows["float32"], rows["bfloat16"]
     print(f"speed-up: training x{plain['train_ms_per_image_epoch'] / fast['train_ms_per_image_epoch']:.2f}, "
           f"inference x{fast['inference_images_per_second'] / plain['inference_images_per_second']:.2f}")
-    if args.skip_accuracy:
-        return
-    if not SHARED.is_dir():
-        print(f"accuracy: skipped, {SHARED} is absent")
-        return
-    print(f"accuracy: {args.accuracy_backbone} (ImageNet), {args.accuracy_epochs} epochs, float32 vs bfloat16")
-    for name in REAL_SETS:
-        result = accuracy_run(name, args.accuracy_backbone, args.accuracy_epochs)
-        for precision in PRECISIONS:
-            metrics = " ".join(f"{k}={v:.4f}" for k, v in result[precision].items() if v is not None)
-            print(f"  {name:9} {precision:9} {metrics}  train {result[f'{precision}_train_seconds']:.1f}s")
-        print(f"  {name:9} max metric delta {result['max_metric_delta']:.4f}, "
-              f"map correlation {result['map_correlation']:.5f}")
 
 
 if __name__ == "__main__":

@@ -329,3 +329,14 @@ def test_chosen_distances_value_and_gradient_match_autograd_through_an_explicit_
     (reference * weights.double()).sum().backward()
     torch.testing.assert_close(fast.double(), reference.detach(), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(fast_grad.double(), reference_points.grad, rtol=1e-5, atol=1e-4)
+
+
+def test_coordconv_product_form_equals_a_convolution_on_concatenated_coordinates():
+    torch.manual_seed(0)
+    layer = CoordConv1x1(6, 5)
+    x = torch.randn(2, 6, 7, 9)
+    coords = coordinate_channels(2, 7, 9, x)
+    expected = F.conv2d(torch.cat((x, coords), dim=1), layer.conv.weight, layer.conv.bias)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer(x.contiguous(memory_format=torch.channels_last)), expected,
+                               rtol=1e-5, atol=1e-5)

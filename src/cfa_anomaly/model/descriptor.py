@@ -8,15 +8,18 @@ import torch.nn.functional as F
 
 
 def aggregate_maps(maps: list[torch.Tensor]) -> torch.Tensor:
-    """3x3 average pooling of each map, bilinear resize to the first (stride-4) map, concatenation."""
+    """3x3 average pooling of each map, bilinear resize to the first (stride-4) map, concatenation.
+
+    The result is (B, C, H, W) in shape and channels-last in memory, ready for the descriptor's product.
+    """
     size = maps[0].shape[-2:]
     pooled = []
     for feature in maps:
         feature = F.avg_pool2d(feature, kernel_size=3, stride=1, padding=1)
         if feature.shape[-2:] != size:
             feature = F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
-        pooled.append(feature)
-    return torch.cat(pooled, dim=1)
+        pooled.append(feature.permute(0, 2, 3, 1))
+    return torch.cat(pooled, dim=-1).permute(0, 3, 1, 2)
 
 
 def coordinate_channels(batch: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
@@ -28,15 +31,28 @@ def coordinate_channels(batch: int, height: int, width: int, like: torch.Tensor)
 
 
 class CoordConv1x1(nn.Module):
-    """Append two coordinate channels, then a 1x1 convolution (one weight, no unused parameters)."""
+    """Append two coordinate channels, then a 1x1 convolution (one weight, no unused parameters).
+
+    Computed as one matrix product over channels-last rows, plus a per-position term for the coordinate
+    channels (W_xy @ coords + b, the same for every image): identical to the convolution on the
+    concatenated input, without copying the input to append two channels. The output is NCHW in shape
+    and channels-last in memory, so flattening it to (patches, channels) costs nothing.
+    """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
+        self.in_channels = in_channels
         self.conv = nn.Conv2d(in_channels + 2, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
-        return self.conv(torch.cat((x, coordinate_channels(batch, height, width, x)), dim=1))
+        weight = self.conv.weight.flatten(1)  # (out, in + 2)
+        coords = coordinate_channels(1, height, width, x)[0].flatten(1)  # (2, H*W)
+        position_term = (weight[:, self.in_channels:].to(coords.dtype) @ coords).transpose(0, 1)
+        position_term = position_term + self.conv.bias.to(position_term.dtype)  # (H*W, out)
+        rows = F.linear(x.permute(0, 2, 3, 1), weight[:, : self.in_channels])  # (B, H, W, out)
+        rows = rows + position_term.view(height, width, -1).to(rows.dtype)
+        return rows.permute(0, 3, 1, 2)
 
 
 class PatchDescriptor(nn.Module):

@@ -1,4 +1,9 @@
-"""Squared Euclidean distances between patch features and memory-bank centres, in chunks."""
+"""Squared Euclidean distances between patch features and memory-bank centres.
+
+Finding the nearest centres is a dense product (patches x centres); the distances that matter (the few
+nearest per patch) are then computed exactly in float32 at just those pairs, with an exact gradient,
+without materialising (patches x k x channels) copies.
+"""
 
 from __future__ import annotations
 
@@ -16,38 +21,26 @@ def squared_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Tens
     return (points.pow(2).sum(1, keepdim=True) - 2.0 * cross + centres.pow(2).sum(1).unsqueeze(0)).clamp_min_(0)
 
 
-def nearest_centres(points: torch.Tensor, centres: torch.Tensor, k: int, chunk: int = 512,
-                    low_precision: bool = False, extra: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k smallest squared distances of each point (ascending, float32) and their indices; no gradient.
+def candidate_centres(points: torch.Tensor, centres: torch.Tensor, count: int, low_precision: bool = False,
+                      chunk: int = 512) -> torch.Tensor:
+    """(N, count) indices of the nearest centres of each point, by a ranking key; no gradient.
 
-    Exact path: the ranking uses |c|^2 - 2 p.c in one fused float32 product (|p|^2 is constant per row).
-    Low-precision path (bfloat16 matrix units): the same product in bfloat16 on data centred on the mean
-    centre (smaller magnitudes, smaller rounding) picks k + extra candidates, whose float32 distances
-    are then computed exactly and re-ranked, so the returned distances are float32 ones.
-    Rows go in small chunks: memory stays flat and the product stays in cache.
+    The key |c - m|^2 + 2 m.(c - m) - 2 p.(c - m) equals |p - c|^2 - |p - m|^2 (m: mean centre), so it
+    ranks like the distance while its magnitude is that of data centred on m: the rounding of a
+    bfloat16 product (low_precision) stays small. Rows go in chunks: flat memory, products in cache.
     """
-    values, indices = [], []
     with torch.no_grad():
         centres32 = centres.float()
-        offset = centres32.mean(0, keepdim=True) if low_precision else None
-        search = (centres32 - offset).bfloat16() if low_precision else centres32
-        search_norms = search.float().pow(2).sum(1).unsqueeze(0).to(search.dtype)
-        search_t = search.transpose(0, 1)
-        candidates = min(k + extra, centres.shape[0]) if low_precision else k
+        offset = centres32.mean(0, keepdim=True)
+        shifted = centres32 - offset
+        bias = shifted.pow(2).sum(1) + 2.0 * (shifted @ offset.squeeze(0))
+        dtype = torch.bfloat16 if low_precision else torch.float32
+        search_t, bias = shifted.to(dtype).transpose(0, 1), bias.to(dtype).unsqueeze(0)
+        found = []
         for start in range(0, points.shape[0], chunk):
-            block = points[start: start + chunk].float()
-            query = (block - offset).bfloat16() if low_precision else block
-            partial = torch.addmm(search_norms, query, search_t, alpha=-2.0)
-            v, i = torch.topk(partial, candidates, dim=1, largest=False, sorted=True)
-            if low_precision:
-                exact = gathered_squared_distances(block, centres32, i)
-                v, order = torch.topk(exact, k, dim=1, largest=False, sorted=True)
-                i = i.gather(1, order)
-            else:
-                v = (v + block.pow(2).sum(1, keepdim=True)).clamp_min_(0)
-            values.append(v)
-            indices.append(i)
-    return torch.cat(values), torch.cat(indices)
+            key = torch.addmm(bias, points[start: start + chunk].to(dtype), search_t, alpha=-2.0)
+            found.append(torch.topk(key, count, dim=1, largest=False, sorted=True).indices)
+    return torch.cat(found)
 
 
 def _selection(indices: torch.Tensor, values: torch.Tensor, n_centres: int) -> torch.Tensor:
@@ -59,10 +52,10 @@ def _selection(indices: torch.Tensor, values: torch.Tensor, n_centres: int) -> t
 
 
 class _ChosenSquaredDistances(torch.autograd.Function):
-    """|p_n - c_j|^2 for the k chosen centres of each point, without gathering (N, k, D) copies.
+    """|p_n - c_j|^2 for the chosen centres j of each point n.
 
-    Forward: |p|^2 - 2 p.c_j + |c_j|^2 with the dot products computed only at the chosen pairs (a sampled
-    sparse product), on data centred on the mean centre so the cancellation stays small.
+    Forward: |p - m|^2 - 2 (p - m).(c_j - m) + |c_j - m|^2 (m: mean centre, against cancellation), the dot
+    products computed only at the chosen pairs (a sampled sparse product).
     Backward (exact): d/dp |p - c_j|^2 = 2 (p - c_j), i.e. 2 p sum_j g_j - 2 G C with G sparse.
     """
 
@@ -73,15 +66,16 @@ class _ChosenSquaredDistances(torch.autograd.Function):
         pattern = _selection(indices, torch.zeros(indices.shape, dtype=p.dtype, device=p.device), c.shape[0])
         dots = torch.sparse.sampled_addmm(pattern, p, c.transpose(0, 1), beta=0.0).values().view(indices.shape)
         ctx.save_for_backward(points, centres, indices)
-        return (p.pow(2).sum(1, keepdim=True) - 2.0 * dots + c.pow(2).sum(1)[indices]).clamp_min_(0)
+        point_norms = torch.linalg.vector_norm(p, dim=1, keepdim=True).square_()
+        return dots.mul_(-2.0).add_(point_norms).add_(c.pow(2).sum(1)[indices]).clamp_min_(0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         points, centres, indices = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        pulled = _selection(indices, grad.to(points.dtype), centres.shape[0]) @ centres
-        return 2.0 * points * grad.sum(1, keepdim=True) - 2.0 * pulled, None, None
+        pulled = _selection(indices, grad.to(points.dtype) * -2.0, centres.shape[0]) @ centres  # -2 sum_j g_j c_j
+        return pulled.addcmul_(points, 2.0 * grad.sum(1, keepdim=True)), None, None
 
 
 def gathered_squared_distances(points: torch.Tensor, centres: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -90,3 +84,20 @@ def gathered_squared_distances(points: torch.Tensor, centres: torch.Tensor, indi
     The centres are constants (the memory bank), so they get no gradient.
     """
     return _ChosenSquaredDistances.apply(points.float(), centres.detach().float(), indices)
+
+
+def nearest_centres(points: torch.Tensor, centres: torch.Tensor, k: int, chunk: int = 512,
+                    low_precision: bool = False, extra: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest float32 squared distances of each point, ascending, and their centre indices.
+
+    Differentiable in points (the gradient flows through the exact distances of the chosen centres).
+    low_precision: the search runs in bfloat16 for k + extra candidates, which are then re-ranked by
+    their exact float32 distances, so only near-ties at the k-th place can differ from the plain path.
+    """
+    count = min(k + extra, centres.shape[0]) if low_precision else k
+    indices = candidate_centres(points, centres, count, low_precision, chunk)
+    distances = gathered_squared_distances(points, centres, indices)
+    if count > k or low_precision:
+        distances, order = torch.sort(distances, dim=1)
+        distances, indices = distances[:, :k], indices.gather(1, order[:, :k])
+    return distances, indices

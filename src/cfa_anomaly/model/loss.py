@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from cfa_anomaly.model.distances import gathered_squared_distances, nearest_centres
+from cfa_anomaly.model.distances import nearest_centres
 
 
 class CoupledHypersphereLoss(nn.Module):
@@ -23,8 +23,7 @@ class CoupledHypersphereLoss(nn.Module):
 
     def forward(self, features: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
         """features: (N, D) patch features; bank: (M, D) centres."""
-        _, indices = nearest_centres(features, bank, self.K + self.J, low_precision=self.low_precision_search)
-        dist = gathered_squared_distances(features.float(), bank.float(), indices)
+        dist, _ = nearest_centres(features, bank, self.K + self.J, low_precision=self.low_precision_search)
         r2 = self.radius.pow(2)
         attraction = torch.relu(dist[:, : self.K] - r2).mean() / self.nu
         if self.J == 0:

@@ -11,7 +11,8 @@ from cfa_anomaly.model.distances import nearest_centres
 
 def patch_scores(features: torch.Tensor, bank: torch.Tensor, K: int, low_precision: bool = False) -> torch.Tensor:
     """(N, D) -> (N,) score = softmin(d)[0] * d[0], d = Euclidean distances to the K nearest centres."""
-    squared, _ = nearest_centres(features, bank, K, low_precision=low_precision)
+    with torch.no_grad():
+        squared, _ = nearest_centres(features, bank, K, low_precision=low_precision)
     dist = squared.sqrt()
     return torch.softmax(-dist, dim=1)[:, 0] * dist[:, 0]
 
