@@ -1,4 +1,4 @@
-"""Speed and accuracy of the plain float32 path against the bfloat16 fast path (not a test).
+"""Speed and accuracy of the plain float32 path against the fast paths (not a test).
 
     python benchmarks/speed.py                       # timing (wide_resnet50_2, random weights) + accuracy
     python benchmarks/speed.py --images 209 --epochs 1 --skip-accuracy   # peak memory of a 209-image category
@@ -12,7 +12,6 @@ with an offline backbone in both precisions; metric deltas and the correlation o
 from __future__ import annotations
 
 import argparse
-import os
 import json
 import platform
 import resource
@@ -26,7 +25,6 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars off: this prints a report
 sys.path.insert(0, str(REPO / "src"))
 
 from cfa_anomaly.config import load_config  # noqa: E402
@@ -34,7 +32,7 @@ from cfa_anomaly.train import build_model, fit  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 REAL_SETS = {"grid": (SHARED / "mvtec_ad", "grid"), "hazelnut": (SHARED / "hazelnut_toy", "hazelnut")}
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "mixed", "bfloat16")  # model.precision; the first is the plain reference
 
 
 def timing_run(precision: str, backbone: str, images: int, epochs: int, batch: int) -> dict:
@@ -80,9 +78,12 @@ def accuracy_run(name: str, backbone: str, epochs: int) -> dict:
             out[precision] = report["metrics"]
             out[f"{precision}_train_seconds"] = report["train"]["train_seconds"]
             maps[precision] = np.load(folder / "maps.npz")["maps"].astype(np.float64)
-    out["max_metric_delta"] = max(abs(out["bfloat16"][k] - out["float32"][k]) for k in out["float32"]
-                                  if out["float32"][k] is not None)
-    out["map_correlation"] = float(np.corrcoef(maps["float32"].ravel(), maps["bfloat16"].ravel())[0, 1])
+    plain = out["float32"]
+    for precision in PRECISIONS[1:]:
+        out[f"{precision}_max_metric_delta"] = max(abs(out[precision][k] - plain[k]) for k in plain
+                                                   if plain[k] is not None)
+        out[f"{precision}_map_correlation"] = float(np.corrcoef(maps["float32"].ravel(),
+                                                                maps[precision].ravel())[0, 1])
     return out
 
 
@@ -111,14 +112,15 @@ def main() -> None:
     if not SHARED.is_dir():
         print(f"accuracy: skipped, {SHARED} is absent")
         return
-    print(f"accuracy: {args.accuracy_backbone} (ImageNet), {args.accuracy_epochs} epochs, float32 vs bfloat16")
+    print(f"accuracy: {args.accuracy_backbone} (ImageNet), {args.accuracy_epochs} epochs, fast paths vs float32")
     for name in REAL_SETS:
         result = accuracy_run(name, args.accuracy_backbone, args.accuracy_epochs)
         for precision in PRECISIONS:
             metrics = " ".join(f"{k}={v:.4f}" for k, v in result[precision].items() if v is not None)
             print(f"  {name:9} {precision:9} {metrics}  train {result[f'{precision}_train_seconds']:.1f}s")
-        print(f"  {name:9} max metric delta {result['max_metric_delta']:.4f}, "
-              f"map correlation {result['map_correlation']:.5f}")
+        for precision in PRECISIONS[1:]:
+            print(f"  {name:9} {precision:9} max metric delta {result[f'{precision}_max_metric_delta']:.4f}, "
+                  f"map correlation {result[f'{precision}_map_correlation']:.5f}")
 
 
 def print_timing(args: argparse.Namespace) -> None:
@@ -134,9 +136,12 @@ def print_timing(args: argparse.Namespace) -> None:
     for precision, row in rows.items():
         print(f"{precision:10} {row['feature_ms_per_image']:15.1f} {row['train_ms_per_image_epoch']:19.1f} "
               f"{row['inference_images_per_second']:12.2f} {row['peak_rss_gib']:13.2f}")
-    plain, fast = rows["float32"], rows["bfloat16"]
-    print(f"speed-up: training x{plain['train_ms_per_image_epoch'] / fast['train_ms_per_image_epoch']:.2f}, "
-          f"inference x{fast['inference_images_per_second'] / plain['inference_images_per_second']:.2f}")
+    plain = rows["float32"]
+    for precision in PRECISIONS[1:]:
+        fast = rows[precision]
+        print(f"speed-up of {precision}: training x"
+              f"{plain['train_ms_per_image_epoch'] / fast['train_ms_per_image_epoch']:.2f}, inference x"
+              f"{fast['inference_images_per_second'] / plain['inference_images_per_second']:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The bfloat16 fast path against the plain float32 path: the same neighbours, distances and maps."""
+"""The fast paths (mixed, bfloat16) against the plain float32 path: the same neighbours, distances, maps."""
 
 from __future__ import annotations
 
@@ -59,17 +59,19 @@ def assert_paths_agree(plain, fast) -> None:
 
 
 @requires_mobilenet_weights
-def test_fast_and_plain_paths_agree_on_synthetic_images(synth_root):
+@pytest.mark.parametrize("precision", ["mixed", "bfloat16"])
+def test_fast_and_plain_paths_agree_on_synthetic_images(synth_root, precision):
     from conftest import SYNTH_CATEGORY
 
     plain = run_precision(synth_root, SYNTH_CATEGORY, "float32", 72, 64, 2)
-    fast = run_precision(synth_root, SYNTH_CATEGORY, "bfloat16", 72, 64, 2)
+    fast = run_precision(synth_root, SYNTH_CATEGORY, precision, 72, 64, 2)
     assert_paths_agree(plain, fast)
 
 
 @requires_mobilenet_weights
-def test_fast_and_plain_paths_agree_on_real_grid_images(shared_data):
+@pytest.mark.parametrize("precision", ["mixed", "bfloat16"])
+def test_fast_and_plain_paths_agree_on_real_grid_images(shared_data, precision):
     root = shared_data / "mvtec_ad"
     plain = run_precision(root, "grid", "float32", 128, 112, 2)
-    fast = run_precision(root, "grid", "bfloat16", 128, 112, 2)
+    fast = run_precision(root, "grid", precision, 128, 112, 2)
     assert_paths_agree(plain, fast)

@@ -16,6 +16,9 @@ MVTEC_CATEGORIES: tuple[str, ...] = (
 )
 
 
+PRECISIONS: tuple[str, ...] = ("float32", "mixed", "bfloat16")
+
+
 class ConfigError(ValueError):
     """A configuration file or value that cannot be used; the message names the key."""
 
@@ -48,8 +51,9 @@ class ModelConfig:
     radius_init: float = 1e-5
     blur_sigma: float = 4.0
     kmeans_iters: int = 100
-    # float32: the plain path. bfloat16: backbone, descriptor and nearest-centre search on bfloat16 matrix
-    # units (AMX on recent x86 CPUs, tensor cores on GPUs); distances, loss and scores stay float32.
+    # float32: the plain path. mixed: the descriptor and the nearest-centre search in bfloat16 (the
+    # training hot loop), the backbone in float32. bfloat16: the backbone too (fastest inference).
+    # Distances, loss and scores are float32 in every mode. See benchmarks/README.md for the checks.
     precision: str = "float32"
 
 
@@ -115,8 +119,9 @@ class Config:
                 raise ConfigError(f"{key} = {_get(self, key)!r} is invalid: it must be {allowed}")
         if self.model.pretrained is False and self.model.weights:
             raise ConfigError("model.weights is set but model.pretrained is false: remove one of them")
-        if self.model.precision not in ("float32", "bfloat16"):
-            raise ConfigError(f"model.precision = {self.model.precision!r} is invalid: use float32 or bfloat16")
+        if self.model.precision not in PRECISIONS:
+            raise ConfigError(f"model.precision = {self.model.precision!r} is invalid: use one of "
+                              f"{', '.join(PRECISIONS)}")
         device = self.train.device
         if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
             raise ConfigError(f"train.device = {device!r} is invalid: use auto, cpu, cuda or cuda:N")

@@ -30,7 +30,7 @@ def predict(model: CFA, loader: DataLoader, device: torch.device, desc: str = "t
     paths, scores, maps, labels, masks = [], [], [], [], []
     compute_seconds = 0.0
     with torch.inference_mode():
-        for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
             images = batch["image"].to(device)
             start = time.perf_counter()
             batch_maps, batch_scores = model(images)

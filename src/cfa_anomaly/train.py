@@ -45,10 +45,13 @@ def build_model(cfg: Config, device: torch.device) -> CFA:
 
 
 def cache_features(model: CFA, loader: DataLoader, device: torch.device) -> torch.Tensor:
-    """Run the frozen backbone once per training image; (N, C, h, w) aggregated maps kept on the device."""
+    """Run the frozen backbone once per training image; (N, C, h, w) aggregated maps kept on the device.
+
+    Progress bars here and elsewhere show on a terminal only (disable=None), not in redirected logs.
+    """
     chunks = []
     with torch.inference_mode():
-        for batch in tqdm(loader, desc="features", unit="batch", leave=False):
+        for batch in tqdm(loader, desc="features", unit="batch", leave=False, disable=None):
             chunks.append(model.aggregate(batch["image"].to(device)))
     return torch.cat(chunks).clone()  # clone: leave inference mode so the tensor can feed autograd
 
@@ -79,7 +82,7 @@ def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device) -> Tr
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, amsgrad=True)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     model.descriptor.train()
-    progress = tqdm(range(cfg.train.epochs), desc="train", unit="epoch", leave=False)
+    progress = tqdm(range(cfg.train.epochs), desc="train", unit="epoch", leave=False, disable=None)
     for epoch in progress:
         order = torch.randperm(cached.shape[0], generator=generator)
         total, batches = 0.0, 0

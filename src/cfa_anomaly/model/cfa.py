@@ -25,14 +25,15 @@ class CFA(nn.Module):
         self.cfg = cfg
         self.extractor = extractor
         self.descriptor = PatchDescriptor(sum(extractor.channels), cfg.gamma_d)
-        self.low_precision = cfg.precision == "bfloat16"
+        self.low_precision = cfg.precision in ("mixed", "bfloat16")  # descriptor and search
+        self.low_precision_backbone = cfg.precision == "bfloat16"
         self.loss_fn = CoupledHypersphereLoss(cfg.K, cfg.J, cfg.nu, cfg.alpha, cfg.radius_init,
                                               low_precision_search=self.low_precision)
         self.register_buffer("memory_bank", torch.zeros(0, self.descriptor.out_channels))
 
-    def autocast(self) -> torch.autocast:
-        """bfloat16 autocast for the matrix products when model.precision is bfloat16; a no-op otherwise."""
-        return torch.autocast(self.memory_bank.device.type, dtype=torch.bfloat16, enabled=self.low_precision)
+    def autocast(self, enabled: bool) -> torch.autocast:
+        """bfloat16 autocast for the matrix products when enabled; a no-op otherwise."""
+        return torch.autocast(self.memory_bank.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     @torch.no_grad()
     def aggregate(self, images: torch.Tensor) -> torch.Tensor:
@@ -40,12 +41,12 @@ class CFA(nn.Module):
 
         bfloat16 under model.precision = bfloat16 (also halves the training-feature cache).
         """
-        with self.autocast():
+        with self.autocast(self.low_precision_backbone):
             return aggregate_maps(self.extractor(images))
 
     def describe(self, aggregated: torch.Tensor) -> torch.Tensor:
         """The trainable descriptor on aggregated maps -> (B, D, h, w) patch features."""
-        with self.autocast():
+        with self.autocast(self.low_precision):
             return self.descriptor(aggregated)
 
     def loss(self, aggregated: torch.Tensor) -> torch.Tensor:
