@@ -16,7 +16,7 @@ MVTEC_CATEGORIES: tuple[str, ...] = (
 )
 
 
-PRECISIONS: tuple[str, ...] = ("float32", "mixed", "bfloat16")
+PRECISIONS: tuple[str, ...] = ("auto", "float32", "mixed", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -53,8 +53,9 @@ class ModelConfig:
     kmeans_iters: int = 100
     # float32: the plain path. mixed: the descriptor and the nearest-centre search in bfloat16 (the
     # training hot loop), the backbone in float32. bfloat16: the backbone too (fastest inference).
+    # auto: mixed where the hardware has bfloat16 matrix instructions, else float32.
     # Distances, loss and scores are float32 in every mode. See benchmarks/README.md for the checks.
-    precision: str = "float32"
+    precision: str = "auto"
 
 
 @dataclass

@@ -70,11 +70,13 @@ def decisions_at_threshold(predictions: Predictions, threshold: float | None) ->
     }
 
 
-def _test_report(cfg: Config, predictions: Predictions, results: dict[str, Any]) -> dict[str, Any]:
+def _test_report(cfg: Config, predictions: Predictions, results: dict[str, Any],
+                 model_precision: str) -> dict[str, Any]:
     labels = predictions.labels
     return {
         "category": cfg.data.category,
         "backbone": cfg.model.backbone,
+        "precision": model_precision,
         "metrics": results,
         "notes": {"pixel_f1_max": "best F1 over all thresholds: the threshold is fitted on the test set",
                   "aupro": "standard AUPRO: per-region overlap integrated up to pixel FPR 0.3, divided by 0.3"},
@@ -88,7 +90,7 @@ def evaluate_and_write(model: CFA, cfg: Config, device: torch.device, output: Pa
                        threshold: float | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score the test split; write metrics.json, scores.csv, maps.npz, panels, GIF and plots into output."""
     predictions = predict(model, _loader(cfg, "test"), device)
-    report = _test_report(cfg, predictions, compute_test_metrics(predictions))
+    report = _test_report(cfg, predictions, compute_test_metrics(predictions), model.precision)
     report["at_threshold"] = decisions_at_threshold(predictions, threshold)
     report.update(extra or {})
     report["config"] = cfg.to_dict()

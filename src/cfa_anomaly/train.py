@@ -37,22 +37,41 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def has_bfloat16_matrix_units(device: torch.device) -> bool:
+    """bfloat16 products at full speed: AVX512-BF16 or AMX on a CPU, a bf16-capable GPU."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """model.precision = auto -> mixed where bfloat16 is fast (equivalent results, see benchmarks/), else float32."""
+    if requested != "auto":
+        return requested
+    return "mixed" if has_bfloat16_matrix_units(device) else "float32"
+
+
 def build_model(cfg: Config, device: torch.device) -> CFA:
     """Backbone as configured and a freshly initialised descriptor, both seeded (random backbones included)."""
     torch.manual_seed(cfg.train.seed)
     extractor = FeatureExtractor(cfg.model.backbone, pretrained=cfg.model.pretrained, weights=cfg.model.weights)
-    return CFA(extractor, cfg.model).to(device)
+    return CFA(extractor, cfg.model, precision=resolve_precision(cfg.model.precision, device)).to(device)
 
 
 def cache_features(model: CFA, loader: DataLoader, device: torch.device) -> torch.Tensor:
     """Run the frozen backbone once per training image; (N, C, h, w) aggregated maps kept on the device.
 
+    When the descriptor runs in bfloat16 (model.precision mixed or bfloat16) the cache is kept in
+    bfloat16: autocast would cast each batch to it anyway, so this halves memory and changes nothing.
     Progress bars here and elsewhere show on a terminal only (disable=None), not in redirected logs.
     """
     chunks = []
+    dtype = torch.bfloat16 if model.low_precision else torch.float32
     with torch.inference_mode():
         for batch in tqdm(loader, desc="features", unit="batch", leave=False, disable=None):
-            chunks.append(model.aggregate(batch["image"].to(device)))
+            chunks.append(model.aggregate(batch["image"].to(device)).to(dtype))
     return torch.cat(chunks).clone()  # clone: leave inference mode so the tensor can feed autograd
 
 

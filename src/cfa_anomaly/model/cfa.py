@@ -20,13 +20,15 @@ def flatten_patches(features: torch.Tensor) -> torch.Tensor:
 class CFA(nn.Module):
     """Only the descriptor, the radius and the memory bank are state; the backbone is rebuilt from config."""
 
-    def __init__(self, extractor: FeatureExtractor, cfg: ModelConfig) -> None:
+    def __init__(self, extractor: FeatureExtractor, cfg: ModelConfig, precision: str | None = None) -> None:
+        """precision: float32, mixed or bfloat16 (default: cfg.precision, where auto means float32)."""
         super().__init__()
         self.cfg = cfg
+        self.precision = precision or (cfg.precision if cfg.precision != "auto" else "float32")
         self.extractor = extractor
         self.descriptor = PatchDescriptor(sum(extractor.channels), cfg.gamma_d)
-        self.low_precision = cfg.precision in ("mixed", "bfloat16")  # descriptor and search
-        self.low_precision_backbone = cfg.precision == "bfloat16"
+        self.low_precision = self.precision in ("mixed", "bfloat16")  # descriptor and search
+        self.low_precision_backbone = self.precision == "bfloat16"
         self.loss_fn = CoupledHypersphereLoss(cfg.K, cfg.J, cfg.nu, cfg.alpha, cfg.radius_init,
                                               low_precision_search=self.low_precision)
         self.register_buffer("memory_bank", torch.zeros(0, self.descriptor.out_channels))
