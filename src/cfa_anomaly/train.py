@@ -67,12 +67,21 @@ def cache_features(model: CFA, loader: DataLoader, device: torch.device) -> torc
     bfloat16: autocast would cast each batch to it anyway, so this halves memory and changes nothing.
     Progress bars here and elsewhere show on a terminal only (disable=None), not in redirected logs.
     """
-    chunks = []
     dtype = torch.bfloat16 if model.low_precision else torch.float32
-    with torch.inference_mode():
+    count = len(loader.dataset) if hasattr(loader, "dataset") else sum(len(b["image"]) for b in loader)
+    cache: torch.Tensor | None = None
+    filled = 0
+    with torch.no_grad():  # not inference_mode: the cache must be usable as an autograd input later
         for batch in tqdm(loader, desc="features", unit="batch", leave=False, disable=None):
-            chunks.append(model.aggregate(batch["image"].to(device)).to(dtype))
-    return torch.cat(chunks).clone()  # clone: leave inference mode so the tensor can feed autograd
+            features = model.aggregate(batch["image"].to(device))
+            if cache is None:  # allocated once, filled in place: peak memory is the cache itself
+                cache = torch.empty((count, *features.shape[1:]), dtype=dtype, device=device,
+                                    memory_format=torch.channels_last)
+            cache[filled: filled + len(features)] = features
+            filled += len(features)
+    if cache is None or filled != count:
+        raise TrainingError(f"the training loader gave {filled} images, expected {count}")
+    return cache
 
 
 @torch.no_grad()
