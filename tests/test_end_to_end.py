@@ -338,3 +338,20 @@ def test_main_py_missing_data_root_names_the_path(tmp_path):
     assert result.returncode != 0
     assert str(missing / "bottle") in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_checkpoint_from_other_backbone_weights_is_rejected(tmp_path):
+    cfg = load_config(None, ["model.backbone=resnet18", "model.pretrained=false", "data.resize=72",
+                             "data.crop=64"])
+    trained = build_model(cfg, CPU)  # seeded by train.seed
+    save_checkpoint(trained, cfg, tmp_path / "a.pt")
+    _, payload = read_checkpoint(tmp_path / "a.pt")
+    assert payload["backbone_weights_sha256"] == trained.extractor.weights_hash()
+
+    same = build_model(cfg, CPU)
+    load_state_into(same, payload, tmp_path / "a.pt")  # same seed, same random weights: accepted
+    cfg.train.seed = 1
+    other = build_model(cfg, CPU)
+    assert other.extractor.weights_hash() != trained.extractor.weights_hash()
+    with pytest.raises(CheckpointError, match="other resnet18 weights"):
+        load_state_into(other, payload, tmp_path / "a.pt")

@@ -10,6 +10,7 @@ Two families:
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -201,6 +202,17 @@ class FeatureExtractor(nn.Module):
         self.requires_grad_(False)
         self.to(memory_format=torch.channels_last)  # oneDNN's preferred layout: ~25% faster on CPU here
         self.eval()
+
+    def weights_hash(self) -> str:
+        """SHA-256 of the backbone's parameters and buffers (names, shapes, values): which weights ran."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            if name in ("mean", "std"):
+                continue
+            data = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{tuple(data.shape)}:{data.dtype}".encode())
+            digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        return digest.hexdigest()
 
     def _probe_channels(self) -> list[int]:
         with torch.no_grad():

@@ -26,6 +26,7 @@ def save_checkpoint(model: CFA, cfg: Config, path: Path, extra: dict[str, Any] |
         "version": __version__,
         "config": cfg.to_dict(),
         "backbone_channels": list(model.extractor.channels),
+        "backbone_weights_sha256": model.extractor.weights_hash(),
         "state": {k: v.detach().cpu() for k, v in model.learned_state().items()},
         "extra": extra or {},
     }
@@ -56,6 +57,12 @@ def load_state_into(model: CFA, payload: dict[str, Any], path: Path) -> None:
         raise CheckpointError(
             f"{path} was made with backbone channels {payload['backbone_channels']}, "
             f"but {model.extractor.name} gives {model.extractor.channels}"
+        )
+    saved_hash = payload.get("backbone_weights_sha256")
+    if saved_hash and saved_hash != model.extractor.weights_hash():
+        raise CheckpointError(
+            f"{path} was trained with other {model.extractor.name} weights (sha256 {saved_hash[:12]}...) than the "
+            "ones loaded now; its descriptor only fits those: point model.weights at the same file"
         )
     try:
         model.load_learned_state(payload["state"])

@@ -24,9 +24,14 @@ from cfa_anomaly.train import TrainResult, build_model, fit, resolve_device
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def _environment() -> dict[str, Any]:
-    return {"package_version": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "machine": platform.machine()}
+def _environment(model: CFA | None = None) -> dict[str, Any]:
+    """What produced a result: versions, machine and (with a model) the exact backbone weights."""
+    info: dict[str, Any] = {"package_version": __version__, "torch": torch.__version__,
+                            "python": platform.python_version(), "machine": platform.machine()}
+    if model is not None:
+        info["backbone_weights_sha256"] = model.extractor.weights_hash()
+        info["precision"] = model.precision
+    return info
 
 
 def _loader_of(samples, cfg: Config):
@@ -94,7 +99,7 @@ def evaluate_and_write(model: CFA, cfg: Config, device: torch.device, output: Pa
     report["at_threshold"] = decisions_at_threshold(predictions, threshold)
     report.update(extra or {})
     report["config"] = cfg.to_dict()
-    report["environment"] = _environment()
+    report["environment"] = _environment(model)
     write_scores_csv(output / "scores.csv", predictions, threshold)
     write_maps(output / "maps.npz", predictions)
     report["files"] = write_visuals(output, predictions, cfg.data.resize, cfg.data.crop, threshold,
@@ -130,7 +135,8 @@ def train_and_test(cfg: Config, output: Path, run_test: bool = True) -> dict[str
     summary["threshold"] = holdout_threshold(model, holdout, cfg, device)
     save_checkpoint(model, cfg, output / CHECKPOINT_NAME, extra=summary)
     if not run_test:
-        atomic_write_json(output / "train.json", {**summary, "config": cfg.to_dict(), "environment": _environment()})
+        atomic_write_json(output / "train.json", {**summary, "config": cfg.to_dict(),
+                                                  "environment": _environment(model)})
         return summary
     return evaluate_and_write(model, cfg, device, output, summary["threshold"]["value"], extra=summary)
 
