@@ -227,3 +227,8 @@ def test_shipped_configs_cover_the_15_mvtec_categories():
     categories = [load_config(p).data.category for p in CONFIG_FILES]
     assert len(categories) == len(set(categories))
     assert set(categories) == set(config.MVTEC_CATEGORIES)
+
+
+def test_unknown_backbone_is_rejected_with_the_choices_before_any_model_work():
+    with pytest.raises(ConfigError, match="model.backbone = 'resnet19'.*wide_resnet50_2"):
+        load_config(None, ["model.backbone=resnet19"])

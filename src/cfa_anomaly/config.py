@@ -35,6 +35,8 @@ class DataConfig:
     # a seeded fraction of train/good, or a folder of normal images given here.
     holdout_fraction: float = 0.1
     holdout_dir: str | None = None
+    # A training image that cannot be read stops the run (default) or, when true, is skipped and listed.
+    skip_bad_images: bool = False
 
 
 @dataclass
@@ -120,6 +122,11 @@ class Config:
                 raise ConfigError(f"{key} = {_get(self, key)!r} is invalid: it must be {allowed}")
         if self.model.pretrained is False and self.model.weights:
             raise ConfigError("model.weights is set but model.pretrained is false: remove one of them")
+        from cfa_anomaly.backbones import BACKBONES  # the registry is the one list of names
+
+        if self.model.backbone not in BACKBONES:
+            raise ConfigError(f"model.backbone = {self.model.backbone!r} is unknown; choose one of: "
+                              f"{', '.join(BACKBONES)}")
         if self.model.precision not in PRECISIONS:
             raise ConfigError(f"model.precision = {self.model.precision!r} is invalid: use one of "
                               f"{', '.join(PRECISIONS)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from cfa_anomaly import __version__
 from cfa_anomaly.checkpoint import load_state_into, read_checkpoint, save_checkpoint
 from cfa_anomaly.config import Config, save_config
 from cfa_anomaly.data.dataset import AnomalyDataset, ImageFilesDataset, make_loader
+from cfa_anomaly.data.images import unreadable
 from cfa_anomaly.data.samples import DatasetError, Sample, folder_samples, list_images, make_samples, split_holdout
 from cfa_anomaly.evaluate import Predictions, compute_test_metrics, predict
 from cfa_anomaly.io_utils import atomic_write_json
@@ -116,12 +118,40 @@ def _train_summary(result: TrainResult, epochs: int) -> dict[str, Any]:
                       "train_seconds": round(result.train_seconds, 2)}}
 
 
+def _bad_files(samples: list[Sample]) -> list[str]:
+    """'<file>: <reason>' for every image or mask of the samples that cannot be read."""
+    found = []
+    for sample in samples:
+        for path in (sample.image, sample.mask):
+            reason = unreadable(path) if path is not None else None
+            if reason:
+                found.append(f"{path}: {reason}")
+    return found
+
+
 def check_data(cfg: Config, run_test: bool = True) -> tuple[list[Sample], list[Sample]]:
-    """Index the data (DatasetError naming the file) before any output or model work; returns the split."""
-    split = training_split(cfg)
+    """Index and check the data before any output or model work; returns (training, held-out) samples.
+
+    Unreadable test files always stop the run; unreadable training files too, unless data.skip_bad_images,
+    which drops them and lists them on stderr.
+    """
+    train, holdout = training_split(cfg)
     if run_test:
-        make_samples(cfg.data.root, cfg.data.category, "test")
-    return split
+        bad = _bad_files(make_samples(cfg.data.root, cfg.data.category, "test"))
+        if bad:
+            raise DatasetError(f"{len(bad)} unreadable test file(s), e.g. {bad[0]}; fix or remove them")
+    bad = _bad_files(train + holdout)
+    if bad and not cfg.data.skip_bad_images:
+        raise DatasetError(f"{len(bad)} unreadable training file(s), e.g. {bad[0]}; fix or remove them, "
+                           "or set data.skip_bad_images=true to skip them")
+    if bad:
+        skipped = {line.rsplit(": ", 1)[0] for line in bad}
+        print(f"skipping {len(bad)} unreadable training image(s):\n  " + "\n  ".join(bad), file=sys.stderr)
+        train = [s for s in train if str(s.image) not in skipped]
+        holdout = [s for s in holdout if str(s.image) not in skipped]
+        if not train:
+            raise DatasetError("no readable training images left after skipping the bad ones")
+    return train, holdout
 
 
 def train_and_test(cfg: Config, output: Path, run_test: bool = True) -> dict[str, Any]:

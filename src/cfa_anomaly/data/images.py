@@ -23,6 +23,23 @@ def _open(path: Path) -> Image.Image:
     return image
 
 
+def unreadable(path: Path) -> str | None:
+    """Why an image file cannot be used (empty, truncated, not an image), or None when it looks sound.
+
+    A cheap check (header and, for PNG, chunk checksums) run on every file before any model work.
+    """
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty"
+        with Image.open(path) as image:
+            image.verify()
+    except FileNotFoundError:
+        return "file not found"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        return f"not a readable image ({err})"
+    return None
+
+
 def _to_uint8(array: np.ndarray) -> np.ndarray:
     """Scale by the pixel type, never by content: integer data is 16-bit (0..65535), float data 0..1."""
     if array.dtype == np.uint8:

@@ -1,0 +1,63 @@
+"""Unreadable files are found before any model work: named, and skipped only when asked."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cfa_anomaly.config import load_config
+from cfa_anomaly.data.images import unreadable
+from cfa_anomaly.data.samples import DatasetError
+from cfa_anomaly.pipeline import check_data
+from conftest import SYNTH_CATEGORY
+
+
+@pytest.fixture()
+def data_copy(synth_root, tmp_path) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(synth_root / SYNTH_CATEGORY, root / SYNTH_CATEGORY)
+    return root
+
+
+def config_for(root: Path, *extra: str):
+    return load_config(None, [f"data.root={root}", f"data.category={SYNTH_CATEGORY}", "data.holdout_fraction=0",
+                              *extra])
+
+
+def break_file(path: Path, how: str) -> None:
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_text("this is not an image")
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated", "text"])
+def test_bad_training_image_stops_with_its_name_or_is_skipped_when_asked(data_copy, how):
+    bad = data_copy / SYNTH_CATEGORY / "train" / "good" / "002.png"
+    break_file(bad, how)
+    assert unreadable(bad) is not None
+    with pytest.raises(DatasetError, match="002.png") as info:
+        check_data(config_for(data_copy))
+    assert "data.skip_bad_images" in str(info.value)
+
+    train, _ = check_data(config_for(data_copy, "data.skip_bad_images=true"))
+    names = [s.image.name for s in train]
+    assert "002.png" not in names and len(names) == 5
+
+
+def test_bad_test_image_or_mask_always_stops(data_copy):
+    mask = next((data_copy / SYNTH_CATEGORY / "ground_truth").rglob("*_mask.png"))
+    break_file(mask, "truncated")
+    with pytest.raises(DatasetError, match=mask.name):
+        check_data(config_for(data_copy, "data.skip_bad_images=true"))
+
+
+def test_sound_files_pass(synth_root):
+    train, holdout = check_data(config_for(synth_root))
+    assert len(train) == 6 and holdout == []
+    assert all(unreadable(s.image) is None for s in train)
