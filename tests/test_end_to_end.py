@@ -355,3 +355,40 @@ def test_checkpoint_from_other_backbone_weights_is_rejected(tmp_path):
     assert other.extractor.weights_hash() != trained.extractor.weights_hash()
     with pytest.raises(CheckpointError, match="other resnet18 weights"):
         load_state_into(other, payload, tmp_path / "a.pt")
+
+
+def test_killed_run_resumes_from_its_last_epoch_to_the_same_model(synth_root, tmp_path, monkeypatch, capsys):
+    import cfa_anomaly.train as training
+
+    cfg = small_config(synth_root, **{"train.epochs": "4", "data.holdout_fraction": "0.2"})
+    train_and_test(cfg, tmp_path / "full", run_test=False)
+
+    save_state = training.save_training_state
+
+    def save_then_die(path, model, optimizer, generator, epoch, losses, config):
+        save_state(path, model, optimizer, generator, epoch, losses, config)
+        if epoch == 2:
+            raise KeyboardInterrupt  # killed right after epoch 2 was saved
+
+    monkeypatch.setattr(training, "save_training_state", save_then_die)
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        train_and_test(cfg, killed, run_test=False)
+    monkeypatch.undo()
+    assert not (killed / CHECKPOINT_NAME).exists()
+    assert training.read_training_state(killed / "train_state.pt")["epoch"] == 2
+
+    assert cli.main(["train", "--resume", str(killed), "--no-test"]) == 0
+    assert "after epoch 2 of 4" in capsys.readouterr().out
+    assert not (killed / "train_state.pt").exists()  # superseded by the checkpoint
+    _, full = read_checkpoint(tmp_path / "full" / CHECKPOINT_NAME)
+    _, resumed = read_checkpoint(killed / CHECKPOINT_NAME)
+    assert full["extra"]["train"]["loss_per_epoch"] == resumed["extra"]["train"]["loss_per_epoch"]
+    assert full["extra"]["threshold"]["value"] == resumed["extra"]["threshold"]["value"]
+    for key, tensor in full["state"].items():
+        assert torch.equal(tensor, resumed["state"][key]), key
+
+
+def test_resume_without_a_saved_state_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["train", "--resume", str(tmp_path)]) == 2
+    assert "train_state.pt" in capsys.readouterr().err

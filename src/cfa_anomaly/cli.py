@@ -24,6 +24,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--category", help="category folder name (overrides data.category)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value, e.g. --set model.backbone=mobilenet_v2 (repeatable)")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue a killed run from its last completed epoch (its own config is used)")
     add_output_arguments(parser)
 
 
@@ -62,7 +64,25 @@ def run_training(cfg: Config, args: argparse.Namespace, run_test: bool = True) -
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    if args.resume:
+        resume_training(args)
+        return
     run_training(config_from_args(args.config, args), args, run_test=not args.no_test)
+
+
+def resume_training(args: argparse.Namespace) -> None:
+    """Continue a killed run in its own folder, from its last completed epoch, with its saved config."""
+    from cfa_anomaly.config import config_from_dict
+    from cfa_anomaly.pipeline import TRAIN_STATE_NAME, print_report, train_and_test
+    from cfa_anomaly.train import read_training_state
+
+    folder = Path(args.resume)
+    state = read_training_state(folder / TRAIN_STATE_NAME)
+    cfg = config_from_dict(state["config"])
+    print(f"resuming {folder} after epoch {state['epoch']} of {cfg.train.epochs}")
+    report = train_and_test(cfg, folder, run_test=not args.no_test, resume=state)
+    if not args.no_test:
+        print_report(report, folder)
 
 
 def cmd_test(args: argparse.Namespace) -> None:

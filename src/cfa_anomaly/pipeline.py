@@ -24,6 +24,7 @@ from cfa_anomaly.outputs import format_metrics_table, write_maps, write_scores_c
 from cfa_anomaly.train import TrainResult, build_model, fit, resolve_device
 
 CHECKPOINT_NAME = "checkpoint.pt"
+TRAIN_STATE_NAME = "train_state.pt"  # per-epoch training state of an unfinished run (for --resume)
 
 
 def _environment(model: CFA | None = None) -> dict[str, Any]:
@@ -154,16 +155,23 @@ def check_data(cfg: Config, run_test: bool = True) -> tuple[list[Sample], list[S
     return train, holdout
 
 
-def train_and_test(cfg: Config, output: Path, run_test: bool = True) -> dict[str, Any]:
-    """Train on train/good (less the held-out images), set the threshold, save, then (optionally) test."""
+def train_and_test(cfg: Config, output: Path, run_test: bool = True,
+                   resume: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train on train/good (less the held-out images), set the threshold, save, then (optionally) test.
+
+    The training state is saved after every epoch (output/train_state.pt) until the final checkpoint is
+    written; `resume` (its contents) continues a killed run to the same final model.
+    """
     device = resolve_device(cfg.train.device)
     train_samples, holdout = check_data(cfg, run_test)
     model = build_model(cfg, device)
     save_config(cfg, output / "config.yaml")
-    result = fit(model, _loader_of(train_samples, cfg), cfg, device)
+    state_path = output / TRAIN_STATE_NAME
+    result = fit(model, _loader_of(train_samples, cfg), cfg, device, state_path=state_path, resume=resume)
     summary = _train_summary(result, cfg.train.epochs)
     summary["threshold"] = holdout_threshold(model, holdout, cfg, device)
     save_checkpoint(model, cfg, output / CHECKPOINT_NAME, extra=summary)
+    state_path.unlink(missing_ok=True)  # the checkpoint supersedes it
     if not run_test:
         atomic_write_json(output / "train.json", {**summary, "config": cfg.to_dict(),
                                                   "environment": _environment(model)})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -12,6 +14,7 @@ from tqdm.auto import tqdm
 
 from cfa_anomaly.backbones import FeatureExtractor
 from cfa_anomaly.config import Config
+from cfa_anomaly.io_utils import atomic_write
 from cfa_anomaly.model import CFA
 from cfa_anomaly.model.memory_bank import build_memory_bank
 
@@ -96,8 +99,45 @@ def init_memory_bank(model: CFA, cached: torch.Tensor, batch_size: int, cfg: Con
     )
 
 
-def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device) -> TrainResult:
-    """Train for cfg.train.epochs epochs and keep the final model (no selection on test data)."""
+STATE_FORMAT = "cfa-anomaly-train-state-v1"
+
+
+def save_training_state(path: Path, model: CFA, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                        epoch: int, losses: list[float], cfg: Config) -> None:
+    """Everything needed to continue after `epoch` completed epochs, written atomically."""
+    payload = {
+        "format": STATE_FORMAT,
+        "epoch": epoch,
+        "losses": list(losses),
+        "config": cfg.to_dict(),
+        "backbone_weights_sha256": model.extractor.weights_hash(),
+        "state": {k: v.detach().cpu() for k, v in model.learned_state().items()},
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+    }
+    atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def read_training_state(path: Path) -> dict[str, Any]:
+    """A saved training state (weights_only: no code runs), or a TrainingError naming the file."""
+    if not path.is_file():
+        raise TrainingError(f"no training state to resume from: {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a corrupt file raises many types
+        raise TrainingError(f"cannot read training state {path}: {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
+        raise TrainingError(f"{path} is not a cfa-anomaly training state")
+    return payload
+
+
+def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device, state_path: Path | None = None,
+        resume: dict[str, Any] | None = None) -> TrainResult:
+    """Train for cfg.train.epochs epochs and keep the final model (no selection on test data).
+
+    state_path: after every epoch the training state is written there (atomically), so a killed run can
+    go on with `resume` (a read_training_state payload) and end with the same model as an uninterrupted one.
+    """
     result = TrainResult()
     start = time.perf_counter()
     cached = cache_features(model, loader, device)
@@ -105,12 +145,22 @@ def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device) -> Tr
     result.feature_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    init_memory_bank(model, cached, cfg.data.batch_size, cfg)
     params = list(model.descriptor.parameters()) + list(model.loss_fn.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, amsgrad=True)
     generator = torch.Generator().manual_seed(cfg.train.seed)
+    first_epoch = 0
+    if resume is None:
+        init_memory_bank(model, cached, cfg.data.batch_size, cfg)
+    else:
+        if resume.get("backbone_weights_sha256") != model.extractor.weights_hash():
+            raise TrainingError("the saved training state was made with other backbone weights; cannot resume")
+        model.load_learned_state(resume["state"])
+        optimizer.load_state_dict(resume["optimizer"])
+        generator.set_state(resume["generator"])
+        first_epoch, result.losses = int(resume["epoch"]), list(resume["losses"])
     model.descriptor.train()
-    progress = tqdm(range(cfg.train.epochs), desc="train", unit="epoch", leave=False, disable=None)
+    progress = tqdm(range(first_epoch, cfg.train.epochs), desc="train", unit="epoch", leave=False, disable=None,
+                    initial=first_epoch, total=cfg.train.epochs)
     for epoch in progress:
         order = torch.randperm(cached.shape[0], generator=generator)
         total, batches = 0.0, 0
@@ -118,7 +168,8 @@ def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device) -> Tr
             batch = cached[order[first: first + cfg.data.batch_size].to(cached.device)]
             loss = model.loss(batch)
             if not torch.isfinite(loss):
-                raise TrainingError(f"the loss became {loss.item()} in epoch {epoch + 1}; lower train.lr")
+                kept = f"; the state after epoch {epoch} is kept in {state_path}" if state_path and epoch else ""
+                raise TrainingError(f"the loss became {loss.item()} in epoch {epoch + 1}; lower train.lr{kept}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -126,6 +177,8 @@ def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device) -> Tr
             batches += 1
         result.losses.append(total / max(batches, 1))
         progress.set_postfix(loss=f"{result.losses[-1]:.4g}", radius=f"{model.loss_fn.radius.item():.3g}")
+        if state_path is not None:
+            save_training_state(state_path, model, optimizer, generator, epoch + 1, result.losses, cfg)
     model.eval()
     result.radius = float(model.loss_fn.radius.detach())
     result.train_seconds = time.perf_counter() - start

@@ -73,7 +73,7 @@ class CFA(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("extractor.")}
 
     def load_learned_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.memory_bank = torch.empty_like(state["memory_bank"])
+        self.memory_bank = torch.empty_like(state["memory_bank"], device=self.memory_bank.device)
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("extractor.")]
         if missing or unexpected:
