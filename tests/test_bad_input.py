@@ -61,3 +61,18 @@ def test_sound_files_pass(synth_root):
     train, holdout = check_data(config_for(synth_root))
     assert len(train) == 6 and holdout == []
     assert all(unreadable(s.image) is None for s in train)
+
+
+def test_non_finite_maps_stop_evaluation_naming_the_image():
+    import numpy as np
+
+    from cfa_anomaly.evaluate import EvaluationError, Predictions, compute_test_metrics
+
+    maps = np.zeros((2, 4, 4), np.float32)
+    maps[1, 0, 0] = np.nan
+    predictions = Predictions(paths=["a.png", "b.png"], scores=np.zeros(2), maps=maps, images_per_second=1.0,
+                              labels=np.array([0, 1]), masks=np.zeros((2, 4, 4), bool))
+    with pytest.raises(EvaluationError, match="b.png"):
+        compute_test_metrics(predictions)
+    predictions.maps[1, 0, 0] = 0.0
+    assert compute_test_metrics(predictions)["pixel_auroc"] is None  # no defective pixel: undefined, not NaN

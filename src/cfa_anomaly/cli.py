@@ -11,10 +11,12 @@ from cfa_anomaly.backbones import BackboneError
 from cfa_anomaly.checkpoint import CheckpointError
 from cfa_anomaly.config import MVTEC_CATEGORIES, Config, ConfigError, load_config
 from cfa_anomaly.data.samples import DatasetError
+from cfa_anomaly.evaluate import EvaluationError
 from cfa_anomaly.outputs import OutputExistsError, new_run_dir, prepare_output_dir
 from cfa_anomaly.train import TrainingError
 
-USER_ERRORS = (ConfigError, DatasetError, BackboneError, CheckpointError, TrainingError, OutputExistsError)
+USER_ERRORS = (ConfigError, DatasetError, BackboneError, CheckpointError, TrainingError, OutputExistsError,
+               EvaluationError)
 DEMO_CATEGORY = "synthetic"
 
 

@@ -53,8 +53,20 @@ def predict(model: CFA, loader: DataLoader, device: torch.device, desc: str = "t
     )
 
 
+class EvaluationError(ValueError):
+    """Scores that cannot be evaluated honestly (e.g. not finite); the message says which images."""
+
+
 def compute_test_metrics(predictions: Predictions) -> dict[str, float | None]:
-    """Image AUROC, pixel AUROC, pixel F1-max (test-fitted threshold) and AUPRO (FPR <= 0.3)."""
+    """Image AUROC, pixel AUROC, pixel F1-max (test-fitted threshold) and AUPRO (FPR <= 0.3).
+
+    A metric that is undefined for this test set (e.g. AUROC without defective images) is None;
+    non-finite scores stop here with the names of the images, never a NaN in a report.
+    """
     if predictions.labels is None or predictions.masks is None:
         raise ValueError("metrics need labels and masks: score a test split, not plain images")
+    broken = [p for p, m in zip(predictions.paths, predictions.maps) if not np.isfinite(m).all()]
+    if broken:
+        raise EvaluationError(f"{len(broken)} test image(s) got non-finite anomaly maps, e.g. {broken[0]}; "
+                              "the model is broken (retrain, or check the backbone weights)")
     return metrics.compute_all(predictions.labels, predictions.scores, predictions.masks, predictions.maps)
