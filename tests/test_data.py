@@ -386,3 +386,30 @@ def test_real_data_indexes_and_loads(shared_data, root, category, n_train, n_tes
             assert item["mask"].any()
         else:
             assert not item["mask"].any()
+
+
+def test_cmyk_and_palette_images_become_rgb(tmp_path):
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0] = 200
+    rgb[:, 4:, 2] = 90
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.fromarray(rgb).convert("CMYK").save(cmyk, quality=100)
+    palette = tmp_path / "palette.png"
+    Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=4).save(palette)
+    for path, tolerance in ((cmyk, 12), (palette, 0)):
+        out = read_rgb(path)
+        assert out.shape == (8, 8, 3) and out.dtype == np.uint8
+        assert np.abs(out.astype(int) - rgb.astype(int)).max() <= tolerance, path
+
+
+def test_image_far_smaller_than_the_crop_is_resized_with_its_mask(tmp_path):
+    small = np.zeros((20, 20, 3), np.uint8)
+    small[5:10, 5:10] = 255
+    mask = np.zeros((20, 20), bool)
+    mask[5:10, 5:10] = True
+    image_t = image_to_tensor(small, 256, 224)
+    mask_t = mask_to_tensor(mask, 256, 224)
+    assert image_t.shape == (3, 224, 224) and mask_t.shape == (224, 224)
+    bright = image_t.mean(0) > 0.5
+    assert mask_t.any()
+    assert (bright & mask_t).sum() >= 0.9 * mask_t.sum()  # the mask still covers the bright square
