@@ -1,4 +1,4 @@
-"""What a run leaves behind: run folders, metrics JSON, score CSV, maps and heatmap overlays."""
+"""What a run leaves behind: run folders, metrics table, score CSV, maps, panels, GIF and plots."""
 
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ def new_run_dir(base: str | Path, category: str) -> Path:
 def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
     """An explicit output folder: created if needed; a non-empty one needs overwrite=True."""
     folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise OutputExistsError(f"output path {folder} is a file, not a folder; choose another")
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise OutputExistsError(f"output folder {folder} is not empty; choose another or pass --overwrite")
     folder.mkdir(parents=True, exist_ok=True)
