@@ -413,3 +413,10 @@ def test_image_far_smaller_than_the_crop_is_resized_with_its_mask(tmp_path):
     bright = image_t.mean(0) > 0.5
     assert mask_t.any()
     assert (bright & mask_t).sum() >= 0.9 * mask_t.sum()  # the mask still covers the bright square
+
+
+def test_unknown_category_lists_the_categories_under_the_root(tmp_path):
+    (tmp_path / "bottle" / "train" / "good").mkdir(parents=True)
+    (tmp_path / "grid" / "train" / "good").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="botle.*categories under that root: bottle, grid"):
+        make_samples(tmp_path, "botle", "train")

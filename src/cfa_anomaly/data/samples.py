@@ -76,9 +76,12 @@ def category_dir(root: str | Path, category: str) -> Path:
     """The category folder, or a DatasetError saying where it was looked for."""
     folder = Path(root).expanduser() / category
     if not (folder / "train").is_dir():
+        parent = Path(root).expanduser()
+        present = sorted(p.name for p in parent.iterdir() if (p / "train").is_dir()) if parent.is_dir() else []
+        choices = f"; categories under that root: {', '.join(present)}" if present else ""
         raise DatasetError(
             f"dataset not found: looked for {folder / 'train'} (data.root={str(root)!r}, "
-            f"data.category={category!r}); pass --data_root / data.root=<folder holding {category}/>"
+            f"data.category={category!r}); pass --data_root / data.root=<folder holding {category}/>{choices}"
         )
     return folder
 

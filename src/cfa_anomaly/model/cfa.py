@@ -65,7 +65,9 @@ class CFA(nn.Module):
         maps = anomaly_maps(scores.view(batch, height, width), size, self.cfg.blur_sigma)
         return maps, maps.flatten(1).amax(dim=1)
 
+    @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: images (B,3,H,W) in 0..1 -> (anomaly maps (B,H,W), image scores (B,)); no gradients."""
         return self.score_aggregated(self.aggregate(images), tuple(images.shape[-2:]))
 
     def learned_state(self) -> dict[str, torch.Tensor]:
