@@ -54,10 +54,10 @@ def output_folder(args: argparse.Namespace, base: str, category: str) -> Path:
 def run_training(cfg: Config, args: argparse.Namespace, run_test: bool = True) -> Path:
     from cfa_anomaly.pipeline import check_data, print_report, train_and_test
 
-    check_data(cfg, run_test)  # a missing or broken dataset fails before an output folder is made
+    split = check_data(cfg, run_test)  # a missing or broken dataset fails before an output folder is made
     output = output_folder(args, cfg.output_dir, cfg.data.category)
     print(f"training CFA ({cfg.model.backbone}) on {Path(cfg.data.root) / cfg.data.category}; output: {output}")
-    report = train_and_test(cfg, output, run_test=run_test)
+    report = train_and_test(cfg, output, run_test=run_test, split=split)
     if run_test:
         print_report(report, output)
     else:
@@ -192,7 +192,7 @@ def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted; a training run continues with `cfa train --resume <its run folder>`", file=sys.stderr)
         return 130
     return 0
 

@@ -155,15 +155,16 @@ def check_data(cfg: Config, run_test: bool = True) -> tuple[list[Sample], list[S
     return train, holdout
 
 
-def train_and_test(cfg: Config, output: Path, run_test: bool = True,
-                   resume: dict[str, Any] | None = None) -> dict[str, Any]:
+def train_and_test(cfg: Config, output: Path, run_test: bool = True, resume: dict[str, Any] | None = None,
+                   split: tuple[list[Sample], list[Sample]] | None = None) -> dict[str, Any]:
     """Train on train/good (less the held-out images), set the threshold, save, then (optionally) test.
 
     The training state is saved after every epoch (output/train_state.pt) until the final checkpoint is
     written; `resume` (its contents) continues a killed run to the same final model.
+    split: the result of check_data when the caller ran it already.
     """
     device = resolve_device(cfg.train.device)
-    train_samples, holdout = check_data(cfg, run_test)
+    train_samples, holdout = split if split is not None else check_data(cfg, run_test)
     model = build_model(cfg, device)
     save_config(cfg, output / "config.yaml")
     state_path = output / TRAIN_STATE_NAME
