@@ -151,3 +151,27 @@ def test_mobilenet_v2_weights_file_round_trip(tmp_path):
     assert extractor.channels == [24, 32, 96]
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_offline_without_cached_weights_fails_at_once_with_what_to_do(monkeypatch):
+    from cfa_anomaly import backbones
+
+    monkeypatch.setattr(backbones, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(backbones, "cached_hub_weights", lambda name: None)
+    with pytest.raises(BackboneError, match="offline.*model.weights"):
+        FeatureExtractor("resnet18", pretrained=True)
+
+
+def test_offline_with_cached_weights_loads_them(monkeypatch, tmp_path):
+    import timm
+
+    from cfa_anomaly import backbones
+
+    torch.manual_seed(5)
+    source = timm.create_model("resnet18", pretrained=False)
+    path = tmp_path / "cached.pth"
+    torch.save(source.state_dict(), path)
+    monkeypatch.setattr(backbones, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(backbones, "cached_hub_weights", lambda name: path)
+    extractor = FeatureExtractor("resnet18", pretrained=True)
+    torch.testing.assert_close(extractor.model.conv1.weight, source.conv1.weight)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,32 @@ def _package_file(module: str, relative: str, name: str) -> Path:
     return path
 
 
+HUB_HOST = "huggingface.co"  # where timm's pretrained weights are downloaded from
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the weights hub accepts a connection: a quick check, so offline runs fail at once
+    instead of after the download client's retries (about a minute)."""
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def cached_hub_weights(timm_name: str) -> Path | None:
+    """The weights file of a timm model already in the local download cache, if any."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = timm.models.get_pretrained_cfg(timm_name).hf_hub_id
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename) if repo else None
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
 # ---------------------------------------------------------------- builders
 def _timm_builder(timm_name: str) -> Callable[[bool, Path | None], tuple[nn.Module, None]]:
     def build(pretrained: bool, weights: Path | None) -> tuple[nn.Module, None]:
@@ -92,6 +119,15 @@ def _timm_builder(timm_name: str) -> Callable[[bool, Path | None], tuple[nn.Modu
             raise BackboneError(f"backbone {timm_name} has no feature map at stride {missing}")
         out_indices = tuple(max(i for i, r in enumerate(reductions) if r == s) for s in TARGET_STRIDES)
         kwargs: dict = {"features_only": True, "out_indices": out_indices}
+        if pretrained and weights is None and not hub_reachable():
+            weights = cached_hub_weights(timm_name)
+            if weights is None:
+                raise BackboneError(
+                    f"no pretrained weights for {timm_name}: this machine is offline and they are not in the "
+                    "local cache. Download them once on a connected machine and pass model.weights=<file.pth> "
+                    "(a torchvision or timm state dict), use an offline backbone (mobilenet_v2, "
+                    "efficientnet_lite0/1/2), or set model.pretrained=false for random weights"
+                )
         if weights is not None:
             if not weights.is_file():
                 raise BackboneError(f"backbone weights file not found: {weights} (model.weights)")
