@@ -221,6 +221,7 @@ class FeatureExtractor(nn.Module):
             raise BackboneError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
         spec = BACKBONES[name]
         self.name = name
+        self._weights_hash: str | None = None
         model, blocks = spec.builder(pretrained, Path(weights).expanduser() if weights else None)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
@@ -240,7 +241,15 @@ class FeatureExtractor(nn.Module):
         self.eval()
 
     def weights_hash(self) -> str:
-        """SHA-256 of the backbone's parameters and buffers (names, shapes, values): which weights ran."""
+        """SHA-256 of the backbone's parameters and buffers (names, shapes, values): which weights ran.
+
+        Computed once: the extractor is frozen, and the hash is asked for at every epoch's saved state.
+        """
+        if self._weights_hash is None:
+            self._weights_hash = self._compute_weights_hash()
+        return self._weights_hash
+
+    def _compute_weights_hash(self) -> str:
         digest = hashlib.sha256()
         for name, tensor in sorted(self.state_dict().items()):
             if name in ("mean", "std"):

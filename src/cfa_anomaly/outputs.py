@@ -100,19 +100,24 @@ def write_visuals(output: Path, predictions: Predictions, resize: int, crop: int
                   evaluation: EvaluationConfig, title: str) -> dict[str, str]:
     """Panels (one per image), and for labelled data a GIF, ROC curves and a score histogram."""
     written: dict[str, str] = {}
-    images = [cropped_rgb(p, resize, crop) for p in predictions.paths]
     names = [panel_name(p) for p in predictions.paths]
     labelled = predictions.labels is not None
+    scale = (float(predictions.maps.min()), float(predictions.maps.max()))  # shared by all images
+
+    def render(i: int) -> np.ndarray:
+        return viz.render_panel(cropped_rgb(predictions.paths[i], resize, crop), predictions.maps[i],
+                                float(predictions.scores[i]), threshold, scale,
+                                predictions.masks[i] if labelled else None, title=names[i])
+
+    rendered: dict[int, np.ndarray] = {}
     if evaluation.panels:
-        viz.write_panels(output / "panels", images, predictions.maps, predictions.scores, names, threshold,
-                         predictions.masks, has_truth=labelled)
+        rendered = {i: render(i) for i in range(len(names))}
+        viz.write_panels(output / "panels", list(rendered.values()), names)
         written["panels"] = "panels/"
     if not labelled:
         return written
     order = viz.gif_order(predictions.labels, evaluation.gif_good_frames, evaluation.gif_max_frames)
-    scale = (float(predictions.maps.min()), float(predictions.maps.max()))
-    frames = [viz.render_panel(images[i], predictions.maps[i], float(predictions.scores[i]), threshold, scale,
-                               predictions.masks[i], title=names[i]) for i in order]
+    frames = [rendered[i] if i in rendered else render(i) for i in order]  # panels are rendered once
     viz.write_gif(output / f"{title}.gif", frames, max_width=evaluation.gif_width)
     viz.plot_roc(output / "roc.png", predictions.labels, predictions.scores, predictions.masks, predictions.maps,
                  title=title)

@@ -119,14 +119,14 @@ def _train_summary(result: TrainResult, epochs: int) -> dict[str, Any]:
                       "train_seconds": round(result.train_seconds, 2)}}
 
 
-def _bad_files(samples: list[Sample]) -> list[str]:
-    """'<file>: <reason>' for every image or mask of the samples that cannot be read."""
+def _bad_files(samples: list[Sample]) -> list[tuple[Path, str]]:
+    """(file, reason) for every image or mask of the samples that cannot be read."""
     found = []
     for sample in samples:
         for path in (sample.image, sample.mask):
             reason = unreadable(path) if path is not None else None
             if reason:
-                found.append(f"{path}: {reason}")
+                found.append((path, reason))
     return found
 
 
@@ -140,16 +140,18 @@ def check_data(cfg: Config, run_test: bool = True) -> tuple[list[Sample], list[S
     if run_test:
         bad = _bad_files(make_samples(cfg.data.root, cfg.data.category, "test"))
         if bad:
-            raise DatasetError(f"{len(bad)} unreadable test file(s), e.g. {bad[0]}; fix or remove them")
+            raise DatasetError(f"{len(bad)} unreadable test file(s), e.g. {bad[0][0]}: {bad[0][1]}; "
+                               "fix or remove them")
     bad = _bad_files(train + holdout)
     if bad and not cfg.data.skip_bad_images:
-        raise DatasetError(f"{len(bad)} unreadable training file(s), e.g. {bad[0]}; fix or remove them, "
-                           "or set data.skip_bad_images=true to skip them")
+        raise DatasetError(f"{len(bad)} unreadable training file(s), e.g. {bad[0][0]}: {bad[0][1]}; fix or "
+                           "remove them, or set data.skip_bad_images=true to skip them")
     if bad:
-        skipped = {line.rsplit(": ", 1)[0] for line in bad}
-        print(f"skipping {len(bad)} unreadable training image(s):\n  " + "\n  ".join(bad), file=sys.stderr)
-        train = [s for s in train if str(s.image) not in skipped]
-        holdout = [s for s in holdout if str(s.image) not in skipped]
+        skipped = {path for path, _ in bad}
+        listing = "\n  ".join(f"{path}: {reason}" for path, reason in bad)
+        print(f"skipping {len(bad)} unreadable training image(s):\n  {listing}", file=sys.stderr)
+        train = [s for s in train if s.image not in skipped]
+        holdout = [s for s in holdout if s.image not in skipped]
         if not train:
             raise DatasetError("no readable training images left after skipping the bad ones")
     return train, holdout
@@ -180,10 +182,15 @@ def train_and_test(cfg: Config, output: Path, run_test: bool = True, resume: dic
     return evaluate_and_write(model, cfg, device, output, summary["threshold"]["value"], extra=summary)
 
 
-def checkpoint_threshold(checkpoint: Path) -> float | None:
-    """The held-out decision threshold stored with a checkpoint (None when it was trained without one)."""
-    _, payload = read_checkpoint(checkpoint)
-    return payload.get("extra", {}).get("threshold", {}).get("value")
+def _restore(checkpoint: Path, device_name: str) -> tuple[CFA, Config, torch.device, float | None]:
+    """Model, config, device and held-out threshold (None when trained without one), from one read."""
+    cfg, payload = read_checkpoint(checkpoint)
+    cfg.train.device = device_name
+    device = resolve_device(device_name)
+    model = build_model(cfg, device)
+    load_state_into(model, payload, checkpoint)
+    threshold = payload.get("extra", {}).get("threshold", {}).get("value")
+    return model.to(device).eval(), cfg, device, threshold
 
 
 def load_model(checkpoint: Path, device_name: str = "auto") -> tuple[CFA, Config, torch.device]:
@@ -191,21 +198,16 @@ def load_model(checkpoint: Path, device_name: str = "auto") -> tuple[CFA, Config
 
     The device is chosen here (default: a GPU when there is one), not where the checkpoint was trained.
     """
-    cfg, payload = read_checkpoint(checkpoint)
-    cfg.train.device = device_name
-    device = resolve_device(device_name)
-    model = build_model(cfg, device)
-    load_state_into(model, payload, checkpoint)
-    return model.to(device).eval(), cfg, device
+    model, cfg, device, _ = _restore(checkpoint, device_name)
+    return model, cfg, device
 
 
 def evaluate_checkpoint(checkpoint: Path, output: Path, data_root: str | None = None,
                         device_name: str = "auto") -> dict[str, Any]:
-    model, cfg, device = load_model(checkpoint, device_name)
+    model, cfg, device, threshold = _restore(checkpoint, device_name)
     if data_root:
         cfg.data.root = data_root
-    return evaluate_and_write(model, cfg, device, output, checkpoint_threshold(checkpoint),
-                              extra={"checkpoint": str(checkpoint)})
+    return evaluate_and_write(model, cfg, device, output, threshold, extra={"checkpoint": str(checkpoint)})
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -227,12 +229,11 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
 def predict_images(checkpoint: Path, inputs: Sequence[str | Path], output: Path,
                    device_name: str = "auto") -> Predictions:
     """Scores and maps for plain images: scores.csv, maps.npz and panels/ in output."""
-    model, cfg, device = load_model(checkpoint, device_name)
+    model, cfg, device, threshold = _restore(checkpoint, device_name)
     paths = collect_images(inputs)
     loader = make_loader(ImageFilesDataset(paths, cfg.data.resize, cfg.data.crop), cfg.data.batch_size,
                          cfg.data.num_workers)
     predictions = predict(model, loader, device, desc="predict")
-    threshold = checkpoint_threshold(checkpoint)
     write_scores_csv(output / "scores.csv", predictions, threshold)
     write_maps(output / "maps.npz", predictions)
     write_visuals(output, predictions, cfg.data.resize, cfg.data.crop, threshold, cfg.evaluation, title="predict")

@@ -71,6 +71,6 @@ def csv_report(results: Mapping[str, Mapping[str, float | None]]) -> str:
     for category in ordered(list(results)):
         writer.writerow([category, *("" if results[category].get(m) is None else f"{results[category][m]:.6f}"
                                      for m in metrics)])
-    writer.writerow(["average", *("" if average([results[c].get(m) for c in results]) is None
-                                  else f"{average([results[c].get(m) for c in results]):.6f}" for m in metrics)])
+    means = [average([results[c].get(m) for c in results]) for m in metrics]
+    writer.writerow(["average", *("" if mean is None else f"{mean:.6f}" for mean in means)])
     return buffer.getvalue()

@@ -71,15 +71,10 @@ def render_panel(image: np.ndarray, anomaly_map: np.ndarray, score: float, thres
     return _figure_to_array(fig)
 
 
-def write_panels(folder: Path, images: Sequence[np.ndarray], maps: np.ndarray, scores: np.ndarray,
-                 names: Sequence[str], threshold: float | None,
-                 masks: np.ndarray | None = None, has_truth: bool = False) -> list[Path]:
-    """One panel PNG per image (folder/<name>.png); the colour scale is shared by all of them."""
-    scale = (float(maps.min()), float(maps.max()))
+def write_panels(folder: Path, panels: Sequence[np.ndarray], names: Sequence[str]) -> list[Path]:
+    """Each rendered panel as folder/<name>.png."""
     paths = []
-    for index, name in enumerate(names):
-        mask = masks[index] if (has_truth and masks is not None) else None
-        panel = render_panel(images[index], maps[index], float(scores[index]), threshold, scale, mask, title=name)
+    for panel, name in zip(panels, names):
         path = folder / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_png(path, panel)
