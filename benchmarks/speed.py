@@ -55,6 +55,7 @@ def timing_run(precision: str, backbone: str, images: int, epochs: int, batch: i
     return {
         "precision": precision,
         "feature_ms_per_image": 1000 * result.feature_seconds / images,
+        "bank_ms_per_image": 1000 * result.bank_seconds / images,
         "train_ms_per_image_epoch": 1000 * result.train_seconds / (images * max(epochs, 1)),
         "inference_images_per_second": images / infer_seconds,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -132,9 +133,11 @@ def print_timing(args: argparse.Namespace) -> None:
                    "--images", str(args.images), "--epochs", str(args.epochs), "--batch", str(args.batch)]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         rows[precision] = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"{'':10} {'feature ms/img':>15} {'train ms/img/epoch':>19} {'infer img/s':>12} {'peak RSS GiB':>13}")
+    print(f"{'':10} {'feature ms/img':>15} {'bank ms/img':>12} {'train ms/img/epoch':>19} {'infer img/s':>12} "
+          f"{'peak RSS GiB':>13}")
     for precision, row in rows.items():
-        print(f"{precision:10} {row['feature_ms_per_image']:15.1f} {row['train_ms_per_image_epoch']:19.1f} "
+        print(f"{precision:10} {row['feature_ms_per_image']:15.1f} {row['bank_ms_per_image']:12.1f} "
+              f"{row['train_ms_per_image_epoch']:19.1f} "
               f"{row['inference_images_per_second']:12.2f} {row['peak_rss_gib']:13.2f}")
     plain = rows["float32"]
     for precision in PRECISIONS[1:]:

@@ -17,6 +17,7 @@ from cfa_anomaly.config import Config
 from cfa_anomaly.io_utils import atomic_write
 from cfa_anomaly.model import CFA
 from cfa_anomaly.model.memory_bank import build_memory_bank
+from cfa_anomaly.runtime import reuse_freed_memory
 
 
 class TrainingError(RuntimeError):
@@ -27,8 +28,9 @@ class TrainingError(RuntimeError):
 class TrainResult:
     losses: list[float] = field(default_factory=list)  # mean loss per epoch
     radius: float = 0.0
-    feature_seconds: float = 0.0
-    train_seconds: float = 0.0
+    feature_seconds: float = 0.0  # the one-time frozen-backbone pass
+    bank_seconds: float = 0.0  # the one-time memory-bank initialisation
+    train_seconds: float = 0.0  # the epochs
     images: int = 0
 
 
@@ -57,7 +59,11 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 
 
 def build_model(cfg: Config, device: torch.device) -> CFA:
-    """Backbone as configured and a freshly initialised descriptor, both seeded (random backbones included)."""
+    """Backbone as configured and a freshly initialised descriptor, both seeded (random backbones included).
+
+    Also has the C library keep freed memory for reuse (runtime.reuse_freed_memory): a third faster on a CPU.
+    """
+    reuse_freed_memory()
     torch.manual_seed(cfg.train.seed)
     extractor = FeatureExtractor(cfg.model.backbone, pretrained=cfg.model.pretrained, weights=cfg.model.weights)
     return CFA(extractor, cfg.model, precision=resolve_precision(cfg.model.precision, device)).to(device)
@@ -158,6 +164,8 @@ def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device, state
         optimizer.load_state_dict(resume["optimizer"])
         generator.set_state(resume["generator"])
         first_epoch, result.losses = int(resume["epoch"]), list(resume["losses"])
+    result.bank_seconds = time.perf_counter() - start
+    start = time.perf_counter()
     model.descriptor.train()
     progress = tqdm(range(first_epoch, cfg.train.epochs), desc="train", unit="epoch", leave=False, disable=None,
                     initial=first_epoch, total=cfg.train.epochs)

@@ -8,8 +8,10 @@ import torch.nn as nn
 from cfa_anomaly.backbones import FeatureExtractor
 from cfa_anomaly.config import ModelConfig
 from cfa_anomaly.model.descriptor import PatchDescriptor, aggregate_maps
+from cfa_anomaly.model.distances import CentredBank, centre_bank
 from cfa_anomaly.model.loss import CoupledHypersphereLoss
-from cfa_anomaly.model.scorer import anomaly_maps, patch_scores
+from cfa_anomaly.model.matching import describe_and_match
+from cfa_anomaly.model.scorer import anomaly_maps, softmin_scores
 
 
 def flatten_patches(features: torch.Tensor) -> torch.Tensor:
@@ -29,9 +31,9 @@ class CFA(nn.Module):
         self.descriptor = PatchDescriptor(sum(extractor.channels), cfg.gamma_d)
         self.low_precision = self.precision in ("mixed", "bfloat16")  # descriptor and search
         self.low_precision_backbone = self.precision == "bfloat16"
-        self.loss_fn = CoupledHypersphereLoss(cfg.K, cfg.J, cfg.nu, cfg.alpha, cfg.radius_init,
-                                              low_precision_search=self.low_precision)
+        self.loss_fn = CoupledHypersphereLoss(cfg.K, cfg.J, cfg.nu, cfg.alpha, cfg.radius_init)
         self.register_buffer("memory_bank", torch.zeros(0, self.descriptor.out_channels))
+        self._prepared: tuple[torch.Tensor, int, CentredBank] | None = None
 
     def autocast(self, enabled: bool) -> torch.autocast:
         """bfloat16 autocast for the matrix products when enabled; a no-op otherwise."""
@@ -51,17 +53,27 @@ class CFA(nn.Module):
         with self.autocast(self.low_precision):
             return self.descriptor(aggregated)
 
+    def prepared_bank(self) -> CentredBank:
+        """The memory bank centred for the search, computed once per bank (and again when it changes)."""
+        bank = self.memory_bank
+        if bank.shape[0] == 0:
+            raise RuntimeError("the memory bank is empty: train the model or load a checkpoint first")
+        if self._prepared is None or self._prepared[0] is not bank or self._prepared[1] != bank._version:
+            self._prepared = (bank, bank._version, centre_bank(bank, self.low_precision))
+        return self._prepared[2]
+
+    def nearest(self, aggregated: torch.Tensor, k: int) -> torch.Tensor:
+        """Aggregated maps -> (B*h*w, k) squared distances of the described patches to their k nearest centres."""
+        return describe_and_match(self.descriptor.projection, aggregated, self.prepared_bank(), k)[0]
+
     def loss(self, aggregated: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(flatten_patches(self.describe(aggregated)), self.memory_bank)
+        return self.loss_fn.from_distances(self.nearest(aggregated, self.cfg.K + self.cfg.J))
 
     def score_aggregated(self, aggregated: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Aggregated maps -> (smoothed anomaly maps (B, H, W), image scores (B,) = max of each map)."""
-        if self.memory_bank.shape[0] == 0:
-            raise RuntimeError("the memory bank is empty: train the model or load a checkpoint first")
-        features = self.describe(aggregated)
-        batch, _, height, width = features.shape
-        scores = patch_scores(flatten_patches(features).float(), self.memory_bank.float(), self.cfg.K,
-                              low_precision=self.low_precision)
+        batch, _, height, width = aggregated.shape
+        with torch.no_grad():
+            scores = softmin_scores(self.nearest(aggregated, self.cfg.K))
         maps = anomaly_maps(scores.view(batch, height, width), size, self.cfg.blur_sigma)
         return maps, maps.flatten(1).amax(dim=1)
 

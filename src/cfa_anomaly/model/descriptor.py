@@ -44,12 +44,17 @@ class CoordConv1x1(nn.Module):
         self.in_channels = in_channels
         self.conv = nn.Conv2d(in_channels + 2, out_channels, kernel_size=1)
 
+    @staticmethod
+    def coordinates(height: int, width: int, device: torch.device) -> torch.Tensor:
+        """(H*W, 2) float32 (x, y) of every position, row by row."""
+        return coordinate_channels(1, height, width, torch.empty(0, device=device))[0].flatten(1).t()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = x.shape
+        _, _, height, width = x.shape
         weight = self.conv.weight.flatten(1)  # (out, in + 2)
-        coords = coordinate_channels(1, height, width, x)[0].flatten(1)  # (2, H*W)
-        position_term = (weight[:, self.in_channels:].to(coords.dtype) @ coords).transpose(0, 1)
-        position_term = position_term + self.conv.bias.to(position_term.dtype)  # (H*W, out)
+        coords = self.coordinates(height, width, x.device)
+        with torch.autocast(x.device.type, enabled=False):  # float32, as in matching.describe_and_match
+            position_term = torch.addmm(self.conv.bias, coords, weight[:, self.in_channels:].t())  # (H*W, out)
         rows = F.linear(x.permute(0, 2, 3, 1), weight[:, : self.in_channels])  # (B, H, W, out)
         rows = rows + position_term.view(height, width, -1).to(rows.dtype)
         return rows.permute(0, 3, 1, 2)

@@ -2,17 +2,50 @@
 
 Finding the nearest centres is a dense product (patches x centres); the distances that matter (the few
 nearest per patch) are then computed exactly in float32 at just those pairs, with an exact gradient,
-without materialising (patches x k x channels) copies.
+without materialising (patches x k x channels) copies. All of it works on data centred on the mean
+centre m, which keeps the products' rounding small (the features of a ReLU network share a large offset).
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 # CSR tensors are used only for the k-entries-per-row selection below, a well-covered case.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+
+class CentredBank(NamedTuple):
+    """The memory bank prepared once for searching and for exact distances (no gradient)."""
+
+    offset: torch.Tensor  # (1, D) float32: the mean centre m
+    centred: torch.Tensor  # (M, D) float32: c - m
+    norms: torch.Tensor  # (M,) float32: |c - m|^2
+    search: torch.Tensor  # (M, D) search dtype: c - m, rows in shuffled order
+    search_bias: torch.Tensor  # (1, M) search dtype: |c - m|^2 + 2 m.(c - m), shuffled the same way
+    order: torch.Tensor  # (M,) the centre at each row of search
+
+
+def centre_bank(centres: torch.Tensor, low_precision: bool = False) -> CentredBank:
+    """Prepare (M, D) centres; the search runs in bfloat16 when low_precision, else in float32.
+
+    The search rows are shuffled (a fixed permutation): torch.topk on CPU keeps a heap of the best so far,
+    which is slow when the columns come in an unlucky order (e.g. best last: 5x slower); in random order
+    it is refilled seldom. Measured: about even on pretrained features, 1.7x faster selection at inference
+    with random-weight wide_resnet50_2 features.
+    """
+    with torch.no_grad():
+        centres32 = centres.detach().float()
+        offset = centres32.mean(0, keepdim=True)
+        centred = centres32 - offset
+        norms = centred.pow(2).sum(1)
+        dtype = torch.bfloat16 if low_precision else torch.float32
+        bias = norms + 2.0 * (centred @ offset.squeeze(0))
+        order = torch.randperm(len(centres), generator=torch.Generator().manual_seed(0)).to(centres.device)
+        return CentredBank(offset, centred, norms, centred[order].to(dtype), bias[order].to(dtype).unsqueeze(0), order)
 
 
 def squared_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -21,26 +54,20 @@ def squared_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Tens
     return (points.pow(2).sum(1, keepdim=True) - 2.0 * cross + centres.pow(2).sum(1).unsqueeze(0)).clamp_min_(0)
 
 
-def candidate_centres(points: torch.Tensor, centres: torch.Tensor, count: int, low_precision: bool = False,
-                      chunk: int = 512) -> torch.Tensor:
+def candidate_centres(points: torch.Tensor, bank: CentredBank, count: int, chunk: int = 512) -> torch.Tensor:
     """(N, count) indices of the nearest centres of each point, by a ranking key; no gradient.
 
-    The key |c - m|^2 + 2 m.(c - m) - 2 p.(c - m) equals |p - c|^2 - |p - m|^2 (m: mean centre), so it
-    ranks like the distance while its magnitude is that of data centred on m: the rounding of a
-    bfloat16 product (low_precision) stays small. Rows go in chunks: flat memory, products in cache.
+    The key |c - m|^2 + 2 m.(c - m) - 2 p.(c - m) equals |p - c|^2 - |p - m|^2, so it ranks like the
+    distance while its magnitude is that of centred data: the rounding of a bfloat16 product stays small.
+    Rows go in chunks: flat memory, products in cache.
     """
+    dtype, search_t = bank.search.dtype, bank.search.t()  # a transposed view: the faster product layout here
+    found = []
     with torch.no_grad():
-        centres32 = centres.float()
-        offset = centres32.mean(0, keepdim=True)
-        shifted = centres32 - offset
-        bias = shifted.pow(2).sum(1) + 2.0 * (shifted @ offset.squeeze(0))
-        dtype = torch.bfloat16 if low_precision else torch.float32
-        search_t, bias = shifted.to(dtype).transpose(0, 1), bias.to(dtype).unsqueeze(0)
-        found = []
         for start in range(0, points.shape[0], chunk):
-            key = torch.addmm(bias, points[start: start + chunk].to(dtype), search_t, alpha=-2.0)
+            key = torch.addmm(bank.search_bias, points[start: start + chunk].to(dtype), search_t, alpha=-2.0)
             found.append(torch.topk(key, count, dim=1, largest=False, sorted=True).indices)
-    return torch.cat(found)
+    return bank.order[torch.cat(found)]
 
 
 def _selection(indices: torch.Tensor, values: torch.Tensor, n_centres: int) -> torch.Tensor:
@@ -51,31 +78,62 @@ def _selection(indices: torch.Tensor, values: torch.Tensor, n_centres: int) -> t
                                    size=(rows, n_centres), check_invariants=False)
 
 
-class _ChosenSquaredDistances(torch.autograd.Function):
-    """|p_n - c_j|^2 for the chosen centres j of each point n.
+def centre_points(points: torch.Tensor, bank: CentredBank) -> torch.Tensor:
+    """(N, D) -> (N, D) float32 p - m; one pass from bfloat16 (the subtraction promotes)."""
+    low = points.dtype in (torch.bfloat16, torch.float16)
+    return torch.sub(points if low else points.float(), bank.offset)
 
-    Forward: |p - m|^2 - 2 (p - m).(c_j - m) + |c_j - m|^2 (m: mean centre, against cancellation), the dot
-    products computed only at the chosen pairs (a sampled sparse product).
-    Backward (exact): d/dp |p - c_j|^2 = 2 (p - c_j), i.e. 2 p sum_j g_j - 2 G C with G sparse.
+
+def chosen_squared_distances(centred_points: torch.Tensor, bank: CentredBank, indices: torch.Tensor) -> torch.Tensor:
+    """(N, D) float32 points minus m, (N, k) centre indices -> (N, k) float32 squared distances.
+
+    |p - m|^2 - 2 (p - m).(c_j - m) + |c_j - m|^2, the dot products computed only at the chosen pairs
+    (a sampled sparse product). No gradient here: see chosen_distances_backward.
     """
+    pattern = _selection(indices, torch.zeros(indices.shape, device=indices.device), bank.centred.shape[0])
+    dots = torch.sparse.sampled_addmm(pattern, centred_points, bank.centred.transpose(0, 1), beta=0.0)
+    point_norms = torch.linalg.vector_norm(centred_points, dim=1, keepdim=True).square_()
+    return dots.values().view(indices.shape).mul_(-2.0).add_(point_norms).add_(bank.norms[indices]).clamp_min_(0)
+
+
+def chosen_distances_backward(centred_points: torch.Tensor, bank: CentredBank, indices: torch.Tensor,
+                              grad: torch.Tensor) -> torch.Tensor:
+    """Exact gradient of sum(grad * chosen distances) in the points: sum_j g_j 2 (p - c_j), (N, D) float32.
+
+    Written as 2 (p - m) sum_j g_j - 2 sum_j g_j (c_j - m); the second sum is a weighted embedding bag.
+    """
+    grad = grad.float()
+    pulled = F.embedding_bag(indices, bank.centred, per_sample_weights=grad * -2.0, mode="sum")
+    return pulled.addcmul_(centred_points, 2.0 * grad.sum(1, keepdim=True))
+
+
+def rerank(distances: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort candidates by their exact distances and keep the k nearest."""
+    distances, order = torch.sort(distances, dim=1)
+    return distances[:, :k], indices.gather(1, order[:, :k])
+
+
+def search_count(k: int, n_centres: int, low_precision: bool, extra: int = 8) -> int:
+    """Candidates to search for: a bfloat16 search keeps `extra` more, re-ranked by exact distances."""
+    return min(k + extra, n_centres) if low_precision else k
+
+
+class _ChosenSquaredDistances(torch.autograd.Function):
+    """|p_n - c_j|^2 for the chosen centres j of each point n, differentiable in the points."""
 
     @staticmethod
-    def forward(ctx, points: torch.Tensor, centres: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        offset = centres.mean(0, keepdim=True)
-        p, c = points - offset, centres - offset
-        pattern = _selection(indices, torch.zeros(indices.shape, dtype=p.dtype, device=p.device), c.shape[0])
-        dots = torch.sparse.sampled_addmm(pattern, p, c.transpose(0, 1), beta=0.0).values().view(indices.shape)
-        ctx.save_for_backward(points, centres, indices)
-        point_norms = torch.linalg.vector_norm(p, dim=1, keepdim=True).square_()
-        return dots.mul_(-2.0).add_(point_norms).add_(c.pow(2).sum(1)[indices]).clamp_min_(0)
+    def forward(ctx, points: torch.Tensor, bank: CentredBank, indices: torch.Tensor) -> torch.Tensor:
+        centred_points = centre_points(points, bank)
+        ctx.bank, ctx.dtype = bank, points.dtype
+        ctx.save_for_backward(centred_points, indices)
+        return chosen_squared_distances(centred_points, bank, indices)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-        points, centres, indices = ctx.saved_tensors
+        centred_points, indices = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        pulled = _selection(indices, grad.to(points.dtype) * -2.0, centres.shape[0]) @ centres  # -2 sum_j g_j c_j
-        return pulled.addcmul_(points, 2.0 * grad.sum(1, keepdim=True)), None, None
+        return chosen_distances_backward(centred_points, ctx.bank, indices, grad).to(ctx.dtype), None, None
 
 
 def gathered_squared_distances(points: torch.Tensor, centres: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -83,7 +141,7 @@ def gathered_squared_distances(points: torch.Tensor, centres: torch.Tensor, indi
 
     The centres are constants (the memory bank), so they get no gradient.
     """
-    return _ChosenSquaredDistances.apply(points.float(), centres.detach().float(), indices)
+    return _ChosenSquaredDistances.apply(points, centre_bank(centres), indices)
 
 
 def nearest_centres(points: torch.Tensor, centres: torch.Tensor, k: int, chunk: int = 512,
@@ -94,10 +152,7 @@ def nearest_centres(points: torch.Tensor, centres: torch.Tensor, k: int, chunk: 
     low_precision: the search runs in bfloat16 for k + extra candidates, which are then re-ranked by
     their exact float32 distances, so only near-ties at the k-th place can differ from the plain path.
     """
-    count = min(k + extra, centres.shape[0]) if low_precision else k
-    indices = candidate_centres(points, centres, count, low_precision, chunk)
-    distances = gathered_squared_distances(points, centres, indices)
-    if count > k or low_precision:
-        distances, order = torch.sort(distances, dim=1)
-        distances, indices = distances[:, :k], indices.gather(1, order[:, :k])
-    return distances, indices
+    bank = centre_bank(centres, low_precision)
+    indices = candidate_centres(points, bank, search_count(k, centres.shape[0], low_precision, extra), chunk)
+    distances = _ChosenSquaredDistances.apply(points, bank, indices)
+    return rerank(distances, indices, k) if low_precision else (distances, indices)

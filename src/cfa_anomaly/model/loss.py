@@ -14,16 +14,18 @@ class CoupledHypersphereLoss(nn.Module):
     d are squared distances to the memory bank sorted ascending; r is a learned parameter.
     """
 
-    def __init__(self, K: int = 3, J: int = 3, nu: float = 1e-3, alpha: float = 0.1, radius_init: float = 1e-5,
-                 low_precision_search: bool = False):
+    def __init__(self, K: int = 3, J: int = 3, nu: float = 1e-3, alpha: float = 0.1, radius_init: float = 1e-5):
         super().__init__()
         self.K, self.J, self.nu, self.alpha = K, J, nu, alpha
-        self.low_precision_search = low_precision_search
         self.radius = nn.Parameter(torch.tensor(float(radius_init)))
 
     def forward(self, features: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
         """features: (N, D) patch features; bank: (M, D) centres."""
-        dist, _ = nearest_centres(features, bank, self.K + self.J, low_precision=self.low_precision_search)
+        dist, _ = nearest_centres(features, bank, self.K + self.J)
+        return self.from_distances(dist)
+
+    def from_distances(self, dist: torch.Tensor) -> torch.Tensor:
+        """dist: (N, K + J) squared distances to the nearest centres, ascending."""
         r2 = self.radius.pow(2)
         attraction = torch.relu(dist[:, : self.K] - r2).mean() / self.nu
         if self.J == 0:

@@ -13,6 +13,11 @@ def patch_scores(features: torch.Tensor, bank: torch.Tensor, K: int, low_precisi
     """(N, D) -> (N,) score = softmin(d)[0] * d[0], d = Euclidean distances to the K nearest centres."""
     with torch.no_grad():
         squared, _ = nearest_centres(features, bank, K, low_precision=low_precision)
+    return softmin_scores(squared)
+
+
+def softmin_scores(squared: torch.Tensor) -> torch.Tensor:
+    """(N, K) squared distances to the K nearest centres, ascending -> (N,) softmin(d)[0] * d[0]."""
     dist = squared.sqrt()
     return torch.softmax(-dist, dim=1)[:, 0] * dist[:, 0]
 

@@ -1,0 +1,83 @@
+"""The fused descriptor + nearest-centre step against autograd through the plain pieces, and its helpers."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+import torch
+
+from cfa_anomaly.model.descriptor import CoordConv1x1
+from cfa_anomaly.model.distances import candidate_centres, centre_bank
+from cfa_anomaly.model.matching import describe_and_match
+from cfa_anomaly.runtime import reuse_freed_memory
+
+
+def layer_and_inputs(seed: int, channels: int = 24, out: int = 20, size: tuple[int, int] = (6, 7)):
+    """A CoordConv layer, channels-last ReLU-like maps (B=3) and a bank of centres near its outputs."""
+    torch.manual_seed(seed)
+    layer = CoordConv1x1(channels, out)
+    maps = torch.relu(torch.randn(3, channels, *size) + 1.0).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        described = layer(maps).permute(0, 2, 3, 1).reshape(-1, out)
+    centres = described[torch.randperm(described.shape[0])[:50]] + 0.3 * torch.randn(50, out)
+    return layer, maps, centres
+
+
+def plain_reference(layer: CoordConv1x1, maps: torch.Tensor, centres: torch.Tensor, k: int):
+    """Autograd through the layer and a dense float64 distance matrix; k nearest by sorting."""
+    features = layer(maps).permute(0, 2, 3, 1).reshape(-1, centres.shape[1]).double()
+    distances = (features.unsqueeze(1) - centres.double().unsqueeze(0)).pow(2).sum(-1)
+    values, indices = torch.sort(distances, dim=1)
+    return values[:, :k], indices[:, :k]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fused_step_equals_autograd_through_the_plain_layer_in_float32(seed):
+    k = 5
+    layer, maps, centres = layer_and_inputs(seed)
+    weights = torch.randn(maps.shape[0] * maps.shape[2] * maps.shape[3], k, dtype=torch.float64)
+
+    values, indices = describe_and_match(layer, maps, centre_bank(centres), k)
+    (values.double() * weights).sum().backward()
+    fused_grads = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+
+    ref_values, ref_indices = plain_reference(layer, maps, centres, k)
+    (ref_values * weights).sum().backward()
+    assert torch.equal(indices, ref_indices)
+    torch.testing.assert_close(values.double(), ref_values.detach(), rtol=1e-4, atol=1e-4)
+    for fused, param in zip(fused_grads, layer.parameters()):
+        torch.testing.assert_close(fused.double(), param.grad.double(), rtol=1e-3, atol=1e-3)
+
+
+def test_fused_step_in_bfloat16_returns_exact_distances_of_nearly_the_same_neighbours():
+    k = 5
+    layer, maps, centres = layer_and_inputs(3)
+    fast_values, fast_indices = describe_and_match(layer, maps, centre_bank(centres, low_precision=True), k)
+    ref_values, ref_indices = plain_reference(layer, maps, centres, k)
+    assert fast_values.dtype == torch.float32
+    assert torch.all(fast_values[:, 1:] >= fast_values[:, :-1])
+    assert (fast_indices[:, 0] == ref_indices[:, 0]).float().mean() >= 0.95
+    torch.testing.assert_close(fast_values.double(), ref_values.detach(), rtol=0.05, atol=0.05)
+
+
+def test_fused_step_refuses_maps_that_require_a_gradient():
+    layer, maps, centres = layer_and_inputs(0)
+    with pytest.raises(ValueError, match="frozen"):
+        describe_and_match(layer, maps.requires_grad_(True), centre_bank(centres), 3)
+
+
+def test_shuffled_search_returns_indices_of_the_original_centres():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(40, 8, generator=generator)
+    points = centres[[5, 17, 33]] + 1e-3
+    bank = centre_bank(centres)
+    assert not torch.equal(bank.order, torch.arange(40))  # the search rows really are shuffled
+    assert candidate_centres(points, bank, 1)[:, 0].tolist() == [5, 17, 33]
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_reuse_freed_memory_takes_effect_on_glibc():
+    assert reuse_freed_memory() is True
+    assert reuse_freed_memory() is True  # idempotent
