@@ -72,11 +72,9 @@ def build_model(cfg: Config, device: torch.device) -> CFA:
 def cache_features(model: CFA, loader: DataLoader, device: torch.device) -> torch.Tensor:
     """Run the frozen backbone once per training image; (N, C, h, w) aggregated maps kept on the device.
 
-    When the descriptor runs in bfloat16 (model.precision mixed or bfloat16) the cache is kept in
-    bfloat16: autocast would cast each batch to it anyway, so this halves memory and changes nothing.
+    The cache has the dtype of CFA.aggregate: bfloat16 when the descriptor runs in bfloat16.
     Progress bars here and elsewhere show on a terminal only (disable=None), not in redirected logs.
     """
-    dtype = torch.bfloat16 if model.low_precision else torch.float32
     count = len(loader.dataset) if hasattr(loader, "dataset") else sum(len(b["image"]) for b in loader)
     cache: torch.Tensor | None = None
     filled = 0
@@ -84,7 +82,7 @@ def cache_features(model: CFA, loader: DataLoader, device: torch.device) -> torc
         for batch in tqdm(loader, desc="features", unit="batch", leave=False, disable=None):
             features = model.aggregate(batch["image"].to(device))
             if cache is None:  # allocated once, filled in place: peak memory is the cache itself
-                cache = torch.empty((count, *features.shape[1:]), dtype=dtype, device=device,
+                cache = torch.empty((count, *features.shape[1:]), dtype=features.dtype, device=device,
                                     memory_format=torch.channels_last)
             cache[filled: filled + len(features)] = features
             filled += len(features)

@@ -43,10 +43,11 @@ class CFA(nn.Module):
     def aggregate(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen part: images (B,3,H,W) in 0..1 -> pooled, aligned, concatenated maps (B, C, H/4, W/4).
 
-        bfloat16 under model.precision = bfloat16 (also halves the training-feature cache).
+        bfloat16 whenever the descriptor runs in bfloat16 (mixed, bfloat16), which would round them so anyway;
+        this also halves the training-feature cache. The backbone itself runs in bfloat16 only under bfloat16.
         """
         with self.autocast(self.low_precision_backbone):
-            return aggregate_maps(self.extractor(images))
+            return aggregate_maps(self.extractor(images), torch.bfloat16 if self.low_precision else None)
 
     def describe(self, aggregated: torch.Tensor) -> torch.Tensor:
         """The trainable descriptor on aggregated maps -> (B, D, h, w) patch features."""

@@ -7,10 +7,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def aggregate_maps(maps: list[torch.Tensor]) -> torch.Tensor:
+def aggregate_maps(maps: list[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
     """3x3 average pooling of each map, bilinear resize to the first (stride-4) map, concatenation.
 
-    The result is (B, C, H, W) in shape and channels-last in memory, ready for the descriptor's product.
+    The result is (B, C, H, W) in shape and channels-last in memory, ready for the descriptor's product;
+    in `dtype` if given (each map is converted before the concatenation: the same values, half the copying).
     """
     size = maps[0].shape[-2:]
     pooled = []
@@ -18,7 +19,7 @@ def aggregate_maps(maps: list[torch.Tensor]) -> torch.Tensor:
         feature = F.avg_pool2d(feature, kernel_size=3, stride=1, padding=1)
         if feature.shape[-2:] != size:
             feature = F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
-        pooled.append(feature.permute(0, 2, 3, 1))
+        pooled.append(feature.permute(0, 2, 3, 1).to(dtype or feature.dtype))
     return torch.cat(pooled, dim=-1).permute(0, 3, 1, 2)
 
 
