@@ -12,8 +12,15 @@ from __future__ import annotations
 import torch
 
 from cfa_anomaly.model.descriptor import CoordConv1x1
-from cfa_anomaly.model.distances import (CentredBank, candidate_centres, centre_points, chosen_distances_backward,
-                                         chosen_squared_distances, rerank, search_count)
+from cfa_anomaly.model.distances import (
+    CentredBank,
+    candidate_centres,
+    centre_points,
+    chosen_distances_backward,
+    chosen_squared_distances,
+    rerank,
+    search_count,
+)
 
 
 class _DescribeAndMatch(torch.autograd.Function):
@@ -33,7 +40,7 @@ class _DescribeAndMatch(torch.autograd.Function):
         distances = chosen_squared_distances(centred, bank, indices)
         if low_precision:
             distances, indices = rerank(distances, indices, k)
-        ctx.bank, ctx.shape = bank, (batch, positions, channels)
+        ctx.bank, ctx.shape = bank, (batch, positions)
         ctx.save_for_backward(inputs, centred, indices, coords)
         ctx.mark_non_differentiable(indices)
         return distances, indices
@@ -41,7 +48,7 @@ class _DescribeAndMatch(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _unused: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         inputs, centred, indices, coords = ctx.saved_tensors
-        batch, positions, channels = ctx.shape
+        batch, positions = ctx.shape
         grad_features = chosen_distances_backward(centred, ctx.bank, indices, grad)  # (B*P, D) float32
         grad_position = grad_features.view(batch, positions, -1).sum(0)  # (P, D)
         grad_main = torch.mm(grad_features.to(inputs.dtype).t(), inputs).float()  # (D, C)
