@@ -3,6 +3,7 @@
     python benchmarks/speed.py                       # timing (wide_resnet50_2, random weights) + accuracy
     python benchmarks/speed.py --images 209 --epochs 1 --repeats 1 --skip-accuracy   # a 209-image category
     python benchmarks/speed.py --profile mixed       # where the time goes (torch.profiler tables)
+    python benchmarks/speed.py --neighbours          # how often the bfloat16 search misses a neighbour
 
 Timing: each precision runs in its own process (so peak memory is its own) on the same seeded random
 images: the one-time feature pass and memory-bank initialisation, ms per image per training epoch, and
@@ -98,6 +99,43 @@ def profile_run(precision: str, backbone: str, batch: int) -> None:
     print(inference.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
+def neighbour_run(name: str, backbone: str, epochs: int) -> dict:
+    """Train on a real set, then: how often does the bfloat16 search miss a true nearest centre?
+
+    For every test patch, the k nearest centres returned by the model's search (k = K and K + J) are
+    compared with those of an exact float64 distance matrix of the same features.
+    """
+    from cfa_anomaly.data.dataset import AnomalyDataset, make_loader
+    from cfa_anomaly.data.samples import make_samples
+    from cfa_anomaly.model.cfa import flatten_patches
+    from cfa_anomaly.model.matching import describe_and_match
+    from cfa_anomaly.pipeline import load_model, train_and_test
+
+    root, category = REAL_SETS[name]
+    cfg = load_config(None, [f"data.root={root}", f"data.category={category}", f"model.backbone={backbone}",
+                             "model.precision=mixed", f"train.epochs={epochs}", "train.device=cpu"])
+    with tempfile.TemporaryDirectory() as tmp:
+        train_and_test(cfg, Path(tmp))
+        model, cfg, _ = load_model(Path(tmp) / "checkpoint.pt", "cpu")
+    test = make_samples(root, category, "test")
+    counts = {k: [0, 0.0] for k in (cfg.model.K, cfg.model.K + cfg.model.J)}
+    patches = 0
+    with torch.no_grad():
+        for batch in make_loader(AnomalyDataset(test, cfg.data.resize, cfg.data.crop), cfg.data.batch_size):
+            aggregated = model.aggregate(batch["image"])
+            features = flatten_patches(model.describe(aggregated)).double()
+            exact = torch.cdist(features, model.memory_bank.double()).square()
+            patches += features.shape[0]
+            for k in counts:
+                found, _ = describe_and_match(model.descriptor.projection, aggregated, model.prepared_bank(), k)
+                best = exact.topk(k, dim=1, largest=False).values
+                excess = ((found.double() - best) / best.clamp_min(1e-12)).max(dim=1).values
+                counts[k][0] += int((excess > 1e-3).sum())
+                counts[k][1] = max(counts[k][1], float(excess.max()))
+    return {"data": name, "backbone": backbone, "patches": patches,
+            "missed": {k: (missed / patches, worst) for k, (missed, worst) in counts.items()}}
+
+
 def accuracy_run(name: str, backbone: str, epochs: int) -> dict:
     """Train + test one real set in both precisions; metric deltas and map correlation."""
     from cfa_anomaly.pipeline import train_and_test
@@ -136,10 +174,19 @@ def main() -> None:
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--profile", choices=PRECISIONS, help="print where the time of one precision goes")
+    parser.add_argument("--neighbours", action="store_true",
+                        help="how often the bfloat16 search misses a true nearest centre (real data)")
     parser.add_argument("--single", choices=PRECISIONS, help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args()
     if args.profile:
         profile_run(args.profile, args.backbone, args.batch)
+        return
+    if args.neighbours:
+        for name, backbone in (("grid", "mobilenet_v2"), ("hazelnut", "efficientnet_lite0")):
+            result = neighbour_run(name, backbone, args.accuracy_epochs)
+            for k, (share, worst) in result["missed"].items():
+                print(f"{name:9} {backbone:18} top-{k}: a true neighbour missed in {100 * share:.3f}% of "
+                      f"{result['patches']} test patches; worst distance excess {100 * worst:.2f}%")
         return
     if args.single:
         print(json.dumps(timing_run(args.single, args.backbone, args.images, args.epochs, args.batch)))

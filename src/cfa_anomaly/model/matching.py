@@ -10,16 +10,20 @@ dW = dy^T x, and db, dW_xy from dy summed over the batch. The frozen input x get
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from cfa_anomaly.model.descriptor import CoordConv1x1
 from cfa_anomaly.model.distances import (
+    SEARCH_COLUMNS,
     CentredBank,
     candidate_centres,
     centre_points,
     chosen_distances_backward,
     chosen_squared_distances,
+    fill_search_columns,
     rerank,
     search_count,
+    squared_norms,
 )
 
 
@@ -31,14 +35,19 @@ class _DescribeAndMatch(torch.autograd.Function):
         batch, positions, channels = rows.shape
         dtype = bank.search.dtype  # bfloat16 when the model runs at low precision, else float32
         inputs = rows.reshape(batch * positions, channels).to(dtype)
-        features = torch.mm(inputs, weight[:, :channels].to(dtype).t())
+        # the product fills [:, :D] of the rows the search needs, (N, D + 3): no copy to extend them
+        weight_main = F.pad(weight[:, :channels].to(dtype), (0, 0, 0, SEARCH_COLUMNS))
+        extended = torch.mm(inputs, weight_main.t())
+        dimension = weight.shape[0]
         position_term = torch.addmm(bias, coords, weight[:, channels:].t())  # (P, D), the same for every image
-        features.view(batch, positions, -1).add_(position_term.to(dtype))
-        low_precision = dtype != torch.float32
-        indices = candidate_centres(features, bank, search_count(k, bank.centred.shape[0], low_precision))
-        centred = centre_points(features, bank)
-        distances = chosen_squared_distances(centred, bank, indices)
-        if low_precision:
+        extended.view(batch, positions, -1)[:, :, :dimension].add_(position_term.to(dtype))
+        centred = centre_points(extended[:, :dimension], bank)
+        point_norms = squared_norms(centred)
+        fill_search_columns(extended, point_norms)
+        count = search_count(k, bank.centred.shape[0], dtype != torch.float32)
+        indices = candidate_centres(extended, bank, count)
+        distances = chosen_squared_distances(centred, bank, indices, point_norms)
+        if count > k:
             distances, indices = rerank(distances, indices, k)
         ctx.bank, ctx.shape = bank, (batch, positions)
         ctx.save_for_backward(inputs, centred, indices, coords)
