@@ -82,3 +82,26 @@ def test_shuffled_search_returns_indices_of_the_original_centres():
 def test_reuse_freed_memory_takes_effect_on_glibc():
     assert reuse_freed_memory() is True
     assert reuse_freed_memory() is True  # idempotent
+
+
+@pytest.mark.parametrize("low_precision", [False, True])
+def test_search_product_of_extended_rows_is_the_squared_distance(low_precision):
+    generator = torch.Generator().manual_seed(1)
+    centres = torch.relu(torch.randn(60, 32, generator=generator) + 3.0)  # a large common offset
+    points = (centres[:20] + 0.3 * torch.randn(20, 32, generator=generator)).bfloat16().float()
+    bank = centre_bank(centres, low_precision)
+    key = (search_rows(points, centre_points(points, bank), bank) @ bank.search.t()).double()
+    exact = torch.cdist(points.double(), centres.double()[bank.order]).square()
+    if not low_precision:
+        torch.testing.assert_close(key, exact, rtol=1e-4, atol=1e-4)
+        return
+    # bfloat16 (8-bit mantissa): rounding of c - m enters the dot product, and the output is rounded
+    # relative to itself, i.e. to the distance; the old key was rounded relative to |p - m|^2 instead
+    unit = 2.0**-8
+    shifted = (centres - bank.offset)[bank.order].double()
+    bound = 2 * unit * (points.double().abs() @ shifted.abs().t()) + unit * exact
+    assert torch.all((key - exact).abs() <= bound)
+    # |c - m|^2 + 2 m.(c - m) enters as two bfloat16 numbers, together nearly as exact as float32
+    bias = (bank.norms + 2.0 * bank.centred @ bank.offset[0])[bank.order]
+    split = bank.search[:, -2].float() + bank.search[:, -1].float()
+    assert torch.all((split - bias).abs() <= 2.0**-15 * bias.abs())
