@@ -124,7 +124,8 @@ def chosen_squared_distances(centred_points: torch.Tensor, bank: CentredBank, in
     dots = torch.sparse.sampled_addmm(pattern, centred_points, bank.centred.transpose(0, 1), beta=0.0)
     if point_norms is None:
         point_norms = squared_norms(centred_points)
-    return dots.values().view(indices.shape).mul_(-2.0).add_(point_norms.view(-1, 1)).add_(bank.norms[indices]).clamp_min_(0)
+    distances = dots.values().view(indices.shape).mul_(-2.0).add_(point_norms.view(-1, 1))
+    return distances.add_(bank.norms[indices]).clamp_min_(0)
 
 
 def chosen_distances_backward(centred_points: torch.Tensor, bank: CentredBank, indices: torch.Tensor,
