@@ -31,6 +31,6 @@ def anomaly_maps(score_grid: torch.Tensor, size: tuple[int, int], sigma: float) 
     """(B, h, w) patch scores -> (B, H, W) maps: bilinear upsampling, then a Gaussian of std sigma."""
     maps = F.interpolate(score_grid.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
     if sigma > 0:
-        size = gaussian_kernel_size(sigma)  # separable: two 1D passes, 8x faster than the 2D kernel at sigma 4
-        maps = gaussian_blur2d(maps, (size, size), (sigma, sigma), border_type="reflect", separable=True)
+        kernel = gaussian_kernel_size(sigma)  # separable: two 1D passes, 8x faster than the 2D kernel at sigma 4
+        maps = gaussian_blur2d(maps, (kernel, kernel), (sigma, sigma), border_type="reflect", separable=True)
     return maps.squeeze(1)
