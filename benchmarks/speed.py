@@ -4,12 +4,14 @@
     python benchmarks/speed.py --images 209 --epochs 1 --repeats 1 --skip-accuracy   # a 209-image category
     python benchmarks/speed.py --profile mixed       # where the time goes (torch.profiler tables)
     python benchmarks/speed.py --neighbours          # how often the bfloat16 search misses a neighbour
+    python benchmarks/speed.py --device cuda         # the same on a GPU (peak GPU memory added)
 
 Timing: each precision runs in its own process (so peak memory is its own) on the same seeded random
 images: the one-time feature pass and memory-bank initialisation, ms per image per training epoch, and
 inference images/s (backbone through smoothed map, decoding excluded); each figure is the best of
---repeats runs, as the speed of a shared machine varies from run to run. Accuracy: train + test on the shared real data (../shared/data)
-with an offline backbone in both precisions; metric deltas and the correlation of the score maps.
+--repeats runs, as the speed of a shared machine varies from run to run. Accuracy: train + test on the
+shared real data (../shared/data) with an offline backbone in each precision; metric deltas against
+float32 and the correlation of the score maps.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from cfa_anomaly.config import load_config  # noqa: E402
+from cfa_anomaly.runtime import synchronize  # noqa: E402
 from cfa_anomaly.train import build_model, fit  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -38,23 +41,27 @@ REAL_SETS = {"grid": (SHARED / "mvtec_ad", "grid"), "hazelnut": (SHARED / "hazel
 PRECISIONS = ("float32", "mixed", "bfloat16")  # model.precision; the first is the plain reference
 
 
-def timing_run(precision: str, backbone: str, images: int, epochs: int, batch: int) -> dict:
+def timing_run(precision: str, backbone: str, images: int, epochs: int, batch: int, device_name: str) -> dict:
     """One process: feature pass, training epochs and inference on seeded random images."""
     cfg = load_config(None, [f"model.backbone={backbone}", "model.pretrained=false", f"model.precision={precision}",
-                             f"train.epochs={epochs}", f"data.batch_size={batch}", "train.device=cpu"])
-    device = torch.device("cpu")
+                             f"train.epochs={epochs}", f"data.batch_size={batch}", f"train.device={device_name}"])
+    device = torch.device(device_name)
     model = build_model(cfg, device)
     generator = torch.Generator().manual_seed(0)
     data = torch.rand(images, 3, cfg.data.crop, cfg.data.crop, generator=generator)
     loader = [{"image": data[i: i + batch]} for i in range(0, images, batch)]
     result = fit(model, loader, cfg, device)
     model.eval()
+    data = data.to(device)  # decoding and the transfer to the device are not timed
     with torch.inference_mode():
         model(data[:batch])  # warm-up
+        synchronize(device)
         start = time.perf_counter()
         for i in range(0, images, batch):
             model(data[i: i + batch])
+        synchronize(device)
         infer_seconds = time.perf_counter() - start
+    gpu_peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {
         "precision": precision,
         "feature_ms_per_image": 1000 * result.feature_seconds / images,
@@ -62,6 +69,7 @@ def timing_run(precision: str, backbone: str, images: int, epochs: int, batch: i
         "train_ms_per_image_epoch": 1000 * result.train_seconds / (images * max(epochs, 1)),
         "inference_images_per_second": images / infer_seconds,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_gpu_gib": gpu_peak,
     }
 
 
@@ -136,7 +144,7 @@ def neighbour_run(name: str, backbone: str, epochs: int) -> dict:
             "missed": {k: (missed / patches, worst) for k, (missed, worst) in counts.items()}}
 
 
-def accuracy_run(name: str, backbone: str, epochs: int) -> dict:
+def accuracy_run(name: str, backbone: str, epochs: int, device_name: str) -> dict:
     """Train + test one real set in both precisions; metric deltas and map correlation."""
     from cfa_anomaly.pipeline import train_and_test
 
@@ -146,7 +154,8 @@ def accuracy_run(name: str, backbone: str, epochs: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for precision in PRECISIONS:
             cfg = load_config(None, [f"data.root={root}", f"data.category={category}", f"model.backbone={backbone}",
-                                     f"model.precision={precision}", f"train.epochs={epochs}", "train.device=cpu"])
+                                     f"model.precision={precision}", f"train.epochs={epochs}",
+                                     f"train.device={device_name}"])
             folder = Path(tmp) / precision
             folder.mkdir()
             report = train_and_test(cfg, folder)
@@ -176,6 +185,7 @@ def main() -> None:
     parser.add_argument("--profile", choices=PRECISIONS, help="print where the time of one precision goes")
     parser.add_argument("--neighbours", action="store_true",
                         help="how often the bfloat16 search misses a true nearest centre (real data)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (timing and accuracy runs)")
     parser.add_argument("--single", choices=PRECISIONS, help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args()
     if args.profile:
@@ -189,11 +199,11 @@ def main() -> None:
                       f"{result['patches']} test patches; worst distance excess {100 * worst:.2f}%")
         return
     if args.single:
-        print(json.dumps(timing_run(args.single, args.backbone, args.images, args.epochs, args.batch)))
+        print(json.dumps(timing_run(args.single, args.backbone, args.images, args.epochs, args.batch, args.device)))
         return
 
     print(f"{time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}  torch {torch.__version__}  "
-          f"threads {torch.get_num_threads()}")
+          f"threads {torch.get_num_threads()}  device {device_description(args.device)}")
     if not args.skip_timing:
         print_timing(args)
     if args.skip_accuracy:
@@ -203,7 +213,7 @@ def main() -> None:
         return
     print(f"accuracy: {args.accuracy_backbone} (ImageNet), {args.accuracy_epochs} epochs, fast paths vs float32")
     for name in REAL_SETS:
-        result = accuracy_run(name, args.accuracy_backbone, args.accuracy_epochs)
+        result = accuracy_run(name, args.accuracy_backbone, args.accuracy_epochs, args.device)
         for precision in PRECISIONS:
             metrics = " ".join(f"{k}={v:.4f}" for k, v in result[precision].items() if v is not None)
             print(f"  {name:9} {precision:9} {metrics}  train {result[f'{precision}_train_seconds']:.1f}s")
@@ -212,25 +222,32 @@ def main() -> None:
                   f"map correlation {result[f'{precision}_map_correlation']:.5f}")
 
 
+def device_description(name: str) -> str:
+    return torch.cuda.get_device_name(torch.device(name)) if name.startswith("cuda") else "cpu"
+
+
 def print_timing(args: argparse.Namespace) -> None:
     print(f"timing: {args.backbone} (random weights), {args.images} images 224 px, {args.epochs} epochs, "
           f"batch {args.batch}, best of {args.repeats} runs")
     rows = {}
     for precision in PRECISIONS:
         command = [sys.executable, __file__, "--single", precision, "--backbone", args.backbone,
-                   "--images", str(args.images), "--epochs", str(args.epochs), "--batch", str(args.batch)]
+                   "--images", str(args.images), "--epochs", str(args.epochs), "--batch", str(args.batch),
+                   "--device", args.device]
         runs = []
         for _ in range(args.repeats):  # a shared machine's speed varies: keep each figure's best run
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
         rows[precision] = {key: (max if key == "inference_images_per_second" else min)(run[key] for run in runs)
-                           for key in runs[0] if key != "precision"}
+                           for key in runs[0] if key != "precision" and runs[0][key] is not None}
+    gpu = "peak_gpu_gib" in rows["float32"]
     print(f"{'':10} {'feature ms/img':>15} {'bank ms/img':>12} {'train ms/img/epoch':>19} {'infer img/s':>12} "
-          f"{'peak RSS GiB':>13}")
+          f"{'peak RSS GiB':>13}" + (f" {'peak GPU GiB':>13}" if gpu else ""))
     for precision, row in rows.items():
         print(f"{precision:10} {row['feature_ms_per_image']:15.1f} {row['bank_ms_per_image']:12.1f} "
               f"{row['train_ms_per_image_epoch']:19.1f} "
-              f"{row['inference_images_per_second']:12.2f} {row['peak_rss_gib']:13.2f}")
+              f"{row['inference_images_per_second']:12.2f} {row['peak_rss_gib']:13.2f}"
+              + (f" {row['peak_gpu_gib']:13.2f}" if gpu else ""))
     plain = rows["float32"]
     for precision in PRECISIONS[1:]:
         fast = rows[precision]

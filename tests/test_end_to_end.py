@@ -262,7 +262,7 @@ def test_cli_predict_writes_scores_matching_the_test_run(run, tmp_path, capsys):
     chosen = [rows[0], rows[-1]]
     out = tmp_path / "pred"
     code = cli.main(["predict", "--checkpoint", str(output / CHECKPOINT_NAME),
-                     *(r["path"] for r in chosen), "--output", str(out)])
+                     *(r["path"] for r in chosen), "--output", str(out), "--device", "cpu"])  # as trained
     assert code == 0
     predicted = read_csv(out / "scores.csv")
     assert [r["path"] for r in predicted] == [r["path"] for r in chosen]
@@ -278,7 +278,8 @@ def test_cli_predict_writes_scores_matching_the_test_run(run, tmp_path, capsys):
 def test_cli_test_reproduces_the_run_metrics(run, tmp_path, capsys):
     _, output, report = run
     out = tmp_path / "test"
-    assert cli.main(["test", "--checkpoint", str(output / CHECKPOINT_NAME), "--output", str(out)]) == 0
+    assert cli.main(["test", "--checkpoint", str(output / CHECKPOINT_NAME), "--output", str(out),
+                     "--device", "cpu"]) == 0  # the device it was trained on: the same arithmetic
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert metrics.keys() == report["metrics"].keys()
     for key, value in report["metrics"].items():

@@ -40,15 +40,16 @@ def test_low_precision_search_finds_the_same_neighbours_with_exact_distances(see
     torch.testing.assert_close(fast_values, exact_values, rtol=1e-3, atol=1e-2)
 
 
-def run_precision(root, category: str, precision: str, resize: int, crop: int, epochs: int):
+def run_precision(root, category: str, precision: str, resize: int, crop: int, epochs: int,
+                  device: torch.device = CPU):
     cfg = load_config(None, [f"data.root={root}", f"data.category={category}", f"data.resize={resize}",
                              f"data.crop={crop}", "model.backbone=mobilenet_v2", f"model.precision={precision}",
-                             f"train.epochs={epochs}", "train.device=cpu", "model.blur_sigma=2"])
-    model = build_model(cfg, CPU)
+                             f"train.epochs={epochs}", f"train.device={device}", "model.blur_sigma=2"])
+    model = build_model(cfg, device)
     train = make_samples(root, category, "train")[:8]
-    fit(model, make_loader(AnomalyDataset(train, resize, crop), 4), cfg, CPU)
+    fit(model, make_loader(AnomalyDataset(train, resize, crop), 4), cfg, device)
     test = make_samples(root, category, "test")
-    return predict(model, make_loader(AnomalyDataset(test, resize, crop), 4), CPU)
+    return predict(model, make_loader(AnomalyDataset(test, resize, crop), 4), device)
 
 
 def assert_paths_agree(plain, fast) -> None:

@@ -1,10 +1,14 @@
-"""Process settings that make CPU runs fast: large tensors served from reused memory."""
+"""Process and device settings: large CPU tensors served from reused memory, true float32 on a GPU, timing."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
+from collections.abc import Iterator
+
+import torch
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
@@ -29,3 +33,36 @@ def reuse_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+
+
+@contextlib.contextmanager
+def true_float32_convolutions(device: torch.device) -> Iterator[None]:
+    """Inside, cuDNN convolutions on float32 run in float32 rather than TensorFloat-32 (PyTorch's default).
+
+    The float32 path is the plain reference; TF32 keeps only 10 mantissa bits. Restores the setting after.
+    A no-op off CUDA.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
+        saved = conv.fp32_precision
+        conv.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision = saved
+    else:
+        saved = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = saved
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (so that a clock read after it is true); a no-op on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

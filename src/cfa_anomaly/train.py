@@ -17,7 +17,7 @@ from cfa_anomaly.config import Config
 from cfa_anomaly.io_utils import atomic_write
 from cfa_anomaly.model import CFA
 from cfa_anomaly.model.memory_bank import build_memory_bank
-from cfa_anomaly.runtime import reuse_freed_memory
+from cfa_anomaly.runtime import reuse_freed_memory, synchronize
 
 
 class TrainingError(RuntimeError):
@@ -145,6 +145,7 @@ def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device, state
     result = TrainResult()
     start = time.perf_counter()
     cached = cache_features(model, loader, device)
+    synchronize(device)
     result.images = cached.shape[0]
     result.feature_seconds = time.perf_counter() - start
 
@@ -155,6 +156,7 @@ def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device, state
     first_epoch = 0
     if resume is None:
         init_memory_bank(model, cached, cfg.data.batch_size, cfg)
+        synchronize(device)
     else:
         if resume.get("backbone_weights_sha256") != model.extractor.weights_hash():
             raise TrainingError("the saved training state was made with other backbone weights; cannot resume")
@@ -186,6 +188,7 @@ def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device, state
         if state_path is not None:
             save_training_state(state_path, model, optimizer, generator, epoch + 1, result.losses, cfg)
     model.eval()
+    synchronize(device)
     result.radius = float(model.loss_fn.radius.detach())
     result.train_seconds = time.perf_counter() - start
     if not math.isfinite(result.radius):

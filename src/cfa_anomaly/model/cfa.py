@@ -12,6 +12,7 @@ from cfa_anomaly.model.distances import CentredBank, centre_bank
 from cfa_anomaly.model.loss import CoupledHypersphereLoss
 from cfa_anomaly.model.matching import describe_and_match
 from cfa_anomaly.model.scorer import anomaly_maps, softmin_scores
+from cfa_anomaly.runtime import true_float32_convolutions
 
 
 def flatten_patches(features: torch.Tensor) -> torch.Tensor:
@@ -44,9 +45,11 @@ class CFA(nn.Module):
         """Frozen part: images (B,3,H,W) in 0..1 -> pooled, aligned, concatenated maps (B, C, H/4, W/4).
 
         bfloat16 whenever the descriptor runs in bfloat16 (mixed, bfloat16), which would round them so anyway;
-        this also halves the training-feature cache. The backbone itself runs in bfloat16 only under bfloat16.
+        this also halves the training-feature cache. The backbone itself runs in bfloat16 only under bfloat16,
+        else in true float32 (no TF32 on a GPU).
         """
-        with self.autocast(self.low_precision_backbone):
+        device = self.memory_bank.device
+        with self.autocast(self.low_precision_backbone), true_float32_convolutions(device):
             return aggregate_maps(self.extractor(images), torch.bfloat16 if self.low_precision else None)
 
     def describe(self, aggregated: torch.Tensor) -> torch.Tensor:
