@@ -77,13 +77,14 @@ def profile_run(precision: str, backbone: str, batch: int) -> None:
     """torch.profiler tables: two training steps on cached features, then one inference batch."""
     from torch.profiler import profile
 
-    from cfa_anomaly.train import init_memory_bank
+    from cfa_anomaly.train import init_memory_bank, select_images
 
     cfg = load_config(None, [f"model.backbone={backbone}", "model.pretrained=false", f"model.precision={precision}",
                              "train.device=cpu"])
     model = build_model(cfg, torch.device("cpu"))
     images = torch.rand(2 * batch, 3, cfg.data.crop, cfg.data.crop, generator=torch.Generator().manual_seed(0))
-    cached = torch.cat([model.aggregate(images[i: i + batch]) for i in range(0, len(images), batch)])
+    batches = [model.aggregate(images[i: i + batch]) for i in range(0, len(images), batch)]
+    cached = [torch.cat(grids) for grids in zip(*batches)]  # per layer, as train.cache_features
     init_memory_bank(model, cached, batch, cfg)
     optimizer = torch.optim.AdamW(list(model.descriptor.parameters()) + list(model.loss_fn.parameters()))
 
@@ -92,11 +93,11 @@ def profile_run(precision: str, backbone: str, batch: int) -> None:
         model.loss(part).backward()
         optimizer.step()
 
-    step(cached[:batch])  # warm-up
+    step(select_images(cached, slice(0, batch)))  # warm-up
     with profile() as training:
-        for i in range(0, len(cached), batch):
-            step(cached[i: i + batch])
-    print(f"training, {len(cached)} images (per image: divide by {len(cached)})")
+        for i in range(0, len(images), batch):
+            step(select_images(cached, slice(i, i + batch)))
+    print(f"training, {len(images)} images (per image: divide by {len(images)})")
     print(training.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     model.eval()
     with torch.inference_mode():

@@ -13,7 +13,7 @@ from cfa_anomaly.model.matching import describe_and_match
 from cfa_anomaly.pipeline import evaluate_checkpoint, train_and_test
 from conftest import SYNTH_CATEGORY, requires_mobilenet_weights, small_config
 from test_fast_path import CPU, assert_paths_agree, run_precision
-from test_matching import layer_and_inputs, plain_reference
+from test_matching import layer_and_inputs, plain_reference, pyramid_and_bank
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here; checked where there is one")
 GPU = torch.device("cuda")
@@ -36,6 +36,20 @@ def test_fused_step_on_the_gpu_equals_the_cpu_in_float32(seed):
     cpu_values, cpu_indices, cpu_grads = fused_step(layer, maps, centres, k, weights, False)
     layer.to(GPU)
     gpu_values, gpu_indices, gpu_grads = fused_step(layer, maps.to(GPU), centres.to(GPU), k, weights.to(GPU), False)
+    assert torch.equal(gpu_indices, cpu_indices)
+    torch.testing.assert_close(gpu_values, cpu_values, rtol=1e-4, atol=1e-4)
+    for gpu_grad, cpu_grad in zip(gpu_grads, cpu_grads):
+        torch.testing.assert_close(gpu_grad, cpu_grad, rtol=1e-3, atol=1e-3)
+
+
+def test_per_layer_products_on_the_gpu_equal_the_cpu_in_float32():
+    k = 5
+    layer, layers, centres = pyramid_and_bank(0)
+    weights = torch.randn(3 * 6 * 7, k, dtype=torch.float64)
+    cpu_values, cpu_indices, cpu_grads = fused_step(layer, layers, centres, k, weights, False)
+    layer.to(GPU)
+    gpu_layers = [grid.to(GPU) for grid in layers]
+    gpu_values, gpu_indices, gpu_grads = fused_step(layer, gpu_layers, centres.to(GPU), k, weights.to(GPU), False)
     assert torch.equal(gpu_indices, cpu_indices)
     torch.testing.assert_close(gpu_values, cpu_values, rtol=1e-4, atol=1e-4)
     for gpu_grad, cpu_grad in zip(gpu_grads, cpu_grads):

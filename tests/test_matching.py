@@ -7,7 +7,7 @@ import platform
 import pytest
 import torch
 
-from cfa_anomaly.model.descriptor import CoordConv1x1
+from cfa_anomaly.model.descriptor import CoordConv1x1, align_maps
 from cfa_anomaly.model.distances import candidate_centres, centre_bank, centre_points, search_rows
 from cfa_anomaly.model.matching import describe_and_match
 from cfa_anomaly.runtime import reuse_freed_memory
@@ -44,6 +44,39 @@ def test_fused_step_equals_autograd_through_the_plain_layer_in_float32(seed):
     layer.zero_grad()
 
     ref_values, ref_indices = plain_reference(layer, maps, centres, k)
+    (ref_values * weights).sum().backward()
+    assert torch.equal(indices, ref_indices)
+    torch.testing.assert_close(values.double(), ref_values.detach(), rtol=1e-4, atol=1e-4)
+    for fused, param in zip(fused_grads, layer.parameters()):
+        torch.testing.assert_close(fused.double(), param.grad.double(), rtol=1e-3, atol=1e-3)
+
+
+def pyramid_and_bank(seed: int, sizes=((6, 7), (3, 4), (2, 2), (6, 7)), channels: int = 8):
+    """A CoordConv layer, per-layer ReLU-like maps at several resolutions (the first is the output grid,
+    the last one as fine as it) and a bank of centres near the layer's outputs on the aligned maps."""
+    torch.manual_seed(seed)
+    layers = [torch.relu(torch.randn(3, channels, *size) + 1.0).contiguous(memory_format=torch.channels_last)
+              for size in sizes]
+    layer = CoordConv1x1(channels * len(sizes), 20)
+    with torch.no_grad():
+        described = layer(align_maps(layers)).permute(0, 2, 3, 1).reshape(-1, 20)
+    centres = described[torch.randperm(described.shape[0])[:50]] + 0.3 * torch.randn(50, 20)
+    return layer, layers, centres
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_per_layer_products_equal_the_product_of_the_aligned_maps_with_gradients(seed):
+    """Projecting each layer at its own resolution, then resizing, is the plain path: values and gradients."""
+    k = 5
+    layer, layers, centres = pyramid_and_bank(seed)
+    weights = torch.randn(3 * 6 * 7, k, dtype=torch.float64)
+
+    values, indices = describe_and_match(layer, layers, centre_bank(centres), k)
+    (values.double() * weights).sum().backward()
+    fused_grads = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+
+    ref_values, ref_indices = plain_reference(layer, align_maps(layers), centres, k)
     (ref_values * weights).sum().backward()
     assert torch.equal(indices, ref_indices)
     torch.testing.assert_close(values.double(), ref_values.detach(), rtol=1e-4, atol=1e-4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -12,7 +13,13 @@ import torch.nn.functional as F
 from cfa_anomaly.config import Config, ConfigError, ModelConfig, load_config
 from cfa_anomaly.model import CFA
 from cfa_anomaly.model.cfa import flatten_patches
-from cfa_anomaly.model.descriptor import CoordConv1x1, PatchDescriptor, aggregate_maps, coordinate_channels
+from cfa_anomaly.model.descriptor import (
+    CoordConv1x1,
+    PatchDescriptor,
+    aggregate_maps,
+    align_maps,
+    coordinate_channels,
+)
 from cfa_anomaly.model.distances import gathered_squared_distances, nearest_centres, squared_distances
 from cfa_anomaly.model.loss import CoupledHypersphereLoss
 from cfa_anomaly.model.memory_bank import build_memory_bank, kmeans, mean_feature_bank
@@ -180,11 +187,11 @@ def test_loss_backward_reaches_descriptor_and_radius_once_without_retain_graph()
 @pytest.mark.parametrize("batch_size", [2, 5])
 def test_init_memory_bank_is_per_position_mean_of_descriptor(batch_size):
     model = stub_model()
-    cached = model.aggregate(torch.rand(5, 3, 32, 32))  # (5, 12, 8, 8)
+    cached = model.aggregate(torch.rand(5, 3, 32, 32))  # float32: one aligned map (5, 12, 8, 8)
     cfg = Config()
     init_memory_bank(model, cached, batch_size, cfg)
     with torch.no_grad():
-        features = model.descriptor(cached)  # (N, D, H, W)
+        features = model.descriptor(align_maps(cached))  # (N, D, H, W)
     n, d, h, w = features.shape
     expected = torch.stack([features[:, :, y, x].mean(0) for y in range(h) for x in range(w)])
     assert model.memory_bank.shape == (h * w, d)
@@ -198,7 +205,7 @@ def test_init_memory_bank_with_gamma_c_compresses_by_kmeans():
     cfg.model.gamma_c = 4
     init_memory_bank(model, cached, 2, cfg)
     with torch.no_grad():
-        full = model.descriptor(cached).mean(0).flatten(1).T
+        full = model.descriptor(align_maps(cached)).mean(0).flatten(1).T
     assert model.memory_bank.shape == (64 // 4, full.shape[1])
     torch.testing.assert_close(model.memory_bank,
                                kmeans(full, 16, iterations=cfg.model.kmeans_iters, seed=cfg.train.seed),
@@ -300,7 +307,7 @@ def test_model_maps_have_the_input_size_and_score_is_map_max():
     cfg = load_config(None, ["data.resize=64", "data.crop=64"]).model
     model = CFA(FeatureExtractor("resnet18", pretrained=False), cfg)
     images = torch.rand(2, 3, 64, 96)
-    aggregated = model.aggregate(images)
+    aggregated = align_maps(model.aggregate(images))
     assert aggregated.shape == (2, 64 + 128 + 256, 16, 24)
     with pytest.raises(RuntimeError, match="memory bank"):
         model(images)
@@ -310,6 +317,26 @@ def test_model_maps_have_the_input_size_and_score_is_map_max():
     torch.testing.assert_close(scores, maps.flatten(1).amax(1))
 
 
+def test_fast_path_keeps_each_layer_at_its_resolution_and_describes_like_the_aligned_maps():
+    from cfa_anomaly.backbones import FeatureExtractor
+
+    torch.manual_seed(0)
+    cfg = load_config(None, ["data.resize=64", "data.crop=64"]).model
+    extractor = FeatureExtractor("resnet18", pretrained=False)
+    plain, fast = CFA(extractor, cfg, precision="float32"), CFA(extractor, cfg, precision="mixed")
+    fast.load_state_dict(plain.state_dict())
+    images = torch.rand(2, 3, 64, 96)
+    layers = fast.aggregate(images)
+    assert [tuple(grid.shape) for grid in layers] == [(2, 64, 16, 24), (2, 128, 8, 12), (2, 256, 4, 6)]
+    assert all(grid.dtype == torch.bfloat16 for grid in layers)
+    [aligned] = plain.aggregate(images)
+    torch.testing.assert_close(align_maps(layers).float(), aligned, rtol=0.01, atol=0.01)
+    plain.memory_bank = fast.memory_bank = flatten_patches(plain.describe([aligned])).detach()[::7]
+    plain_maps, _ = plain(images)
+    fast_maps, _ = fast(images)
+    assert np.corrcoef(plain_maps.flatten().numpy(), fast_maps.flatten().numpy())[0, 1] > 0.999
+
+
 def test_blur_wider_than_a_small_crop_is_rejected_up_front():
     with pytest.raises(ConfigError, match="model.blur_sigma"):
         load_config(None, ["data.resize=16", "data.crop=16"])  # sigma 4: radius 16 does not fit a 16 px map
@@ -317,7 +344,7 @@ def test_blur_wider_than_a_small_crop_is_rejected_up_front():
     torch.manual_seed(0)
     model = stub_model(**{k: getattr(cfg.model, k) for k in ("K", "J", "blur_sigma")})
     images = torch.rand(1, 3, cfg.data.crop, cfg.data.crop)
-    model.memory_bank = flatten_patches(model.descriptor(model.aggregate(images))).detach()
+    model.memory_bank = flatten_patches(model.descriptor(align_maps(model.aggregate(images)))).detach()
     maps, _ = model(images)
     assert maps.shape == (1, 16, 16)
 

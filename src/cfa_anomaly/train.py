@@ -16,6 +16,7 @@ from cfa_anomaly.backbones import FeatureExtractor
 from cfa_anomaly.config import Config
 from cfa_anomaly.io_utils import atomic_write
 from cfa_anomaly.model import CFA
+from cfa_anomaly.model.cfa import Layers
 from cfa_anomaly.model.memory_bank import build_memory_bank
 from cfa_anomaly.runtime import reuse_freed_memory, synchronize
 
@@ -69,38 +70,44 @@ def build_model(cfg: Config, device: torch.device) -> CFA:
     return CFA(extractor, cfg.model, precision=resolve_precision(cfg.model.precision, device)).to(device)
 
 
-def cache_features(model: CFA, loader: DataLoader, device: torch.device) -> torch.Tensor:
-    """Run the frozen backbone once per training image; (N, C, h, w) aggregated maps kept on the device.
+def cache_features(model: CFA, loader: DataLoader, device: torch.device) -> Layers:
+    """Run the frozen backbone once per training image; its pooled maps (CFA.aggregate) kept on the device.
 
-    The cache has the dtype of CFA.aggregate: bfloat16 when the descriptor runs in bfloat16.
-    Progress bars here and elsewhere show on a terminal only (disable=None), not in redirected logs.
+    One (N, C_l, h_l, w_l) tensor per entry of CFA.aggregate's list, in its dtype (bfloat16 when the
+    descriptor runs in bfloat16). Progress bars here and elsewhere show on a terminal only (disable=None).
     """
     count = len(loader.dataset) if hasattr(loader, "dataset") else sum(len(b["image"]) for b in loader)
-    cache: torch.Tensor | None = None
+    cache: Layers = []
     filled = 0
     with torch.no_grad():  # not inference_mode: the cache must be usable as an autograd input later
         for batch in tqdm(loader, desc="features", unit="batch", leave=False, disable=None):
-            features = model.aggregate(batch["image"].to(device))
-            if cache is None:  # allocated once, filled in place: peak memory is the cache itself
-                cache = torch.empty((count, *features.shape[1:]), dtype=features.dtype, device=device,
-                                    memory_format=torch.channels_last)
-            cache[filled: filled + len(features)] = features
-            filled += len(features)
-    if cache is None or filled != count:
+            layers = model.aggregate(batch["image"].to(device))
+            if not cache:  # allocated once, filled in place: peak memory is the cache itself
+                cache = [torch.empty((count, *grid.shape[1:]), dtype=grid.dtype, device=device,
+                                     memory_format=torch.channels_last) for grid in layers]
+            for stored, grid in zip(cache, layers):
+                stored[filled: filled + len(grid)] = grid
+            filled += len(layers[0])
+    if not cache or filled != count:
         raise TrainingError(f"the training loader gave {filled} images, expected {count}")
     return cache
 
 
+def select_images(cached: Layers, index: torch.Tensor | slice) -> Layers:
+    """The cached maps of some training images (a slice or an index tensor), every layer."""
+    return [grid[index] for grid in cached]
+
+
 @torch.no_grad()
-def init_memory_bank(model: CFA, cached: torch.Tensor, batch_size: int, cfg: Config) -> None:
+def init_memory_bank(model: CFA, cached: Layers, batch_size: int, cfg: Config) -> None:
     """Mean untrained-descriptor feature at each position over all training images (k-means if gamma_c > 1)."""
     total = None
-    for start in range(0, cached.shape[0], batch_size):
-        part = model.describe(cached[start: start + batch_size]).float().sum(dim=0)
+    count = cached[0].shape[0]
+    for start in range(0, count, batch_size):
+        part = model.describe(select_images(cached, slice(start, start + batch_size))).float().sum(dim=0)
         total = part if total is None else total + part
-    model.memory_bank = build_memory_bank(
-        total.float(), cached.shape[0], cfg.model.gamma_c, cfg.model.kmeans_iters, cfg.train.seed
-    )
+    model.memory_bank = build_memory_bank(total.float(), count, cfg.model.gamma_c, cfg.model.kmeans_iters,
+                                          cfg.train.seed)
 
 
 STATE_FORMAT = "cfa-anomaly-train-state-v1"
@@ -146,7 +153,7 @@ def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device, state
     start = time.perf_counter()
     cached = cache_features(model, loader, device)
     synchronize(device)
-    result.images = cached.shape[0]
+    result.images = cached[0].shape[0]
     result.feature_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -170,10 +177,10 @@ def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device, state
     progress = tqdm(range(first_epoch, cfg.train.epochs), desc="train", unit="epoch", leave=False, disable=None,
                     initial=first_epoch, total=cfg.train.epochs)
     for epoch in progress:
-        order = torch.randperm(cached.shape[0], generator=generator)
+        order = torch.randperm(result.images, generator=generator)
         total, batches = 0.0, 0
         for first in range(0, len(order), cfg.data.batch_size):
-            batch = cached[order[first: first + cfg.data.batch_size].to(cached.device)]
+            batch = select_images(cached, order[first: first + cfg.data.batch_size].to(device))
             loss = model.loss(batch)
             if not torch.isfinite(loss):
                 kept = f"; the state after epoch {epoch} is kept in {state_path}" if state_path and epoch else ""

@@ -7,12 +7,15 @@ import torch.nn as nn
 
 from cfa_anomaly.backbones import FeatureExtractor
 from cfa_anomaly.config import ModelConfig
-from cfa_anomaly.model.descriptor import PatchDescriptor, aggregate_maps
+from cfa_anomaly.model.descriptor import PatchDescriptor, align_maps, pool_maps
 from cfa_anomaly.model.distances import CentredBank, centre_bank
 from cfa_anomaly.model.loss import CoupledHypersphereLoss
 from cfa_anomaly.model.matching import describe_and_match
 from cfa_anomaly.model.scorer import anomaly_maps, softmin_scores
 from cfa_anomaly.runtime import true_float32_convolutions
+
+
+Layers = list[torch.Tensor]  # pooled maps (B, C_l, h_l, w_l), channels-last; the first on the output grid
 
 
 def flatten_patches(features: torch.Tensor) -> torch.Tensor:
@@ -41,21 +44,24 @@ class CFA(nn.Module):
         return torch.autocast(self.memory_bank.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     @torch.no_grad()
-    def aggregate(self, images: torch.Tensor) -> torch.Tensor:
-        """Frozen part: images (B,3,H,W) in 0..1 -> pooled, aligned, concatenated maps (B, C, H/4, W/4).
+    def aggregate(self, images: torch.Tensor) -> Layers:
+        """Frozen part: images (B,3,H,W) in 0..1 -> pooled maps of the backbone's layers.
 
-        bfloat16 whenever the descriptor runs in bfloat16 (mixed, bfloat16), which would round them so anyway;
-        this also halves the training-feature cache. The backbone itself runs in bfloat16 only under bfloat16,
-        else in true float32 (no TF32 on a GPU).
+        On the fast paths (mixed, bfloat16) each layer stays at its own resolution, in bfloat16: the
+        descriptor projects each at its resolution and resizes the products (model/matching.py), a quarter
+        of the work for wide_resnet50_2, and the training-feature cache is a quarter of the size. The
+        float32 path returns one map, resized and concatenated: (B, C, H/4, W/4), the plain computation.
+        The backbone runs in bfloat16 only under bfloat16, else in true float32 (no TF32 on a GPU).
         """
         device = self.memory_bank.device
         with self.autocast(self.low_precision_backbone), true_float32_convolutions(device):
-            return aggregate_maps(self.extractor(images), torch.bfloat16 if self.low_precision else None)
+            pooled = pool_maps(self.extractor(images), torch.bfloat16 if self.low_precision else None)
+        return pooled if self.low_precision else [align_maps(pooled)]
 
-    def describe(self, aggregated: torch.Tensor) -> torch.Tensor:
-        """The trainable descriptor on aggregated maps -> (B, D, h, w) patch features."""
+    def describe(self, layers: Layers) -> torch.Tensor:
+        """The trainable descriptor on pooled maps -> (B, D, h, w) patch features (on the aligned maps)."""
         with self.autocast(self.low_precision):
-            return self.descriptor(aggregated)
+            return self.descriptor(align_maps(layers))
 
     def prepared_bank(self) -> CentredBank:
         """The memory bank centred for the search, computed once per bank (and again when it changes)."""
@@ -66,18 +72,18 @@ class CFA(nn.Module):
             self._prepared = (bank, bank._version, centre_bank(bank, self.low_precision))
         return self._prepared[2]
 
-    def nearest(self, aggregated: torch.Tensor, k: int) -> torch.Tensor:
-        """Aggregated maps -> (B*h*w, k) squared distances of the described patches to their k nearest centres."""
-        return describe_and_match(self.descriptor.projection, aggregated, self.prepared_bank(), k)[0]
+    def nearest(self, layers: Layers, k: int) -> torch.Tensor:
+        """Pooled maps -> (B*h*w, k) squared distances of the described patches to their k nearest centres."""
+        return describe_and_match(self.descriptor.projection, layers, self.prepared_bank(), k)[0]
 
-    def loss(self, aggregated: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn.from_distances(self.nearest(aggregated, self.cfg.K + self.cfg.J))
+    def loss(self, layers: Layers) -> torch.Tensor:
+        return self.loss_fn.from_distances(self.nearest(layers, self.cfg.K + self.cfg.J))
 
-    def score_aggregated(self, aggregated: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Aggregated maps -> (smoothed anomaly maps (B, H, W), image scores (B,) = max of each map)."""
-        batch, _, height, width = aggregated.shape
+    def score_aggregated(self, layers: Layers, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled maps -> (smoothed anomaly maps (B, H, W), image scores (B,) = max of each map)."""
+        batch, _, height, width = layers[0].shape
         with torch.no_grad():
-            scores = softmin_scores(self.nearest(aggregated, self.cfg.K))
+            scores = softmin_scores(self.nearest(layers, self.cfg.K))
         maps = anomaly_maps(scores.view(batch, height, width), size, self.cfg.blur_sigma)
         return maps, maps.flatten(1).amax(dim=1)
 

@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 
-def aggregate_maps(maps: list[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
-    """3x3 average pooling of each map, bilinear resize to the first (stride-4) map, concatenation.
-
-    The result is (B, C, H, W) in shape and channels-last in memory, ready for the descriptor's product;
-    in `dtype` if given (each map is converted before the concatenation: the same values, half the copying).
-    """
-    size = maps[0].shape[-2:]
+def pool_maps(maps: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+    """3x3 average pooling of each backbone map at its own resolution; channels-last, in `dtype` if given."""
     pooled = []
     for feature in maps:
         feature = F.avg_pool2d(feature, kernel_size=3, stride=1, padding=1)
-        if feature.shape[-2:] != size:
-            feature = F.interpolate(feature, size=size, mode="bilinear", align_corners=False)
-        pooled.append(feature.permute(0, 2, 3, 1).to(dtype or feature.dtype))
-    return torch.cat(pooled, dim=-1).permute(0, 3, 1, 2)
+        pooled.append(feature.to(dtype or feature.dtype, memory_format=torch.channels_last))
+    return pooled
+
+
+def resize_map(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, H, W), bilinear as in CFA's aggregation; the same tensor when h, w = H, W."""
+    if tuple(grid.shape[-2:]) == tuple(size):
+        return grid
+    return F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
+
+
+def align_maps(pooled: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Pooled maps -> each resized (in float32) to the first map's size, concatenated: (B, C, H, W) channels-last."""
+    size = tuple(pooled[0].shape[-2:])
+    rows = [resize_map(grid.float(), size).to(grid.dtype).permute(0, 2, 3, 1) for grid in pooled]
+    return torch.cat(rows, dim=-1).permute(0, 3, 1, 2)
+
+
+def aggregate_maps(maps: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
+    """3x3 average pooling of each map, bilinear resize to the first (stride-4) map, concatenation.
+
+    The result is (B, C, H, W) in shape and channels-last in memory, ready for the descriptor's product,
+    in `dtype` if given.
+    """
+    return align_maps(pool_maps(maps, dtype))
 
 
 def coordinate_channels(batch: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:

@@ -5,14 +5,23 @@ memory-bank centres of each y, and their exact squared distances. Autograd throu
 kept several (patches x channels) copies in float32 and bfloat16 and passed over them more often than
 needed; here the chain rule is applied by hand: dL/dy = sum_j g_j 2 (y - c_j) (distances.py), then
 dW = dy^T x, and db, dW_xy from dy summed over the batch. The frozen input x gets no gradient.
+
+x may come as the pooled maps of each backbone layer at its own resolution. CFA resizes them bilinearly
+to the stride-4 grid and concatenates them; both that resize R and the projection are linear, so
+W [x_1, R x_2, R x_3] = W_1 x_1 + R (W_2 x_2) + R (W_3 x_3): each layer's block of W is applied at the
+layer's own resolution and only the D-channel products are resized. For wide_resnet50_2 (layer2 at 1/4
+and layer3 at 1/16 of the positions) that is a quarter of the multiply-adds, and the weight gradient
+shrinks the same way with the adjoint of R: dW_l = (R^T dy)^T x_l.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
-from cfa_anomaly.model.descriptor import CoordConv1x1
+from cfa_anomaly.model.descriptor import CoordConv1x1, resize_map
 from cfa_anomaly.model.distances import (
     SEARCH_COLUMNS,
     CentredBank,
@@ -27,20 +36,42 @@ from cfa_anomaly.model.distances import (
 )
 
 
+def grid_rows(grid: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B*h*w, C); a view when the grid is channels-last."""
+    return grid.permute(0, 2, 3, 1).reshape(-1, grid.shape[1])
+
+
+def resize_adjoint(grad: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The transpose of resize_map to `size`: (B, C, H, W) gradient -> (B, C, h, w)."""
+    if tuple(grad.shape[-2:]) == tuple(size):
+        return grad
+    return torch.ops.aten.upsample_bilinear2d_backward(grad, list(grad.shape[-2:]), [*grad.shape[:2], *size], False)
+
+
 class _DescribeAndMatch(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, coords: torch.Tensor,
+    def forward(ctx, weight: torch.Tensor, bias: torch.Tensor, coords: torch.Tensor, layers: tuple[torch.Tensor, ...],
                 bank: CentredBank, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """rows (B, P, C) aggregated maps, weight (D, C + 2), bias (D,), coords (P, 2) -> (B*P, k) twice."""
-        batch, positions, channels = rows.shape
+        """weight (D, C + 2), bias (D,), coords (H*W, 2), layers (B, C_l, h_l, w_l) with the first on the
+        output grid (H, W) and sum C_l = C -> (B*H*W, k) distances and indices."""
+        batch, _, height, width = layers[0].shape
         dtype = bank.search.dtype  # bfloat16 when the model runs at low precision, else float32
-        inputs = rows.reshape(batch * positions, channels).to(dtype)
-        # the product fills [:, :D] of the rows the search needs, (N, D + 3): no copy to extend them
-        weight_main = F.pad(weight[:, :channels].to(dtype), (0, 0, 0, SEARCH_COLUMNS))
-        extended = torch.mm(inputs, weight_main.t())
         dimension = weight.shape[0]
-        position_term = torch.addmm(bias, coords, weight[:, channels:].t())  # (P, D), the same for every image
-        extended.view(batch, positions, -1)[:, :, :dimension].add_(position_term.to(dtype))
+        channels = [layer.shape[1] for layer in layers]
+        blocks = weight[:, : sum(channels)].to(dtype).split(channels, dim=1)
+        inputs = [grid_rows(layer).to(dtype) for layer in layers]
+        # the first product fills [:, :D] of the rows the search needs, (N, D + 3): no copy to extend them
+        extended = torch.mm(inputs[0], F.pad(blocks[0], (0, 0, 0, SEARCH_COLUMNS)).t())
+        # the rest, in float32: the resized products of the coarser layers and the position term
+        # (W_xy xy + b, the same for every image); added to the first product with one rounding
+        rest = torch.addmm(bias, coords, weight[:, sum(channels):].t()).view(1, height, width, dimension)
+        resized = None
+        for rows, block, layer in zip(inputs[1:], blocks[1:], layers[1:]):
+            small = torch.mm(rows, block.t()).float().view(batch, *layer.shape[-2:], dimension)
+            grid = resize_map(small.permute(0, 3, 1, 2), (height, width)).permute(0, 2, 3, 1)
+            resized = grid if resized is None else resized.add_(grid)  # a fresh tensor: added to in place
+        rest = rest if resized is None else resized.add_(rest)
+        extended.view(batch, height, width, -1)[..., :dimension].add_(rest)
         centred = centre_points(extended[:, :dimension], bank)
         point_norms = squared_norms(centred)
         fill_search_columns(extended, point_norms)
@@ -49,32 +80,38 @@ class _DescribeAndMatch(torch.autograd.Function):
         distances = chosen_squared_distances(centred, bank, indices, point_norms)
         if count > k:
             distances, indices = rerank(distances, indices, k)
-        ctx.bank, ctx.shape = bank, (batch, positions)
-        ctx.save_for_backward(inputs, centred, indices, coords)
+        ctx.bank, ctx.grids = bank, [tuple(layer.shape[-2:]) for layer in layers]
+        ctx.save_for_backward(centred, indices, coords, *inputs)
         ctx.mark_non_differentiable(indices)
         return distances, indices
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _unused: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-        inputs, centred, indices, coords = ctx.saved_tensors
-        batch, positions = ctx.shape
-        grad_features = chosen_distances_backward(centred, ctx.bank, indices, grad)  # (B*P, D) float32
-        grad_position = grad_features.view(batch, positions, -1).sum(0)  # (P, D)
-        grad_main = torch.mm(grad_features.to(inputs.dtype).t(), inputs).float()  # (D, C)
-        grad_weight = torch.cat((grad_main, (coords.t() @ grad_position).t()), dim=1)
-        return None, grad_weight, grad_position.sum(0), None, None, None
+        centred, indices, coords, *inputs = ctx.saved_tensors
+        height, width = ctx.grids[0]
+        grad_features = chosen_distances_backward(centred, ctx.bank, indices, grad)  # (B*H*W, D) float32
+        dimension = grad_features.shape[1]
+        grad_position = grad_features.view(-1, height * width, dimension).sum(0)  # (H*W, D)
+        grad_grid = grad_features.view(-1, height, width, dimension).permute(0, 3, 1, 2)
+        parts = []
+        for rows, size in zip(inputs, ctx.grids):
+            grad_rows = grid_rows(resize_adjoint(grad_grid, size)).to(rows.dtype)
+            parts.append(torch.mm(grad_rows.t(), rows).float())  # (D, C_l)
+        grad_weight = torch.cat((*parts, (coords.t() @ grad_position).t()), dim=1)
+        return grad_weight, grad_position.sum(0), None, None, None, None
 
 
-def describe_and_match(layer: CoordConv1x1, aggregated: torch.Tensor, bank: CentredBank,
+def describe_and_match(layer: CoordConv1x1, maps: torch.Tensor | Sequence[torch.Tensor], bank: CentredBank,
                        k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Aggregated maps (B, C, h, w) -> float32 squared distances (B*h*w, k), ascending, and centre indices.
+    """Aggregated maps (B, C, H, W), or the pooled maps of each backbone layer (the first on the output grid)
+    -> float32 squared distances (B*H*W, k), ascending, and centre indices.
 
     Differentiable in the layer's weight and bias. The products run in the bank's search dtype: bfloat16
-    (the candidates then re-ranked by exact float32 distances) or float32. Same features as layer(aggregated).
+    (the candidates then re-ranked by exact float32 distances) or float32. Same features as
+    layer(aggregated), or layer(align_maps(maps)) up to rounding.
     """
-    if aggregated.requires_grad:
+    layers = (maps,) if isinstance(maps, torch.Tensor) else tuple(maps)
+    if any(grid.requires_grad for grid in layers):
         raise ValueError("describe_and_match treats the aggregated maps as frozen; detach them first")
-    batch, channels, height, width = aggregated.shape
-    rows = aggregated.permute(0, 2, 3, 1).reshape(batch, height * width, channels)  # a view if channels-last
-    coords = layer.coordinates(height, width, aggregated.device)
-    return _DescribeAndMatch.apply(rows, layer.conv.weight.flatten(1), layer.conv.bias, coords, bank, k)
+    coords = layer.coordinates(*layers[0].shape[-2:], layers[0].device)
+    return _DescribeAndMatch.apply(layer.conv.weight.flatten(1), layer.conv.bias, coords, layers, bank, k)
