@@ -112,12 +112,12 @@ def neighbour_run(name: str, backbone: str, epochs: int) -> dict:
     """Train on a real set, then: how often does the bfloat16 search miss a true nearest centre?
 
     For every test patch, the k nearest centres returned by the model's search (k = K and K + J) are
-    compared with those of an exact float64 distance matrix of the same features.
+    compared with those of an exact float64 distance matrix of the same features (described_rows: the
+    features the fused step computes, bfloat16-rounded in mixed precision).
     """
     from cfa_anomaly.data.dataset import AnomalyDataset, make_loader
     from cfa_anomaly.data.samples import make_samples
-    from cfa_anomaly.model.cfa import flatten_patches
-    from cfa_anomaly.model.matching import describe_and_match
+    from cfa_anomaly.model.matching import describe_and_match, described_rows
     from cfa_anomaly.pipeline import load_model, train_and_test
 
     root, category = REAL_SETS[name]
@@ -132,11 +132,12 @@ def neighbour_run(name: str, backbone: str, epochs: int) -> dict:
     with torch.no_grad():
         for batch in make_loader(AnomalyDataset(test, cfg.data.resize, cfg.data.crop), cfg.data.batch_size):
             aggregated = model.aggregate(batch["image"])
-            features = flatten_patches(model.describe(aggregated)).double()
+            bank = model.prepared_bank()
+            features = described_rows(model.descriptor.projection, aggregated, bank.search.dtype).double()
             exact = torch.cdist(features, model.memory_bank.double()).square()
             patches += features.shape[0]
             for k in counts:
-                found, _ = describe_and_match(model.descriptor.projection, aggregated, model.prepared_bank(), k)
+                found, _ = describe_and_match(model.descriptor.projection, aggregated, bank, k)
                 best = exact.topk(k, dim=1, largest=False).values
                 excess = ((found.double() - best) / best.clamp_min(1e-12)).max(dim=1).values
                 counts[k][0] += int((excess > 1e-3).sum())

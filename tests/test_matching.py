@@ -9,7 +9,7 @@ import torch
 
 from cfa_anomaly.model.descriptor import CoordConv1x1, align_maps
 from cfa_anomaly.model.distances import candidate_centres, centre_bank, centre_points, search_rows
-from cfa_anomaly.model.matching import describe_and_match
+from cfa_anomaly.model.matching import describe_and_match, described_rows
 from cfa_anomaly.runtime import reuse_freed_memory
 
 
@@ -84,6 +84,19 @@ def test_per_layer_products_equal_the_product_of_the_aligned_maps_with_gradients
         torch.testing.assert_close(fused.double(), param.grad.double(), rtol=1e-3, atol=1e-3)
 
 
+def test_described_rows_are_the_features_whose_distances_the_fused_step_returns():
+    layer, layers, centres = pyramid_and_bank(2)
+    rows = described_rows(layer, layers, torch.float32)
+    with torch.no_grad():
+        plain = layer(align_maps(layers)).permute(0, 2, 3, 1).reshape(-1, 20)
+    torch.testing.assert_close(rows, plain, rtol=1e-5, atol=1e-5)
+    bank = centre_bank(centres, low_precision=True)
+    values, indices = describe_and_match(layer, layers, bank, 3)
+    low_rows = described_rows(layer, layers, torch.bfloat16).double()
+    exact = (low_rows.unsqueeze(1) - centres.double()[indices]).pow(2).sum(-1)
+    torch.testing.assert_close(values.double(), exact, rtol=1e-4, atol=1e-4)
+
+
 def test_fused_step_in_bfloat16_returns_exact_distances_of_nearly_the_same_neighbours():
     k = 5
     layer, maps, centres = layer_and_inputs(3)
@@ -107,7 +120,7 @@ def test_shuffled_search_returns_indices_of_the_original_centres():
     points = centres[[5, 17, 33]] + 1e-3
     bank = centre_bank(centres)
     assert not torch.equal(bank.order, torch.arange(40))  # the search rows really are shuffled
-    rows = search_rows(points, centre_points(points, bank), bank)
+    rows = search_rows(centre_points(points, bank), bank)
     assert candidate_centres(rows, bank, 1)[:, 0].tolist() == [5, 17, 33]
 
 
@@ -123,7 +136,7 @@ def test_search_product_of_extended_rows_is_the_squared_distance(low_precision):
     centres = torch.relu(torch.randn(60, 32, generator=generator) + 3.0)  # a large common offset
     points = (centres[:20] + 0.3 * torch.randn(20, 32, generator=generator)).bfloat16().float()
     bank = centre_bank(centres, low_precision)
-    key = (search_rows(points, centre_points(points, bank), bank) @ bank.search.t()).double()
+    key = (search_rows(centre_points(points, bank), bank) @ bank.search.t()).double()
     exact = torch.cdist(points.double(), centres.double()[bank.order]).square()
     if not low_precision:
         torch.testing.assert_close(key, exact, rtol=1e-4, atol=1e-4)
@@ -132,9 +145,9 @@ def test_search_product_of_extended_rows_is_the_squared_distance(low_precision):
     # relative to itself, i.e. to the distance; the old key was rounded relative to |p - m|^2 instead
     unit = 2.0**-8
     shifted = (centres - bank.offset)[bank.order].double()
-    bound = 2 * unit * (points.double().abs() @ shifted.abs().t()) + unit * exact
+    bound = 2 * unit * ((points - bank.offset).double().abs() @ shifted.abs().t()) + unit * exact
     assert torch.all((key - exact).abs() <= bound)
-    # |c - m|^2 + 2 m.(c - m) enters as two bfloat16 numbers, together nearly as exact as float32
-    bias = (bank.norms + 2.0 * bank.centred @ bank.offset[0])[bank.order]
+    # |c - m|^2 enters as two bfloat16 numbers, together nearly as exact as float32
+    bias = bank.norms[bank.order]
     split = bank.search[:, -2].float() + bank.search[:, -1].float()
     assert torch.all((split - bias).abs() <= 2.0**-15 * bias.abs())

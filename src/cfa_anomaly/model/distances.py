@@ -19,7 +19,7 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")  # torch 2.11 warns
 
 
-SEARCH_COLUMNS = 3  # appended to each point for the search: |p - m|^2, 1, 1 (see candidate_centres)
+SEARCH_COLUMNS = 3  # appended to each centred point for the search: |p - m|^2, 1, 1 (see candidate_centres)
 
 
 class CentredBank(NamedTuple):
@@ -35,7 +35,7 @@ class CentredBank(NamedTuple):
 def centre_bank(centres: torch.Tensor, low_precision: bool = False) -> CentredBank:
     """Prepare (M, D) centres; the search runs in bfloat16 when low_precision, else in float32.
 
-    b = |c - m|^2 + 2 m.(c - m) is stored as two search-dtype numbers (b_hi + b_lo), so that it enters the
+    b = |c - m|^2 is stored as two search-dtype numbers (b_hi + b_lo), so that it enters the
     product as exactly as in float32. The search rows are shuffled (a fixed permutation): torch.topk on
     CPU keeps a heap of the best so far, which is slow when the columns come in an unlucky order (e.g. best
     last: 5x slower); in random order it is refilled seldom.
@@ -46,10 +46,9 @@ def centre_bank(centres: torch.Tensor, low_precision: bool = False) -> CentredBa
         centred = centres32 - offset
         norms = centred.pow(2).sum(1)
         dtype = torch.bfloat16 if low_precision else torch.float32
-        bias = norms + 2.0 * (centred @ offset.squeeze(0))
-        bias_hi = bias.to(dtype)
-        bias_lo = (bias - bias_hi.float()).to(dtype)
-        search = torch.cat((-2.0 * centred, torch.ones_like(bias)[:, None]), dim=1).to(dtype)
+        bias_hi = norms.to(dtype)
+        bias_lo = (norms - bias_hi.float()).to(dtype)
+        search = torch.cat((-2.0 * centred, torch.ones_like(norms)[:, None]), dim=1).to(dtype)
         search = torch.cat((search, bias_hi[:, None], bias_lo[:, None]), dim=1)
         order = torch.randperm(len(centres), generator=torch.Generator().manual_seed(0)).to(centres.device)
         return CentredBank(offset, centred, norms, search[order], order)
@@ -67,26 +66,27 @@ def squared_norms(rows: torch.Tensor) -> torch.Tensor:
 
 
 def fill_search_columns(rows: torch.Tensor, point_norms: torch.Tensor) -> torch.Tensor:
-    """rows (N, D + 3) holding points p in [:, :D]: set the last three columns to |p - m|^2, 1, 1."""
+    """rows (N, D + 3) holding centred points p - m in [:, :D]: set the last three columns to |p - m|^2, 1, 1."""
     dimension = rows.shape[1] - SEARCH_COLUMNS
     rows[:, dimension] = point_norms.view(-1)
     rows[:, dimension + 1:] = 1.0
     return rows
 
 
-def search_rows(points: torch.Tensor, centred_points: torch.Tensor, bank: CentredBank) -> torch.Tensor:
-    """(N, D) points and their float32 p - m -> the (N, D + 3) rows candidate_centres searches with."""
-    rows = torch.empty(points.shape[0], points.shape[1] + SEARCH_COLUMNS, dtype=bank.search.dtype,
-                       device=points.device)
-    rows[:, : points.shape[1]] = points
-    return fill_search_columns(rows, squared_norms(centred_points))
+def search_rows(centred_points: torch.Tensor, bank: CentredBank, point_norms: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """(N, D) float32 p - m (and their squared norms) -> the (N, D + 3) rows candidate_centres searches with."""
+    count, dimension = centred_points.shape
+    rows = torch.empty(count, dimension + SEARCH_COLUMNS, dtype=bank.search.dtype, device=centred_points.device)
+    rows[:, :dimension] = centred_points
+    return fill_search_columns(rows, squared_norms(centred_points) if point_norms is None else point_norms)
 
 
 def candidate_centres(rows: torch.Tensor, bank: CentredBank, count: int, chunk: int | None = None) -> torch.Tensor:
     """(N, count) indices of the nearest centres of each point; rows from search_rows; no gradient.
 
-    One product of the extended rows [p, |p - m|^2, 1, 1] and [-2 (c - m), 1, b_hi, b_lo] gives
-    |p - m|^2 - 2 p.(c - m) + |c - m|^2 + 2 m.(c - m) = |p - c|^2, accumulated in float32. Its result is
+    One product of the extended rows [p - m, |p - m|^2, 1, 1] and [-2 (c - m), 1, b_hi, b_lo] gives
+    |p - m|^2 - 2 (p - m).(c - m) + |c - m|^2 = |p - c|^2, accumulated in float32. Its result is
     rounded to the search dtype, and being the distance itself (not the distance minus a large common
     term) that rounding is small next to the gaps between neighbours: in bfloat16 about 10x fewer
     true neighbours fall outside the candidates than with the shorter key. Chunks of rows keep memory
@@ -193,7 +193,7 @@ def nearest_centres(points: torch.Tensor, centres: torch.Tensor, k: int, chunk: 
     """
     bank = centre_bank(centres, low_precision)
     with torch.no_grad():
-        rows = search_rows(points, centre_points(points, bank), bank)
+        rows = search_rows(centre_points(points, bank), bank)
     indices = candidate_centres(rows, bank, search_count(k, centres.shape[0], low_precision, extra), chunk)
     distances = _ChosenSquaredDistances.apply(points, bank, indices)
     return rerank(distances, indices, k) if low_precision else (distances, indices)

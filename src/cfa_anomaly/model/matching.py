@@ -23,15 +23,13 @@ import torch.nn.functional as F
 
 from cfa_anomaly.model.descriptor import CoordConv1x1, resize_map
 from cfa_anomaly.model.distances import (
-    SEARCH_COLUMNS,
     CentredBank,
     candidate_centres,
-    centre_points,
     chosen_distances_backward,
     chosen_squared_distances,
-    fill_search_columns,
     rerank,
     search_count,
+    search_rows,
     squared_norms,
 )
 
@@ -48,33 +46,39 @@ def resize_adjoint(grad: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.ops.aten.upsample_bilinear2d_backward(grad, list(grad.shape[-2:]), [*grad.shape[:2], *size], False)
 
 
+def project_layers(weight: torch.Tensor, bias: torch.Tensor, coords: torch.Tensor, layers: Sequence[torch.Tensor],
+                   dtype: torch.dtype, offset: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The CoordConv projection of per-layer maps minus `offset` (the bank's mean centre), as (B*H*W, D)
+    float32 rows, and each layer's (B*h_l*w_l, C_l) input rows in dtype (the products' dtype)."""
+    batch, _, height, width = layers[0].shape
+    dimension = weight.shape[0]
+    channels = [layer.shape[1] for layer in layers]
+    blocks = weight[:, : sum(channels)].to(dtype).split(channels, dim=1)
+    inputs = [grid_rows(layer).to(dtype) for layer in layers]
+    first = torch.mm(inputs[0], blocks[0].t()).view(batch, height, width, dimension)
+    # the position term W_xy xy + b (the same for every image) minus the offset, then the resized products
+    # of the coarser layers, all summed in float32
+    shift = torch.addmm(bias, coords, weight[:, sum(channels):].t())
+    shift = (shift if offset is None else shift - offset).view(1, height, width, dimension)
+    total = None
+    for rows, block, layer in zip(inputs[1:], blocks[1:], layers[1:]):
+        small = torch.mm(rows, block.t()).float().view(batch, *layer.shape[-2:], dimension)
+        grid = resize_map(small.permute(0, 3, 1, 2), (height, width)).permute(0, 2, 3, 1)
+        total = grid if total is None else total.add_(grid)  # a fresh tensor: added to in place
+    total = first.float().add_(shift) if total is None else total.add_(shift).add_(first)
+    return total.view(-1, dimension), inputs
+
+
 class _DescribeAndMatch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight: torch.Tensor, bias: torch.Tensor, coords: torch.Tensor, layers: tuple[torch.Tensor, ...],
                 bank: CentredBank, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """weight (D, C + 2), bias (D,), coords (H*W, 2), layers (B, C_l, h_l, w_l) with the first on the
         output grid (H, W) and sum C_l = C -> (B*H*W, k) distances and indices."""
-        batch, _, height, width = layers[0].shape
         dtype = bank.search.dtype  # bfloat16 when the model runs at low precision, else float32
-        dimension = weight.shape[0]
-        channels = [layer.shape[1] for layer in layers]
-        blocks = weight[:, : sum(channels)].to(dtype).split(channels, dim=1)
-        inputs = [grid_rows(layer).to(dtype) for layer in layers]
-        # the first product fills [:, :D] of the rows the search needs, (N, D + 3): no copy to extend them
-        extended = torch.mm(inputs[0], F.pad(blocks[0], (0, 0, 0, SEARCH_COLUMNS)).t())
-        # the rest, in float32: the resized products of the coarser layers and the position term
-        # (W_xy xy + b, the same for every image); added to the first product with one rounding
-        rest = torch.addmm(bias, coords, weight[:, sum(channels):].t()).view(1, height, width, dimension)
-        resized = None
-        for rows, block, layer in zip(inputs[1:], blocks[1:], layers[1:]):
-            small = torch.mm(rows, block.t()).float().view(batch, *layer.shape[-2:], dimension)
-            grid = resize_map(small.permute(0, 3, 1, 2), (height, width)).permute(0, 2, 3, 1)
-            resized = grid if resized is None else resized.add_(grid)  # a fresh tensor: added to in place
-        rest = rest if resized is None else resized.add_(rest)
-        extended.view(batch, height, width, -1)[..., :dimension].add_(rest)
-        centred = centre_points(extended[:, :dimension], bank)
+        centred, inputs = project_layers(weight, bias, coords, layers, dtype, bank.offset)  # p - m, float32
         point_norms = squared_norms(centred)
-        fill_search_columns(extended, point_norms)
+        extended = search_rows(centred, bank, point_norms)
         count = search_count(k, bank.centred.shape[0], dtype != torch.float32)
         indices = candidate_centres(extended, bank, count)
         distances = chosen_squared_distances(centred, bank, indices, point_norms)
@@ -115,3 +119,11 @@ def describe_and_match(layer: CoordConv1x1, maps: torch.Tensor | Sequence[torch.
         raise ValueError("describe_and_match treats the aggregated maps as frozen; detach them first")
     coords = layer.coordinates(*layers[0].shape[-2:], layers[0].device)
     return _DescribeAndMatch.apply(layer.conv.weight.flatten(1), layer.conv.bias, coords, layers, bank, k)
+
+
+def described_rows(layer: CoordConv1x1, maps: torch.Tensor | Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """(B*H*W, D) patch features exactly as describe_and_match computes them in `dtype`; no gradient."""
+    layers = (maps,) if isinstance(maps, torch.Tensor) else tuple(maps)
+    coords = layer.coordinates(*layers[0].shape[-2:], layers[0].device)
+    with torch.no_grad():
+        return project_layers(layer.conv.weight.flatten(1), layer.conv.bias, coords, layers, dtype)[0]
