@@ -10,7 +10,7 @@ from cfa_anomaly.config import ModelConfig
 from cfa_anomaly.model.descriptor import PatchDescriptor, align_maps, pool_maps
 from cfa_anomaly.model.distances import CentredBank, centre_bank
 from cfa_anomaly.model.loss import CoupledHypersphereLoss
-from cfa_anomaly.model.matching import describe_and_match
+from cfa_anomaly.model.matching import describe_and_match, described_rows
 from cfa_anomaly.model.scorer import anomaly_maps, softmin_scores
 from cfa_anomaly.runtime import true_float32_convolutions
 
@@ -59,9 +59,12 @@ class CFA(nn.Module):
         return pooled if self.low_precision else [align_maps(pooled)]
 
     def describe(self, layers: Layers) -> torch.Tensor:
-        """The trainable descriptor on pooled maps -> (B, D, h, w) patch features (on the aligned maps)."""
-        with self.autocast(self.low_precision):
-            return self.descriptor(align_maps(layers))
+        """Pooled maps -> (B, D, h, w) float32 patch features, computed as the training and scoring step
+        computes them (matching.described_rows); no gradient."""
+        batch, _, height, width = layers[0].shape
+        dtype = torch.bfloat16 if self.low_precision else torch.float32
+        rows = described_rows(self.descriptor.projection, layers, dtype)
+        return rows.view(batch, height, width, -1).permute(0, 3, 1, 2)
 
     def prepared_bank(self) -> CentredBank:
         """The memory bank centred for the search, computed once per bank (and again when it changes)."""
