@@ -15,7 +15,8 @@ from conftest import SYNTH_CATEGORY, requires_mobilenet_weights, small_config
 from test_fast_path import CPU, assert_paths_agree, run_precision
 from test_matching import layer_and_inputs, plain_reference, pyramid_and_bank
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here; checked where there is one")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="no CUDA device here; checked where there is one")
 GPU = torch.device("cuda")
 
 
@@ -35,7 +36,8 @@ def test_fused_step_on_the_gpu_equals_the_cpu_in_float32(seed):
     weights = torch.randn(maps.shape[0] * maps.shape[2] * maps.shape[3], k, dtype=torch.float64)
     cpu_values, cpu_indices, cpu_grads = fused_step(layer, maps, centres, k, weights, False)
     layer.to(GPU)
-    gpu_values, gpu_indices, gpu_grads = fused_step(layer, maps.to(GPU), centres.to(GPU), k, weights.to(GPU), False)
+    gpu_values, gpu_indices, gpu_grads = fused_step(layer, maps.to(GPU), centres.to(GPU), k, weights.to(GPU),
+                                                    False)
     assert torch.equal(gpu_indices, cpu_indices)
     torch.testing.assert_close(gpu_values, cpu_values, rtol=1e-4, atol=1e-4)
     for gpu_grad, cpu_grad in zip(gpu_grads, cpu_grads):
@@ -49,7 +51,8 @@ def test_per_layer_products_on_the_gpu_equal_the_cpu_in_float32():
     cpu_values, cpu_indices, cpu_grads = fused_step(layer, layers, centres, k, weights, False)
     layer.to(GPU)
     gpu_layers = [grid.to(GPU) for grid in layers]
-    gpu_values, gpu_indices, gpu_grads = fused_step(layer, gpu_layers, centres.to(GPU), k, weights.to(GPU), False)
+    gpu_values, gpu_indices, gpu_grads = fused_step(layer, gpu_layers, centres.to(GPU), k, weights.to(GPU),
+                                                    False)
     assert torch.equal(gpu_indices, cpu_indices)
     torch.testing.assert_close(gpu_values, cpu_values, rtol=1e-4, atol=1e-4)
     for gpu_grad, cpu_grad in zip(gpu_grads, cpu_grads):
@@ -90,4 +93,5 @@ def test_a_checkpoint_trained_on_the_gpu_scores_the_same_on_the_cpu(synth_root, 
     assert correlation > 0.9999, correlation
     for key, value in trained["metrics"].items():
         if value is not None:
-            assert abs(tested["metrics"][key] - value) < 0.01, json.dumps([key, value, tested["metrics"][key]])
+            got = tested["metrics"][key]
+            assert abs(got - value) < 0.01, json.dumps([key, value, got])

@@ -100,7 +100,8 @@ def select_images(cached: Layers, index: torch.Tensor | slice) -> Layers:
 
 @torch.no_grad()
 def init_memory_bank(model: CFA, cached: Layers, batch_size: int, cfg: Config) -> None:
-    """Mean untrained-descriptor feature at each position over all training images (k-means if gamma_c > 1)."""
+    """Mean untrained-descriptor feature at each position over all training images (k-means if
+    gamma_c > 1)."""
     total = None
     count = cached[0].shape[0]
     for start in range(0, count, batch_size):

@@ -14,7 +14,6 @@ from cfa_anomaly.model.matching import describe_and_match, described_rows
 from cfa_anomaly.model.scorer import anomaly_maps, softmin_scores
 from cfa_anomaly.runtime import true_float32_convolutions
 
-
 Layers = list[torch.Tensor]  # pooled maps (B, C_l, h_l, w_l), channels-last; the first on the output grid
 
 

@@ -26,7 +26,8 @@ def resize_map(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def align_maps(pooled: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Pooled maps -> each resized (in float32) to the first map's size, concatenated: (B, C, H, W) channels-last."""
+    """Pooled maps -> each resized (in float32) to the first map's size and concatenated: (B, C, H, W),
+    channels-last."""
     size = tuple(pooled[0].shape[-2:])
     rows = [resize_map(grid.float(), size).to(grid.dtype).permute(0, 2, 3, 1) for grid in pooled]
     return torch.cat(rows, dim=-1).permute(0, 3, 1, 2)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 # CSR tensors are used only for the k-entries-per-row selection below, a well-covered case.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")  # torch 2.11 warns
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")  # torch 2.11
 
 
 SEARCH_COLUMNS = 3  # appended to each centred point for the search: |p - m|^2, 1, 1 (see candidate_centres)
@@ -66,7 +66,8 @@ def squared_norms(rows: torch.Tensor) -> torch.Tensor:
 
 
 def fill_search_columns(rows: torch.Tensor, point_norms: torch.Tensor) -> torch.Tensor:
-    """rows (N, D + 3) holding centred points p - m in [:, :D]: set the last three columns to |p - m|^2, 1, 1."""
+    """rows (N, D + 3) holding centred points p - m in [:, :D]: set the last three columns to
+    |p - m|^2, 1, 1."""
     dimension = rows.shape[1] - SEARCH_COLUMNS
     rows[:, dimension] = point_norms.view(-1)
     rows[:, dimension + 1:] = 1.0
@@ -75,14 +76,16 @@ def fill_search_columns(rows: torch.Tensor, point_norms: torch.Tensor) -> torch.
 
 def search_rows(centred_points: torch.Tensor, bank: CentredBank, point_norms: torch.Tensor | None = None
                 ) -> torch.Tensor:
-    """(N, D) float32 p - m (and their squared norms) -> the (N, D + 3) rows candidate_centres searches with."""
+    """(N, D) float32 p - m (and their squared norms) -> the (N, D + 3) rows that candidate_centres
+    searches with."""
     count, dimension = centred_points.shape
-    rows = torch.empty(count, dimension + SEARCH_COLUMNS, dtype=bank.search.dtype, device=centred_points.device)
+    rows = centred_points.new_empty(count, dimension + SEARCH_COLUMNS, dtype=bank.search.dtype)
     rows[:, :dimension] = centred_points
     return fill_search_columns(rows, squared_norms(centred_points) if point_norms is None else point_norms)
 
 
-def candidate_centres(rows: torch.Tensor, bank: CentredBank, count: int, chunk: int | None = None) -> torch.Tensor:
+def candidate_centres(rows: torch.Tensor, bank: CentredBank, count: int,
+                      chunk: int | None = None) -> torch.Tensor:
     """(N, count) indices of the nearest centres of each point; rows from search_rows; no gradient.
 
     One product of the extended rows [p - m, |p - m|^2, 1, 1] and [-2 (c - m), 1, b_hi, b_lo] gives

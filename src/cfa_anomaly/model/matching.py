@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from cfa_anomaly.model.descriptor import CoordConv1x1, resize_map
 from cfa_anomaly.model.distances import (
@@ -43,11 +42,13 @@ def resize_adjoint(grad: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The transpose of resize_map to `size`: (B, C, H, W) gradient -> (B, C, h, w)."""
     if tuple(grad.shape[-2:]) == tuple(size):
         return grad
-    return torch.ops.aten.upsample_bilinear2d_backward(grad, list(grad.shape[-2:]), [*grad.shape[:2], *size], False)
+    input_size = [*grad.shape[:2], *size]
+    return torch.ops.aten.upsample_bilinear2d_backward(grad, list(grad.shape[-2:]), input_size, False)
 
 
-def project_layers(weight: torch.Tensor, bias: torch.Tensor, coords: torch.Tensor, layers: Sequence[torch.Tensor],
-                   dtype: torch.dtype, offset: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def project_layers(weight: torch.Tensor, bias: torch.Tensor, coords: torch.Tensor,
+                   layers: Sequence[torch.Tensor], dtype: torch.dtype,
+                   offset: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The CoordConv projection of per-layer maps minus `offset` (the bank's mean centre), as (B*H*W, D)
     float32 rows, and each layer's (B*h_l*w_l, C_l) input rows in dtype (the products' dtype)."""
     batch, _, height, width = layers[0].shape
@@ -71,8 +72,9 @@ def project_layers(weight: torch.Tensor, bias: torch.Tensor, coords: torch.Tenso
 
 class _DescribeAndMatch(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, bias: torch.Tensor, coords: torch.Tensor, layers: tuple[torch.Tensor, ...],
-                bank: CentredBank, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(ctx, weight: torch.Tensor, bias: torch.Tensor, coords: torch.Tensor,
+                layers: tuple[torch.Tensor, ...], bank: CentredBank,
+                k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """weight (D, C + 2), bias (D,), coords (H*W, 2), layers (B, C_l, h_l, w_l) with the first on the
         output grid (H, W) and sum C_l = C -> (B*H*W, k) distances and indices."""
         dtype = bank.search.dtype  # bfloat16 when the model runs at low precision, else float32
@@ -105,6 +107,14 @@ class _DescribeAndMatch(torch.autograd.Function):
         return grad_weight, grad_position.sum(0), None, None, None, None
 
 
+def _layers_and_coordinates(layer: CoordConv1x1, maps: torch.Tensor | Sequence[torch.Tensor]
+                            ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """One aggregated map or per-layer maps -> the maps as a tuple, and the output grid's (H*W, 2)
+    coordinates."""
+    layers = (maps,) if isinstance(maps, torch.Tensor) else tuple(maps)
+    return layers, layer.coordinates(*layers[0].shape[-2:], layers[0].device)
+
+
 def describe_and_match(layer: CoordConv1x1, maps: torch.Tensor | Sequence[torch.Tensor], bank: CentredBank,
                        k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Aggregated maps (B, C, H, W), or the pooled maps of each backbone layer (the first on the output grid)
@@ -114,16 +124,16 @@ def describe_and_match(layer: CoordConv1x1, maps: torch.Tensor | Sequence[torch.
     (the candidates then re-ranked by exact float32 distances) or float32. Same features as
     layer(aggregated), or layer(align_maps(maps)) up to rounding.
     """
-    layers = (maps,) if isinstance(maps, torch.Tensor) else tuple(maps)
+    layers, coords = _layers_and_coordinates(layer, maps)
     if any(grid.requires_grad for grid in layers):
         raise ValueError("describe_and_match treats the aggregated maps as frozen; detach them first")
-    coords = layer.coordinates(*layers[0].shape[-2:], layers[0].device)
     return _DescribeAndMatch.apply(layer.conv.weight.flatten(1), layer.conv.bias, coords, layers, bank, k)
 
 
-def described_rows(layer: CoordConv1x1, maps: torch.Tensor | Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    """(B*H*W, D) patch features exactly as describe_and_match computes them in `dtype`; no gradient."""
-    layers = (maps,) if isinstance(maps, torch.Tensor) else tuple(maps)
-    coords = layer.coordinates(*layers[0].shape[-2:], layers[0].device)
+def described_rows(layer: CoordConv1x1, maps: torch.Tensor | Sequence[torch.Tensor],
+                   dtype: torch.dtype) -> torch.Tensor:
+    """(B*H*W, D) float32 patch features exactly as describe_and_match computes them in `dtype`; no
+    gradient."""
+    layers, coords = _layers_and_coordinates(layer, maps)
     with torch.no_grad():
         return project_layers(layer.conv.weight.flatten(1), layer.conv.bias, coords, layers, dtype)[0]
