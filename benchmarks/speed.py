@@ -6,12 +6,14 @@
     python benchmarks/speed.py --neighbours          # how often the bfloat16 search misses a neighbour
     python benchmarks/speed.py --device cuda         # the same on a GPU (peak GPU memory added)
 
-Timing: each precision runs in its own process (so peak memory is its own) on the same seeded random
+Variants (VARIANTS): plain (float32, maps resized before the descriptor: the reference), float32, mixed
+and bfloat16 (each with the descriptor applied per backbone layer, the default).
+Timing: each variant runs in its own process (so peak memory is its own) on the same seeded random
 images: the one-time feature pass and memory-bank initialisation, ms per image per training epoch, and
 inference images/s (backbone through smoothed map, decoding excluded); each figure is the best of
 --repeats runs, as the speed of a shared machine varies from run to run. Accuracy: train + test on the
-shared real data (../shared/data) with an offline backbone in each precision; metric deltas against
-float32 and the correlation of the score maps.
+shared real data (../shared/data) with an offline backbone with each variant; metric deltas against
+plain and the correlation of the score maps.
 """
 
 from __future__ import annotations
@@ -38,13 +40,26 @@ from cfa_anomaly.train import build_model, fit  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 REAL_SETS = {"grid": (SHARED / "mvtec_ad", "grid"), "hazelnut": (SHARED / "hazelnut_toy", "hazelnut")}
-PRECISIONS = ("float32", "mixed", "bfloat16")  # model.precision; the first is the plain reference
+# The paths compared: name -> config overrides. "plain" is the reference: float32, and the maps resized
+# and concatenated before the descriptor (the literal order); the others apply it per layer.
+VARIANTS = {
+    "plain": ["model.precision=float32", "model.per_layer_projection=false"],
+    "float32": ["model.precision=float32"],
+    "mixed": ["model.precision=mixed"],
+    "bfloat16": ["model.precision=bfloat16"],
+}
+REFERENCE = "plain"
 
 
-def timing_run(precision: str, backbone: str, images: int, epochs: int, batch: int, device_name: str) -> dict:
+def fast_variants() -> list[str]:
+    return [name for name in VARIANTS if name != REFERENCE]
+
+
+def timing_run(variant: str, backbone: str, images: int, epochs: int, batch: int, device_name: str) -> dict:
     """One process: feature pass, training epochs and inference on seeded random images."""
-    cfg = load_config(None, [f"model.backbone={backbone}", "model.pretrained=false", f"model.precision={precision}",
-                             f"train.epochs={epochs}", f"data.batch_size={batch}", f"train.device={device_name}"])
+    cfg = load_config(None, [f"model.backbone={backbone}", "model.pretrained=false", *VARIANTS[variant],
+                             f"train.epochs={epochs}", f"data.batch_size={batch}",
+                             f"train.device={device_name}"])
     device = torch.device(device_name)
     model = build_model(cfg, device)
     generator = torch.Generator().manual_seed(0)
@@ -63,7 +78,7 @@ def timing_run(precision: str, backbone: str, images: int, epochs: int, batch: i
         infer_seconds = time.perf_counter() - start
     gpu_peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {
-        "precision": precision,
+        "variant": variant,
         "feature_ms_per_image": 1000 * result.feature_seconds / images,
         "bank_ms_per_image": 1000 * result.bank_seconds / images,
         "train_ms_per_image_epoch": 1000 * result.train_seconds / (images * max(epochs, 1)),
@@ -73,13 +88,13 @@ def timing_run(precision: str, backbone: str, images: int, epochs: int, batch: i
     }
 
 
-def profile_run(precision: str, backbone: str, batch: int) -> None:
+def profile_run(variant: str, backbone: str, batch: int) -> None:
     """torch.profiler tables: two training steps on cached features, then one inference batch."""
     from torch.profiler import profile
 
     from cfa_anomaly.train import init_memory_bank, select_images
 
-    cfg = load_config(None, [f"model.backbone={backbone}", "model.pretrained=false", f"model.precision={precision}",
+    cfg = load_config(None, [f"model.backbone={backbone}", "model.pretrained=false", *VARIANTS[variant],
                              "train.device=cpu"])
     model = build_model(cfg, torch.device("cpu"))
     images = torch.rand(2 * batch, 3, cfg.data.crop, cfg.data.crop, generator=torch.Generator().manual_seed(0))
@@ -147,29 +162,28 @@ def neighbour_run(name: str, backbone: str, epochs: int) -> dict:
 
 
 def accuracy_run(name: str, backbone: str, epochs: int, device_name: str) -> dict:
-    """Train + test one real set in both precisions; metric deltas and map correlation."""
+    """Train + test one real set with each variant; metric deltas and map correlation against plain."""
     from cfa_anomaly.pipeline import train_and_test
 
     root, category = REAL_SETS[name]
     out: dict = {"data": name, "backbone": backbone}
     maps = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for precision in PRECISIONS:
+        for variant, overrides in VARIANTS.items():
             cfg = load_config(None, [f"data.root={root}", f"data.category={category}", f"model.backbone={backbone}",
-                                     f"model.precision={precision}", f"train.epochs={epochs}",
-                                     f"train.device={device_name}"])
-            folder = Path(tmp) / precision
+                                     *overrides, f"train.epochs={epochs}", f"train.device={device_name}"])
+            folder = Path(tmp) / variant
             folder.mkdir()
             report = train_and_test(cfg, folder)
-            out[precision] = report["metrics"]
-            out[f"{precision}_train_seconds"] = report["train"]["train_seconds"]
-            maps[precision] = np.load(folder / "maps.npz")["maps"].astype(np.float64)
-    plain = out["float32"]
-    for precision in PRECISIONS[1:]:
-        out[f"{precision}_max_metric_delta"] = max(abs(out[precision][k] - plain[k]) for k in plain
-                                                   if plain[k] is not None)
-        out[f"{precision}_map_correlation"] = float(np.corrcoef(maps["float32"].ravel(),
-                                                                maps[precision].ravel())[0, 1])
+            out[variant] = report["metrics"]
+            out[f"{variant}_train_seconds"] = report["train"]["train_seconds"]
+            maps[variant] = np.load(folder / "maps.npz")["maps"].astype(np.float64)
+    plain = out[REFERENCE]
+    for variant in fast_variants():
+        out[f"{variant}_max_metric_delta"] = max(abs(out[variant][k] - plain[k]) for k in plain
+                                                 if plain[k] is not None)
+        correlation = np.corrcoef(maps[REFERENCE].ravel(), maps[variant].ravel())[0, 1]
+        out[f"{variant}_map_correlation"] = float(correlation)
     return out
 
 
@@ -179,16 +193,16 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3, help="timing runs per precision; the best is shown")
+    parser.add_argument("--repeats", type=int, default=3, help="timing runs per variant; the best is shown")
     parser.add_argument("--accuracy-backbone", default="mobilenet_v2")
     parser.add_argument("--accuracy-epochs", type=int, default=30)
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-timing", action="store_true")
-    parser.add_argument("--profile", choices=PRECISIONS, help="print where the time of one precision goes")
+    parser.add_argument("--profile", choices=VARIANTS, help="print where the time of one variant goes")
     parser.add_argument("--neighbours", action="store_true",
                         help="how often the bfloat16 search misses a true nearest centre (real data)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (timing and accuracy runs)")
-    parser.add_argument("--single", choices=PRECISIONS, help=argparse.SUPPRESS)  # child process mode
+    parser.add_argument("--single", choices=VARIANTS, help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args()
     if args.profile:
         profile_run(args.profile, args.backbone, args.batch)
@@ -216,12 +230,12 @@ def main() -> None:
     print(f"accuracy: {args.accuracy_backbone} (ImageNet), {args.accuracy_epochs} epochs, fast paths vs float32")
     for name in REAL_SETS:
         result = accuracy_run(name, args.accuracy_backbone, args.accuracy_epochs, args.device)
-        for precision in PRECISIONS:
-            metrics = " ".join(f"{k}={v:.4f}" for k, v in result[precision].items() if v is not None)
-            print(f"  {name:9} {precision:9} {metrics}  train {result[f'{precision}_train_seconds']:.1f}s")
-        for precision in PRECISIONS[1:]:
-            print(f"  {name:9} {precision:9} max metric delta {result[f'{precision}_max_metric_delta']:.4f}, "
-                  f"map correlation {result[f'{precision}_map_correlation']:.5f}")
+        for variant in VARIANTS:
+            metrics = " ".join(f"{k}={v:.4f}" for k, v in result[variant].items() if v is not None)
+            print(f"  {name:9} {variant:9} {metrics}  train {result[f'{variant}_train_seconds']:.1f}s")
+        for variant in fast_variants():
+            print(f"  {name:9} {variant:9} max metric delta {result[f'{variant}_max_metric_delta']:.4f}, "
+                  f"map correlation {result[f'{variant}_map_correlation']:.5f}")
 
 
 def device_description(name: str) -> str:
@@ -232,28 +246,28 @@ def print_timing(args: argparse.Namespace) -> None:
     print(f"timing: {args.backbone} (random weights), {args.images} images 224 px, {args.epochs} epochs, "
           f"batch {args.batch}, best of {args.repeats} runs")
     rows = {}
-    for precision in PRECISIONS:
-        command = [sys.executable, __file__, "--single", precision, "--backbone", args.backbone,
+    for variant in VARIANTS:
+        command = [sys.executable, __file__, "--single", variant, "--backbone", args.backbone,
                    "--images", str(args.images), "--epochs", str(args.epochs), "--batch", str(args.batch),
                    "--device", args.device]
         runs = []
         for _ in range(args.repeats):  # a shared machine's speed varies: keep each figure's best run
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        rows[precision] = {key: (max if key == "inference_images_per_second" else min)(run[key] for run in runs)
-                           for key in runs[0] if key != "precision" and runs[0][key] is not None}
-    gpu = "peak_gpu_gib" in rows["float32"]
+        rows[variant] = {key: (max if key == "inference_images_per_second" else min)(run[key] for run in runs)
+                         for key in runs[0] if key != "variant" and runs[0][key] is not None}
+    gpu = "peak_gpu_gib" in rows[REFERENCE]
     print(f"{'':10} {'feature ms/img':>15} {'bank ms/img':>12} {'train ms/img/epoch':>19} {'infer img/s':>12} "
           f"{'peak RSS GiB':>13}" + (f" {'peak GPU GiB':>13}" if gpu else ""))
-    for precision, row in rows.items():
-        print(f"{precision:10} {row['feature_ms_per_image']:15.1f} {row['bank_ms_per_image']:12.1f} "
+    for variant, row in rows.items():
+        print(f"{variant:10} {row['feature_ms_per_image']:15.1f} {row['bank_ms_per_image']:12.1f} "
               f"{row['train_ms_per_image_epoch']:19.1f} "
               f"{row['inference_images_per_second']:12.2f} {row['peak_rss_gib']:13.2f}"
               + (f" {row['peak_gpu_gib']:13.2f}" if gpu else ""))
-    plain = rows["float32"]
-    for precision in PRECISIONS[1:]:
-        fast = rows[precision]
-        print(f"speed-up of {precision}: training x"
+    plain = rows[REFERENCE]
+    for variant in fast_variants():
+        fast = rows[variant]
+        print(f"speed-up of {variant}: training x"
               f"{plain['train_ms_per_image_epoch'] / fast['train_ms_per_image_epoch']:.2f}, inference x"
               f"{fast['inference_images_per_second'] / plain['inference_images_per_second']:.2f}")
 

@@ -1,4 +1,5 @@
-"""The fast paths (mixed, bfloat16) against the plain float32 path: the same neighbours, distances, maps."""
+"""The fast paths (per-layer products; mixed, bfloat16) against the plain float32 path: the same
+neighbours, distances, maps."""
 
 from __future__ import annotations
 
@@ -41,9 +42,13 @@ def test_low_precision_search_finds_the_same_neighbours_with_exact_distances(see
 
 
 def run_precision(root, category: str, precision: str, resize: int, crop: int, epochs: int,
-                  device: torch.device = CPU):
+                  device: torch.device = CPU, per_layer: bool = True):
+    """Train on 8 images and score the test split; precision "plain" is float32 without per-layer products."""
+    if precision == "plain":
+        precision, per_layer = "float32", False
     cfg = load_config(None, [f"data.root={root}", f"data.category={category}", f"data.resize={resize}",
                              f"data.crop={crop}", "model.backbone=mobilenet_v2", f"model.precision={precision}",
+                             f"model.per_layer_projection={str(per_layer).lower()}",
                              f"train.epochs={epochs}", f"train.device={device}", "model.blur_sigma=2"])
     model = build_model(cfg, device)
     train = make_samples(root, category, "train")[:8]
@@ -60,19 +65,22 @@ def assert_paths_agree(plain, fast) -> None:
 
 
 @requires_mobilenet_weights
-@pytest.mark.parametrize("precision", ["mixed", "bfloat16"])
+@pytest.mark.parametrize("precision", ["float32", "mixed", "bfloat16"])
 def test_fast_and_plain_paths_agree_on_synthetic_images(synth_root, precision):
     from conftest import SYNTH_CATEGORY
 
-    plain = run_precision(synth_root, SYNTH_CATEGORY, "float32", 72, 64, 2)
+    plain = run_precision(synth_root, SYNTH_CATEGORY, "plain", 72, 64, 2)
     fast = run_precision(synth_root, SYNTH_CATEGORY, precision, 72, 64, 2)
     assert_paths_agree(plain, fast)
 
 
 @requires_mobilenet_weights
-@pytest.mark.parametrize("precision", ["mixed", "bfloat16"])
+@pytest.mark.parametrize("precision", ["float32", "mixed", "bfloat16"])
 def test_fast_and_plain_paths_agree_on_real_grid_images(shared_data, precision):
     root = shared_data / "mvtec_ad"
-    plain = run_precision(root, "grid", "float32", 128, 112, 2)
+    plain = run_precision(root, "grid", "plain", 128, 112, 2)
     fast = run_precision(root, "grid", precision, 128, 112, 2)
     assert_paths_agree(plain, fast)
+    if precision == "float32":  # per-layer products in float32: the plain path up to summation order
+        correlation = np.corrcoef(plain.maps.ravel(), fast.maps.ravel())[0, 1]
+        assert correlation > 0.9999, correlation

@@ -187,7 +187,7 @@ def test_loss_backward_reaches_descriptor_and_radius_once_without_retain_graph()
 @pytest.mark.parametrize("batch_size", [2, 5])
 def test_init_memory_bank_is_per_position_mean_of_descriptor(batch_size):
     model = stub_model()
-    cached = model.aggregate(torch.rand(5, 3, 32, 32))  # float32: one aligned map (5, 12, 8, 8)
+    cached = model.aggregate(torch.rand(5, 3, 32, 32))  # per-layer maps; aligned: (5, 12, 8, 8)
     cfg = Config()
     init_memory_bank(model, cached, batch_size, cfg)
     with torch.no_grad():
@@ -317,24 +317,30 @@ def test_model_maps_have_the_input_size_and_score_is_map_max():
     torch.testing.assert_close(scores, maps.flatten(1).amax(1))
 
 
-def test_fast_path_keeps_each_layer_at_its_resolution_and_describes_like_the_aligned_maps():
+@pytest.mark.parametrize(("precision", "dtype", "min_correlation"),
+                         [("float32", torch.float32, 0.99999), ("mixed", torch.bfloat16, 0.999)])
+def test_per_layer_path_keeps_each_layer_at_its_resolution_and_scores_like_the_plain_path(
+        precision, dtype, min_correlation):
     from cfa_anomaly.backbones import FeatureExtractor
 
     torch.manual_seed(0)
     cfg = load_config(None, ["data.resize=64", "data.crop=64"]).model
+    plain_cfg = load_config(None, ["data.resize=64", "data.crop=64",
+                                   "model.per_layer_projection=false"]).model
     extractor = FeatureExtractor("resnet18", pretrained=False)
-    plain, fast = CFA(extractor, cfg, precision="float32"), CFA(extractor, cfg, precision="mixed")
+    plain, fast = CFA(extractor, plain_cfg, precision="float32"), CFA(extractor, cfg, precision=precision)
     fast.load_state_dict(plain.state_dict())
     images = torch.rand(2, 3, 64, 96)
     layers = fast.aggregate(images)
     assert [tuple(grid.shape) for grid in layers] == [(2, 64, 16, 24), (2, 128, 8, 12), (2, 256, 4, 6)]
-    assert all(grid.dtype == torch.bfloat16 for grid in layers)
+    assert all(grid.dtype == dtype for grid in layers)
     [aligned] = plain.aggregate(images)
     torch.testing.assert_close(align_maps(layers).float(), aligned, rtol=0.01, atol=0.01)
     plain.memory_bank = fast.memory_bank = flatten_patches(plain.describe([aligned])).detach()[::7]
     plain_maps, _ = plain(images)
     fast_maps, _ = fast(images)
-    assert np.corrcoef(plain_maps.flatten().numpy(), fast_maps.flatten().numpy())[0, 1] > 0.999
+    correlation = np.corrcoef(plain_maps.flatten().numpy(), fast_maps.flatten().numpy())[0, 1]
+    assert correlation > min_correlation, correlation
 
 
 def test_blur_wider_than_a_small_crop_is_rejected_up_front():

@@ -53,11 +53,16 @@ class ModelConfig:
     radius_init: float = 1e-5
     blur_sigma: float = 4.0
     kmeans_iters: int = 100
-    # float32: the plain path. mixed: the descriptor and the nearest-centre search in bfloat16 (the
-    # training hot loop), the backbone in float32. bfloat16: the backbone too (fastest inference).
-    # auto: mixed where the hardware has bfloat16 matrix instructions, else float32.
+    # float32: float32 arithmetic throughout. mixed: the descriptor and the nearest-centre search in
+    # bfloat16 (the training hot loop), the backbone in float32. bfloat16: the backbone too (fastest
+    # inference). auto: mixed where the hardware has bfloat16 matrix instructions, else float32.
     # Distances, loss and scores are float32 in every mode. See benchmarks/README.md for the checks.
     precision: str = "auto"
+    # true: the descriptor is applied to each backbone layer at its own resolution and only its products
+    # are resized (equal to resizing the maps first, both being linear; a quarter of the work for
+    # wide_resnet50_2). false: the maps are resized and concatenated first, the paper's literal order;
+    # with precision float32 this is the plain reference path.
+    per_layer_projection: bool = True
 
 
 @dataclass

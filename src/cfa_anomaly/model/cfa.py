@@ -34,6 +34,7 @@ class CFA(nn.Module):
         self.descriptor = PatchDescriptor(sum(extractor.channels), cfg.gamma_d)
         self.low_precision = self.precision in ("mixed", "bfloat16")  # descriptor and search
         self.low_precision_backbone = self.precision == "bfloat16"
+        self.per_layer = cfg.per_layer_projection
         self.loss_fn = CoupledHypersphereLoss(cfg.K, cfg.J, cfg.nu, cfg.alpha, cfg.radius_init)
         self.register_buffer("memory_bank", torch.zeros(0, self.descriptor.out_channels))
         self._prepared: tuple[torch.Tensor, int, CentredBank] | None = None
@@ -46,16 +47,17 @@ class CFA(nn.Module):
     def aggregate(self, images: torch.Tensor) -> Layers:
         """Frozen part: images (B,3,H,W) in 0..1 -> pooled maps of the backbone's layers.
 
-        On the fast paths (mixed, bfloat16) each layer stays at its own resolution, in bfloat16: the
-        descriptor projects each at its resolution and resizes the products (model/matching.py), a quarter
-        of the work for wide_resnet50_2, and the training-feature cache is a quarter of the size. The
-        float32 path returns one map, resized and concatenated: (B, C, H/4, W/4), the plain computation.
-        The backbone runs in bfloat16 only under bfloat16, else in true float32 (no TF32 on a GPU).
+        With per_layer_projection (the default) each layer stays at its own resolution: the descriptor
+        projects each at its resolution and resizes the products (model/matching.py), a quarter of the
+        work for wide_resnet50_2, and the training-feature cache is a quarter of the size. Without it,
+        one map, resized and concatenated: (B, C, H/4, W/4), the plain computation. bfloat16 whenever the
+        descriptor runs in bfloat16 (mixed, bfloat16). The backbone runs in bfloat16 only under bfloat16,
+        else in true float32 (no TF32 on a GPU).
         """
         device = self.memory_bank.device
         with self.autocast(self.low_precision_backbone), true_float32_convolutions(device):
             pooled = pool_maps(self.extractor(images), torch.bfloat16 if self.low_precision else None)
-        return pooled if self.low_precision else [align_maps(pooled)]
+        return pooled if self.per_layer else [align_maps(pooled)]
 
     def describe(self, layers: Layers) -> torch.Tensor:
         """Pooled maps -> (B, D, h, w) float32 patch features, computed as the training and scoring step
