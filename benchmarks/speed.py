@@ -215,7 +215,8 @@ def main() -> None:
                       f"{result['patches']} test patches; worst distance excess {100 * worst:.2f}%")
         return
     if args.single:
-        print(json.dumps(timing_run(args.single, args.backbone, args.images, args.epochs, args.batch, args.device)))
+        result = timing_run(args.single, args.backbone, args.images, args.epochs, args.batch, args.device)
+        print(json.dumps(result))
         return
 
     print(f"{time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}  torch {torch.__version__}  "
@@ -227,7 +228,7 @@ def main() -> None:
     if not SHARED.is_dir():
         print(f"accuracy: skipped, {SHARED} is absent")
         return
-    print(f"accuracy: {args.accuracy_backbone} (ImageNet), {args.accuracy_epochs} epochs, fast paths vs float32")
+    print(f"accuracy: {args.accuracy_backbone} (ImageNet), {args.accuracy_epochs} epochs, variants vs plain")
     for name in REAL_SETS:
         result = accuracy_run(name, args.accuracy_backbone, args.accuracy_epochs, args.device)
         for variant in VARIANTS:
