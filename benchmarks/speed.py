@@ -92,18 +92,18 @@ def profile_run(variant: str, backbone: str, batch: int) -> None:
     """torch.profiler tables: two training steps on cached features, then one inference batch."""
     from torch.profiler import profile
 
-    from cfa_anomaly.train import init_memory_bank, select_images
+    from cfa_anomaly.train import cache_features, init_memory_bank, select_images
 
     cfg = load_config(None, [f"model.backbone={backbone}", "model.pretrained=false", *VARIANTS[variant],
                              "train.device=cpu"])
     model = build_model(cfg, torch.device("cpu"))
     images = torch.rand(2 * batch, 3, cfg.data.crop, cfg.data.crop, generator=torch.Generator().manual_seed(0))
-    batches = [model.aggregate(images[i: i + batch]) for i in range(0, len(images), batch)]
-    cached = [torch.cat(grids) for grids in zip(*batches)]  # per layer, as train.cache_features
+    loader = [{"image": images[i: i + batch]} for i in range(0, len(images), batch)]
+    cached = cache_features(model, loader, torch.device("cpu"))
     init_memory_bank(model, cached, batch, cfg)
     optimizer = torch.optim.AdamW(list(model.descriptor.parameters()) + list(model.loss_fn.parameters()))
 
-    def step(part: torch.Tensor) -> None:
+    def step(part: list[torch.Tensor]) -> None:
         optimizer.zero_grad()
         model.loss(part).backward()
         optimizer.step()

@@ -29,29 +29,21 @@ def fused_step(layer, maps, centres, k: int, weights, low_precision: bool):
     return values.detach().cpu(), indices.cpu(), grads
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_fused_step_on_the_gpu_equals_the_cpu_in_float32(seed):
+def to_gpu(maps):
+    return maps.to(GPU) if isinstance(maps, torch.Tensor) else [grid.to(GPU) for grid in maps]
+
+
+@pytest.mark.parametrize("inputs", ["aggregated-0", "aggregated-1", "per-layer-0"])
+def test_fused_step_on_the_gpu_equals_the_cpu_in_float32(inputs):
+    """One aggregated map (two seeds) or per-layer maps at several resolutions."""
+    kind, seed = inputs.rsplit("-", 1)
     k = 5
-    layer, maps, centres = layer_and_inputs(seed)
-    weights = torch.randn(maps.shape[0] * maps.shape[2] * maps.shape[3], k, dtype=torch.float64)
+    layer, maps, centres = (layer_and_inputs if kind == "aggregated" else pyramid_and_bank)(int(seed))
+    first = maps if isinstance(maps, torch.Tensor) else maps[0]
+    weights = torch.randn(first.shape[0] * first.shape[2] * first.shape[3], k, dtype=torch.float64)
     cpu_values, cpu_indices, cpu_grads = fused_step(layer, maps, centres, k, weights, False)
     layer.to(GPU)
-    gpu_values, gpu_indices, gpu_grads = fused_step(layer, maps.to(GPU), centres.to(GPU), k, weights.to(GPU),
-                                                    False)
-    assert torch.equal(gpu_indices, cpu_indices)
-    torch.testing.assert_close(gpu_values, cpu_values, rtol=1e-4, atol=1e-4)
-    for gpu_grad, cpu_grad in zip(gpu_grads, cpu_grads):
-        torch.testing.assert_close(gpu_grad, cpu_grad, rtol=1e-3, atol=1e-3)
-
-
-def test_per_layer_products_on_the_gpu_equal_the_cpu_in_float32():
-    k = 5
-    layer, layers, centres = pyramid_and_bank(0)
-    weights = torch.randn(3 * 6 * 7, k, dtype=torch.float64)
-    cpu_values, cpu_indices, cpu_grads = fused_step(layer, layers, centres, k, weights, False)
-    layer.to(GPU)
-    gpu_layers = [grid.to(GPU) for grid in layers]
-    gpu_values, gpu_indices, gpu_grads = fused_step(layer, gpu_layers, centres.to(GPU), k, weights.to(GPU),
+    gpu_values, gpu_indices, gpu_grads = fused_step(layer, to_gpu(maps), centres.to(GPU), k, weights.to(GPU),
                                                     False)
     assert torch.equal(gpu_indices, cpu_indices)
     torch.testing.assert_close(gpu_values, cpu_values, rtol=1e-4, atol=1e-4)

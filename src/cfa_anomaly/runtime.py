@@ -47,19 +47,15 @@ def true_float32_convolutions(device: torch.device) -> Iterator[None]:
         return
     conv = getattr(torch.backends.cudnn, "conv", None)
     if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9
-        saved = conv.fp32_precision
-        conv.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision = saved
+        owner, name, value = conv, "fp32_precision", "ieee"
     else:
-        saved = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32 = saved
+        owner, name, value = torch.backends.cudnn, "allow_tf32", False
+    saved = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)
 
 
 def synchronize(device: torch.device) -> None:

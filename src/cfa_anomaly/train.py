@@ -105,9 +105,9 @@ def init_memory_bank(model: CFA, cached: Layers, batch_size: int, cfg: Config) -
     total = None
     count = cached[0].shape[0]
     for start in range(0, count, batch_size):
-        part = model.describe(select_images(cached, slice(start, start + batch_size))).float().sum(dim=0)
+        part = model.describe(select_images(cached, slice(start, start + batch_size))).sum(dim=0)
         total = part if total is None else total + part
-    model.memory_bank = build_memory_bank(total.float(), count, cfg.model.gamma_c, cfg.model.kmeans_iters,
+    model.memory_bank = build_memory_bank(total, count, cfg.model.gamma_c, cfg.model.kmeans_iters,
                                           cfg.train.seed)
 
 
