@@ -35,8 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from cfa_anomaly.config import load_config  # noqa: E402
+from cfa_anomaly.model.factory import build_model  # noqa: E402
 from cfa_anomaly.runtime import synchronize  # noqa: E402
-from cfa_anomaly.train import build_model, fit  # noqa: E402
+from cfa_anomaly.train import fit  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 REAL_SETS = {"grid": (SHARED / "mvtec_ad", "grid"), "hazelnut": (SHARED / "hazelnut_toy", "hazelnut")}

@@ -22,8 +22,10 @@ from cfa_anomaly.config import load_config
 from cfa_anomaly.data.dataset import AnomalyDataset, make_loader
 from cfa_anomaly.data.samples import make_samples, split_holdout
 from cfa_anomaly.evaluate import predict
+from cfa_anomaly.inference import Predictor
 from cfa_anomaly.pipeline import CHECKPOINT_NAME, load_model, train_and_test
-from cfa_anomaly.train import build_model, fit
+from cfa_anomaly.model.factory import build_model
+from cfa_anomaly.train import fit
 
 from conftest import REPO_ROOT, SYNTH_CATEGORY, SYNTH_COUNTS, requires_mobilenet_weights, small_config, \
     small_overrides
@@ -137,8 +139,8 @@ def test_threshold_is_quantile_of_held_out_normal_scores(run):
     assert len(held) == report["threshold"]["images"]
     assert {s.image for s in kept}.isdisjoint(s.image for s in held)
     assert {s.image for s in kept} | {s.image for s in held} == {s.image for s in train}
-    model, _, _ = load_model(output / CHECKPOINT_NAME, "cpu")
-    scores = predict(model, loader_of(held, cfg), CPU).scores
+    predictor = Predictor.from_checkpoint(output / CHECKPOINT_NAME, device="cpu")
+    scores = predict(predictor, loader_of(held, cfg)).scores
     expected = float(np.quantile(scores, cfg.evaluation.threshold_quantile))
     assert report["threshold"]["value"] == pytest.approx(expected, rel=1e-5)
 
@@ -173,8 +175,7 @@ def test_checkpoint_round_trip_gives_the_same_maps(in_memory):
 
 def test_saved_run_checkpoint_reproduces_saved_scores(run):
     cfg, output, _ = run
-    model, _, _ = load_model(output / CHECKPOINT_NAME, "cpu")
-    predictions = predict(model, split_loader(cfg), CPU)
+    predictions = predict(Predictor.from_checkpoint(output / CHECKPOINT_NAME, device="cpu"), split_loader(cfg))
     with np.load(output / "maps.npz") as npz:
         np.testing.assert_allclose(predictions.scores, npz["scores"], rtol=1e-5)
         np.testing.assert_allclose(predictions.maps, npz["maps"].astype(np.float32), rtol=2e-3, atol=1e-3)

@@ -11,8 +11,10 @@ from cfa_anomaly.config import load_config
 from cfa_anomaly.data.dataset import AnomalyDataset, make_loader
 from cfa_anomaly.data.samples import make_samples
 from cfa_anomaly.evaluate import predict
+from cfa_anomaly.inference import Predictor
 from cfa_anomaly.model.distances import nearest_centres
-from cfa_anomaly.train import build_model, fit
+from cfa_anomaly.model.factory import build_model
+from cfa_anomaly.train import fit
 from conftest import requires_mobilenet_weights
 
 CPU = torch.device("cpu")
@@ -54,7 +56,7 @@ def run_precision(root, category: str, precision: str, resize: int, crop: int, e
     train = make_samples(root, category, "train")[:8]
     fit(model, make_loader(AnomalyDataset(train, resize, crop), 4), cfg, device)
     test = make_samples(root, category, "test")
-    return predict(model, make_loader(AnomalyDataset(test, resize, crop), 4), device)
+    return predict(Predictor.from_model(model, cfg, None), make_loader(AnomalyDataset(test, resize, crop), 4))
 
 
 def assert_paths_agree(plain, fast) -> None:

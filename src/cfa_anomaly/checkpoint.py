@@ -11,6 +11,7 @@ from cfa_anomaly import __version__
 from cfa_anomaly.config import Config, ConfigError, config_from_dict
 from cfa_anomaly.io_utils import atomic_write
 from cfa_anomaly.model import CFA
+from cfa_anomaly.model.factory import build_model, resolve_device, resolve_precision
 
 FORMAT = "cfa-anomaly-checkpoint-v1"
 
@@ -27,6 +28,7 @@ def save_checkpoint(model: CFA, cfg: Config, path: Path, extra: dict[str, Any] |
         "config": cfg.to_dict(),
         "backbone_channels": list(model.extractor.channels),
         "backbone_weights_sha256": model.extractor.weights_hash(),
+        "precision": model.precision,  # resolved (never auto): inference runs it again on any machine
         "state": {k: v.detach().cpu() for k, v in model.learned_state().items()},
         "extra": extra or {},
     }
@@ -68,3 +70,26 @@ def load_state_into(model: CFA, payload: dict[str, Any], path: Path) -> None:
         model.load_learned_state(payload["state"])
     except (ValueError, RuntimeError, KeyError) as err:
         raise CheckpointError(f"{path}: {err}") from err
+
+
+def saved_precision(payload: dict[str, Any], cfg: Config, device: torch.device) -> str:
+    """The arithmetic the model was trained with; checkpoints from before it was stored resolve auto here."""
+    return payload.get("precision") or resolve_precision(cfg.model.precision, device)
+
+
+def saved_threshold(payload: dict[str, Any]) -> dict[str, Any]:
+    """The held-out decision threshold stored with a checkpoint: {"value": float | None, "source": ...}."""
+    threshold = payload.get("extra", {}).get("threshold") or {}
+    return {"value": threshold.get("value"), "source": threshold.get("source", "none stored")}
+
+
+def restore_model(path: Path, device_name: str = "auto",
+                  precision: str | None = None) -> tuple[CFA, Config, dict[str, Any]]:
+    """The trained model of a checkpoint on a device (default: a GPU when there is one), in eval mode,
+    with its config and raw payload. precision: default the one it was trained with."""
+    cfg, payload = read_checkpoint(path)
+    cfg.train.device = device_name
+    device = resolve_device(device_name)
+    model = build_model(cfg, device, precision or saved_precision(payload, cfg, device))
+    load_state_into(model, payload, Path(path))
+    return model.to(device).eval(), cfg, payload

@@ -1,4 +1,4 @@
-"""The `cfa` command: train, test, predict, demo."""
+"""The `cfa` command: train, test, predict, export, benchmark, demo."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from cfa_anomaly.checkpoint import CheckpointError
 from cfa_anomaly.config import MVTEC_CATEGORIES, Config, ConfigError, load_config
 from cfa_anomaly.data.samples import DatasetError
 from cfa_anomaly.evaluate import EvaluationError
+from cfa_anomaly.inference.errors import ExportError
+from cfa_anomaly.model.factory import DeviceError
 from cfa_anomaly.outputs import OutputExistsError, new_run_dir, prepare_output_dir
 from cfa_anomaly.train import TrainingError
 
 USER_ERRORS = (ConfigError, DatasetError, BackboneError, CheckpointError, TrainingError, OutputExistsError,
-               EvaluationError)
+               EvaluationError, ExportError, DeviceError)
 DEMO_CATEGORY = "synthetic"
 
 
@@ -97,13 +99,29 @@ def cmd_test(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from cfa_anomaly.inference import Predictor
     from cfa_anomaly.pipeline import predict_images
 
+    if args.checkpoint:
+        if args.inference_precision != "f32":
+            raise ExportError("--inference-precision applies to exported models (--model); for a checkpoint use "
+                              "--graph plain (float32) or the precision it was trained with (default)")
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, graph=args.graph)
+    else:
+        predictor = Predictor.from_export(args.model, inference_precision=args.inference_precision)
     output = prepare_output_dir(args.output, args.overwrite)
-    predictions = predict_images(Path(args.checkpoint), args.inputs, output, device_name=args.device)
+    predictions = predict_images(predictor, args.inputs, output)
     for path, score in zip(predictions.paths, predictions.scores):
         print(f"{score:10.4f}  {path}")
-    print(f"scores.csv, maps.npz and panels/ written to {output}")
+    print(f"scored with {predictor.name}; scores.csv, maps.npz and panels/ written to {output}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from cfa_anomaly.inference.export import export_checkpoint
+
+    card = export_checkpoint(Path(args.checkpoint), args.format, Path(args.output), overwrite=args.overwrite)
+    print(f"exported {args.checkpoint} as {args.format} to {args.output} (metadata: {card})")
+    print(f"run it with: cfa predict --model {args.output} --output <folder> <images or folders>")
 
 
 def demo_overrides(extra: Sequence[str]) -> list[str]:
@@ -159,12 +177,26 @@ def build_parser() -> argparse.ArgumentParser:
     test.set_defaults(func=cmd_test)
 
     pred = commands.add_parser("predict", help="score images: anomaly scores and maps out")
-    pred.add_argument("--checkpoint", required=True)
+    source = pred.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint (torch)")
+    source.add_argument("--model", help="an exported model: its folder or model file (ONNX, OpenVINO, TorchScript)")
     pred.add_argument("inputs", nargs="+", help="image files or folders")
     pred.add_argument("--output", required=True)
     pred.add_argument("--overwrite", action="store_true")
-    pred.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda or cuda:N")
+    pred.add_argument("--device", default="auto", help="checkpoints: auto (GPU when there is one), cpu, cuda or cuda:N")
+    pred.add_argument("--graph", choices=("fast", "plain"), default="fast",
+                      help="checkpoints: fast (the trained precision, default) or plain (exact float32 graph)")
+    pred.add_argument("--inference-precision", choices=("f32", "bf16"), default="f32",
+                      help="exported OpenVINO models: f32 (default, equal to the checkpoint) or bf16 (faster "
+                           "on CPUs with bf16 units, see benchmarks/README.md)")
     pred.set_defaults(func=cmd_predict)
+
+    export = commands.add_parser("export", help="export a checkpoint for ONNX Runtime, OpenVINO or TorchScript")
+    export.add_argument("--checkpoint", required=True)
+    export.add_argument("--format", required=True, choices=("onnx", "openvino", "torchscript"))
+    export.add_argument("--output", required=True, help="folder for the model file(s) and model.json")
+    export.add_argument("--overwrite", action="store_true", help="replace an export already in --output")
+    export.set_defaults(func=cmd_export)
 
     bench = commands.add_parser("benchmark", help="train + test over categories; tables, CSV and GIFs")
     bench.add_argument("--root", required=True, help="folder holding the category folders (e.g. MVTec AD)")

@@ -6,12 +6,11 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cfa_anomaly import metrics
-from cfa_anomaly.model import CFA
+from cfa_anomaly.inference import Predictor
 
 
 @dataclass
@@ -24,24 +23,20 @@ class Predictions:
     masks: np.ndarray | None = None  # (N, H, W) bool, when known
 
 
-def predict(model: CFA, loader: DataLoader, device: torch.device, desc: str = "test") -> Predictions:
+def predict(predictor: Predictor, loader: DataLoader, desc: str = "test") -> Predictions:
     """Maps and scores for every image of the loader; labels and masks are kept when the loader has them."""
-    model.eval()
     paths, scores, maps, labels, masks = [], [], [], [], []
     compute_seconds = 0.0
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
-            images = batch["image"].to(device)
-            start = time.perf_counter()
-            batch_maps, batch_scores = model(images)
-            batch_maps, batch_scores = batch_maps.float().cpu(), batch_scores.float().cpu()
-            compute_seconds += time.perf_counter() - start
-            maps.append(batch_maps.numpy())
-            scores.append(batch_scores.numpy())
-            paths += list(batch["path"])
-            if "label" in batch:
-                labels.append(np.asarray(batch["label"]))
-                masks.append(batch["mask"].numpy())
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
+        start = time.perf_counter()
+        batch_maps, batch_scores = predictor.score_batch(batch["image"])
+        compute_seconds += time.perf_counter() - start
+        maps.append(batch_maps)
+        scores.append(batch_scores)
+        paths += list(batch["path"])
+        if "label" in batch:
+            labels.append(np.asarray(batch["label"]))
+            masks.append(batch["mask"].numpy())
     count = len(paths)
     return Predictions(
         paths=paths,

@@ -12,28 +12,31 @@ import numpy as np
 import torch
 
 from cfa_anomaly import __version__
-from cfa_anomaly.checkpoint import load_state_into, read_checkpoint, save_checkpoint
+from cfa_anomaly.checkpoint import restore_model, save_checkpoint
 from cfa_anomaly.config import Config, save_config
 from cfa_anomaly.data.dataset import AnomalyDataset, ImageFilesDataset, make_loader
 from cfa_anomaly.data.images import unreadable
 from cfa_anomaly.data.samples import DatasetError, Sample, folder_samples, list_images, make_samples, split_holdout
 from cfa_anomaly.evaluate import Predictions, compute_test_metrics, predict
+from cfa_anomaly.inference import Predictor
 from cfa_anomaly.io_utils import atomic_write_json
 from cfa_anomaly.model import CFA
+from cfa_anomaly.model.factory import build_model, resolve_device
 from cfa_anomaly.outputs import format_metrics_table, write_maps, write_scores_csv, write_visuals
-from cfa_anomaly.train import TrainResult, build_model, fit, resolve_device
+from cfa_anomaly.train import TrainResult, fit
 
 CHECKPOINT_NAME = "checkpoint.pt"
 TRAIN_STATE_NAME = "train_state.pt"  # per-epoch training state of an unfinished run (for --resume)
 
 
-def _environment(model: CFA | None = None) -> dict[str, Any]:
-    """What produced a result: versions, machine and (with a model) the exact backbone weights."""
+def _environment(predictor: Predictor | None = None) -> dict[str, Any]:
+    """What produced a result: versions, machine and (with a predictor) the exact backbone weights."""
     info: dict[str, Any] = {"package_version": __version__, "torch": torch.__version__,
                             "python": platform.python_version(), "machine": platform.machine()}
-    if model is not None:
-        info["backbone_weights_sha256"] = model.extractor.weights_hash()
-        info["precision"] = model.precision
+    if predictor is not None:
+        info["backbone_weights_sha256"] = predictor.card.backbone_weights_sha256
+        info["precision"] = predictor.card.precision
+        info["engine"] = predictor.name
     return info
 
 
@@ -54,11 +57,11 @@ def training_split(cfg: Config) -> tuple[list[Sample], list[Sample]]:
     return split_holdout(samples, cfg.data.holdout_fraction, cfg.train.seed)
 
 
-def holdout_threshold(model: CFA, holdout: list[Sample], cfg: Config, device: torch.device) -> dict[str, Any]:
+def holdout_threshold(model: CFA, holdout: list[Sample], cfg: Config) -> dict[str, Any]:
     """Decision threshold = a high quantile of held-out normal images' scores (never the test set)."""
     if not holdout:
         return {"value": None, "source": "none: data.holdout_fraction is 0 and no data.holdout_dir"}
-    scores = predict(model, _loader_of(holdout, cfg), device, desc="holdout").scores
+    scores = predict(Predictor.from_model(model, cfg, None), _loader_of(holdout, cfg), desc="holdout").scores
     quantile = cfg.evaluation.threshold_quantile
     return {"value": float(np.quantile(scores, quantile)), "quantile": quantile, "images": len(holdout),
             "source": f"quantile {quantile} of the image scores of {len(holdout)} held-out normal images"}
@@ -79,12 +82,12 @@ def decisions_at_threshold(predictions: Predictions, threshold: float | None) ->
 
 
 def _test_report(cfg: Config, predictions: Predictions, results: dict[str, Any],
-                 model_precision: str) -> dict[str, Any]:
+                 predictor: Predictor) -> dict[str, Any]:
     labels = predictions.labels
     return {
         "category": cfg.data.category,
         "backbone": cfg.model.backbone,
-        "precision": model_precision,
+        "precision": predictor.card.precision,
         "metrics": results,
         "notes": {"pixel_f1_max": "best F1 over all thresholds: the threshold is fitted on the test set",
                   "aupro": "standard AUPRO: per-region overlap integrated up to pixel FPR 0.3, divided by 0.3"},
@@ -94,15 +97,17 @@ def _test_report(cfg: Config, predictions: Predictions, results: dict[str, Any],
     }
 
 
-def evaluate_and_write(model: CFA, cfg: Config, device: torch.device, output: Path,
-                       threshold: float | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Score the test split; write metrics.json, scores.csv, maps.npz, panels, GIF and plots into output."""
-    predictions = predict(model, _loader(cfg, "test"), device)
-    report = _test_report(cfg, predictions, compute_test_metrics(predictions), model.precision)
+def evaluate_and_write(predictor: Predictor, cfg: Config, output: Path,
+                       extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Score the test split of cfg's data; write metrics.json, scores.csv, maps.npz, panels, GIF and plots
+    into output."""
+    threshold = predictor.threshold
+    predictions = predict(predictor, _loader(cfg, "test"))
+    report = _test_report(cfg, predictions, compute_test_metrics(predictions), predictor)
     report["at_threshold"] = decisions_at_threshold(predictions, threshold)
     report.update(extra or {})
     report["config"] = cfg.to_dict()
-    report["environment"] = _environment(model)
+    report["environment"] = _environment(predictor)
     write_scores_csv(output / "scores.csv", predictions, threshold)
     write_maps(output / "maps.npz", predictions)
     report["files"] = write_visuals(output, predictions, cfg.data.resize, cfg.data.crop, threshold,
@@ -173,42 +178,34 @@ def train_and_test(cfg: Config, output: Path, run_test: bool = True, resume: dic
     state_path = output / TRAIN_STATE_NAME
     result = fit(model, _loader_of(train_samples, cfg), cfg, device, state_path=state_path, resume=resume)
     summary = _train_summary(result, cfg.train.epochs)
-    summary["threshold"] = holdout_threshold(model, holdout, cfg, device)
+    summary["threshold"] = holdout_threshold(model, holdout, cfg)
     save_checkpoint(model, cfg, output / CHECKPOINT_NAME, extra=summary)
     state_path.unlink(missing_ok=True)  # the checkpoint supersedes it
+    predictor = Predictor.from_model(model, cfg, summary["threshold"])
     if not run_test:
         atomic_write_json(output / "train.json", {**summary, "config": cfg.to_dict(),
-                                                  "environment": _environment(model)})
+                                                  "environment": _environment(predictor)})
         return summary
-    return evaluate_and_write(model, cfg, device, output, summary["threshold"]["value"], extra=summary)
-
-
-def _restore(checkpoint: Path, device_name: str) -> tuple[CFA, Config, torch.device, float | None]:
-    """Model, config, device and held-out threshold (None when trained without one), from one read."""
-    cfg, payload = read_checkpoint(checkpoint)
-    cfg.train.device = device_name
-    device = resolve_device(device_name)
-    model = build_model(cfg, device)
-    load_state_into(model, payload, checkpoint)
-    threshold = payload.get("extra", {}).get("threshold", {}).get("value")
-    return model.to(device).eval(), cfg, device, threshold
+    return evaluate_and_write(predictor, cfg, output, extra=summary)
 
 
 def load_model(checkpoint: Path, device_name: str = "auto") -> tuple[CFA, Config, torch.device]:
-    """Rebuild the model a checkpoint was trained with (backbone from its config) and load its state.
+    """The trained torch model of a checkpoint, its config and device (default: a GPU when there is one).
 
-    The device is chosen here (default: a GPU when there is one), not where the checkpoint was trained.
+    For scoring images, Predictor.load(checkpoint) is the one entry: it adds preprocessing and threshold.
     """
-    model, cfg, device, _ = _restore(checkpoint, device_name)
-    return model, cfg, device
+    model, cfg, _ = restore_model(checkpoint, device_name)
+    return model, cfg, model.memory_bank.device
 
 
 def evaluate_checkpoint(checkpoint: Path, output: Path, data_root: str | None = None,
                         device_name: str = "auto") -> dict[str, Any]:
-    model, cfg, device, threshold = _restore(checkpoint, device_name)
+    """Test a checkpoint on its category's test split (or the same category under data_root)."""
+    predictor = Predictor.from_checkpoint(checkpoint, device=device_name)
+    cfg = predictor.config
     if data_root:
         cfg.data.root = data_root
-    return evaluate_and_write(model, cfg, device, output, threshold, extra={"checkpoint": str(checkpoint)})
+    return evaluate_and_write(predictor, cfg, output, extra={"checkpoint": str(checkpoint)})
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -227,17 +224,18 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def predict_images(checkpoint: Path, inputs: Sequence[str | Path], output: Path,
-                   device_name: str = "auto") -> Predictions:
+def predict_images(predictor: Predictor, inputs: Sequence[str | Path], output: Path) -> Predictions:
     """Scores and maps for plain images: scores.csv, maps.npz and panels/ in output."""
-    model, cfg, device, threshold = _restore(checkpoint, device_name)
     paths = collect_images(inputs)
-    loader = make_loader(ImageFilesDataset(paths, cfg.data.resize, cfg.data.crop), cfg.data.batch_size,
+    cfg = predictor.config
+    loader = make_loader(ImageFilesDataset(paths, predictor.card.resize, predictor.crop), predictor.batch_size,
                          cfg.data.num_workers)
-    predictions = predict(model, loader, device, desc="predict")
+    predictions = predict(predictor, loader, desc="predict")
+    threshold = predictor.threshold
     write_scores_csv(output / "scores.csv", predictions, threshold)
     write_maps(output / "maps.npz", predictions)
-    write_visuals(output, predictions, cfg.data.resize, cfg.data.crop, threshold, cfg.evaluation, title="predict")
+    write_visuals(output, predictions, predictor.card.resize, predictor.crop, threshold, cfg.evaluation,
+                  title="predict")
     return predictions
 
 

@@ -12,13 +12,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from cfa_anomaly.backbones import FeatureExtractor
 from cfa_anomaly.config import Config
 from cfa_anomaly.io_utils import atomic_write
 from cfa_anomaly.model import CFA
 from cfa_anomaly.model.cfa import Layers
 from cfa_anomaly.model.memory_bank import build_memory_bank
-from cfa_anomaly.runtime import reuse_freed_memory, synchronize
+from cfa_anomaly.runtime import synchronize
 
 
 class TrainingError(RuntimeError):
@@ -33,41 +32,6 @@ class TrainResult:
     bank_seconds: float = 0.0  # the one-time memory-bank initialisation
     train_seconds: float = 0.0  # the epochs
     images: int = 0
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"train.device = {name!r} but no CUDA device is available; use auto or cpu")
-    return torch.device(name)
-
-
-def has_bfloat16_matrix_units(device: torch.device) -> bool:
-    """bfloat16 products at full speed: AVX512-BF16 or AMX on a CPU, a bf16-capable GPU."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(cpu, name, lambda: False)() for name in checks)
-
-
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """model.precision = auto -> mixed where bfloat16 is fast (equivalent results, see benchmarks/), else float32."""
-    if requested != "auto":
-        return requested
-    return "mixed" if has_bfloat16_matrix_units(device) else "float32"
-
-
-def build_model(cfg: Config, device: torch.device) -> CFA:
-    """Backbone as configured and a freshly initialised descriptor, both seeded (random backbones included).
-
-    Also has the C library keep freed memory for reuse (runtime.reuse_freed_memory): a third faster on a CPU.
-    """
-    reuse_freed_memory()
-    torch.manual_seed(cfg.train.seed)
-    extractor = FeatureExtractor(cfg.model.backbone, pretrained=cfg.model.pretrained, weights=cfg.model.weights)
-    return CFA(extractor, cfg.model, precision=resolve_precision(cfg.model.precision, device)).to(device)
 
 
 def cache_features(model: CFA, loader: DataLoader, device: torch.device) -> Layers:

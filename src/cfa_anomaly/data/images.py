@@ -55,11 +55,31 @@ def read_rgb(path: Path) -> np.ndarray:
     Single-channel 16-bit or 32-bit integer images (PIL modes I;16 and I) are read as 16-bit data and
     scaled by 255/65535; float images (mode F) as 0..1.
     """
-    image = _open(path)
+    return pil_to_rgb(_open(path))
+
+
+def pil_to_rgb(image: Image.Image) -> np.ndarray:
+    """A PIL image of any mode as an (H, W, 3) uint8 array, as read_rgb reads files."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         gray = _to_uint8(np.asarray(image))
         return np.repeat(gray[:, :, None], 3, axis=2)
     return np.array(image.convert("RGB"))
+
+
+def array_to_rgb(array: np.ndarray, source: str = "array") -> np.ndarray:
+    """An (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array as (H, W, 3) uint8 RGB; alpha dropped.
+
+    uint8 is taken as is, other integer types as 16-bit data (0..65535), floats as 0..1, like image files.
+    """
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
+        array = array[:, :, :3] if array.shape[2] != 1 else array[:, :, 0]
+    if array.ndim not in (2, 3) or min(array.shape[:2]) < 1:
+        raise DatasetError(f"{source} has shape {array.shape}: expected (H, W), (H, W, 3) or (H, W, 4)")
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise DatasetError(f"{source} has dtype {array.dtype}: expected uint8, uint16 or float in 0..1")
+    rgb = _to_uint8(array)
+    return np.repeat(rgb[:, :, None], 3, axis=2) if rgb.ndim == 2 else np.ascontiguousarray(rgb)
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -107,3 +127,20 @@ def check_same_size(mask: np.ndarray, mask_path: Path, image: np.ndarray, image_
             f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
             f"{image.shape[1]}x{image.shape[0]}; a mask must have its image's size"
         )
+
+
+def map_to_input_size(anomaly_map: np.ndarray, size: tuple[int, int], resize: int, crop: int) -> np.ndarray:
+    """A (crop, crop) map back onto the input's own (H, W) pixels: the inverse of resize_center_crop.
+
+    The map is placed where the crop came from in the resize x resize square, the border that the crop cut
+    away is filled with the map's nearest edge values (the model never saw it), and the square is resized
+    bilinearly to (H, W), undoing the squash of non-square images.
+    """
+    tensor = torch.as_tensor(np.asarray(anomaly_map, dtype=np.float32))[None, None]
+    before = (resize - crop) // 2
+    after = resize - crop - before
+    if before or after:
+        tensor = F.pad(tensor, (before, after, before, after), mode="replicate")
+    if tuple(size) != (resize, resize):
+        tensor = F.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False)
+    return tensor[0, 0].numpy()

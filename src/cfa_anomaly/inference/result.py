@@ -1,0 +1,22 @@
+"""The typed result of scoring images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class InferenceResult:
+    """Scores, maps and decisions for N images, in the order given."""
+
+    sources: list[str]  # file paths, or "<image i>" for images passed in memory
+    scores: np.ndarray  # (N,) float32 image scores (the maximum of each map)
+    maps: np.ndarray  # (N, crop, crop) float32 anomaly maps on the model's input grid
+    input_maps: list[np.ndarray]  # the maps on each input's own (H_i, W_i) pixels
+    threshold: float | None  # the held-out decision threshold; None when the model has none
+    decisions: np.ndarray | None  # (N,) bool, score >= threshold (defective); None without a threshold
+
+    def __len__(self) -> int:
+        return len(self.sources)
