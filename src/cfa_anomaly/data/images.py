@@ -79,7 +79,7 @@ def array_to_rgb(array: np.ndarray, source: str = "array") -> np.ndarray:
     if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise DatasetError(f"{source} has dtype {array.dtype}: expected uint8, uint16 or float in 0..1")
     rgb = _to_uint8(array)
-    return np.repeat(rgb[:, :, None], 3, axis=2) if rgb.ndim == 2 else np.ascontiguousarray(rgb)
+    return np.repeat(rgb[:, :, None], 3, axis=2) if rgb.ndim == 2 else np.array(rgb)  # a writable copy
 
 
 def read_mask(path: Path) -> np.ndarray:

@@ -1,0 +1,87 @@
+"""Exported runtimes against the torch float32 graph on real images (../shared/data; skipped without it).
+
+The default config of each category with an offline backbone, 30 epochs (the paper's schedule), trained
+once per (data, backbone). For ONNX Runtime and OpenVINO in float32: maps within 1e-3 relative max abs
+difference of the torch plain float32 graph, image scores within 1e-4 relative, identical decisions at
+the stored threshold, every metric equal to 4 decimals. The fast torch path (the trained precision,
+bfloat16 products where the CPU has them) against the plain graph: by metric and by map.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cfa_anomaly.config import load_config
+from cfa_anomaly.evaluate import Predictions, compute_test_metrics, predict
+from cfa_anomaly.inference import Predictor
+from cfa_anomaly.inference.export import export_checkpoint
+from cfa_anomaly.pipeline import CHECKPOINT_NAME, _loader, train_and_test
+
+from conftest import HAS_EFFICIENTNET_LITE0, REPO_ROOT, has_module, requires_mobilenet_weights
+
+pytestmark = [
+    requires_mobilenet_weights,
+    pytest.mark.skipif(not (has_module("onnxruntime") and has_module("openvino") and has_module("onnxscript")),
+                       reason="onnxruntime, openvino and onnxscript are needed (extra [export])"),
+]
+
+SETS = {"grid": "mvtec_ad", "hazelnut": "hazelnut_toy"}
+BACKBONES = ["mobilenet_v2", pytest.param("efficientnet_lite0", marks=pytest.mark.skipif(
+    not HAS_EFFICIENTNET_LITE0, reason="efficientnet-lite0 weights not installed (extra [offline-weights])"))]
+
+
+def relative_max_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.fixture(scope="module", params=[(c, b) for c in SETS for b in ("mobilenet_v2",)]
+                + [pytest.param((c, "efficientnet_lite0"), marks=BACKBONES[1].marks) for c in SETS],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def scored(request, shared_data, tmp_path_factory):
+    """Train the default config for 30 epochs, export to ONNX and OpenVINO, score the test split with the
+    torch plain graph, the fast torch path and both runtimes."""
+    category, backbone = request.param
+    cfg = load_config(REPO_ROOT / "configs/anomaly/unsupervised/cfa" / f"{category}.yaml",
+                      [f"data.root={shared_data / SETS[category]}", f"model.backbone={backbone}",
+                       "train.epochs=30", "train.device=cpu"])
+    folder = tmp_path_factory.mktemp(f"{category}_{backbone}")
+    train_and_test(cfg, folder / "run", run_test=False)  # the scoring below is the test
+    checkpoint = folder / "run" / CHECKPOINT_NAME
+    predictors = {"plain": Predictor.from_checkpoint(checkpoint, device="cpu", graph="plain"),
+                  "fast": Predictor.from_checkpoint(checkpoint, device="cpu")}
+    for fmt in ("onnx", "openvino"):
+        export_checkpoint(checkpoint, fmt, folder / fmt)
+        predictors[fmt] = Predictor.from_export(folder / fmt)
+    results: dict[str, tuple[Predictions, dict]] = {}
+    for name, predictor in predictors.items():
+        predictions = predict(predictor, _loader(cfg, "test"), desc=name)
+        results[name] = (predictions, compute_test_metrics(predictions))
+    return predictors, results
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_runtime_equals_the_torch_float32_graph_on_real_images(scored, runtime):
+    predictors, results = scored
+    (reference, reference_metrics), (predictions, metrics) = results["plain"], results[runtime]
+    assert predictions.paths == reference.paths
+    assert relative_max_difference(predictions.maps, reference.maps) < 1e-3
+    np.testing.assert_allclose(predictions.scores, reference.scores, rtol=1e-4)
+    threshold = predictors[runtime].threshold
+    assert threshold is not None and threshold == predictors["plain"].threshold
+    np.testing.assert_array_equal(predictions.scores >= threshold, reference.scores >= threshold)
+    for key, value in reference_metrics.items():
+        assert abs(metrics[key] - value) < 5e-5, (key, metrics[key], value)
+
+
+def test_fast_torch_path_agrees_with_the_plain_graph_on_real_images(scored):
+    """The default path (bfloat16 search and descriptor where the CPU has bf16 units) by metric and map."""
+    _, results = scored
+    (reference, reference_metrics), (predictions, metrics) = results["plain"], results["fast"]
+    for key, value in reference_metrics.items():
+        assert abs(metrics[key] - value) <= 0.005, (key, metrics[key], value)
+    correlation = np.corrcoef(predictions.maps.ravel(), reference.maps.ravel())[0, 1]
+    assert correlation >= 0.9999
+    assert relative_max_difference(predictions.maps, reference.maps) < 0.02
