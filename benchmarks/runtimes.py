@@ -284,9 +284,9 @@ def run_accuracy(args: argparse.Namespace, variants: list[str]) -> dict[str, dic
             predictions = predict(VARIANTS[variant][1](folder), _loader(cfg, "test"), desc=variant)
             rows[variant] = {k: float(v) for k, v in compute_test_metrics(predictions).items() if v is not None}
             maps[variant] = predictions.maps.astype(np.float64)
-        reference, reference_maps = rows[REFERENCE], maps[REFERENCE]
+        reference, reference_maps = dict(rows[REFERENCE]), maps[REFERENCE]
         for variant, row in rows.items():
-            row["max_delta"] = max(abs(row[k] - reference[k]) for k in reference)
+            row["max_delta"] = max(abs(row[k] - reference[k]) for k in METRICS if k in reference)
             row["max_relative_map_difference"] = float(np.abs(maps[variant] - reference_maps).max()
                                                        / np.abs(reference_maps).max())
             row["map_correlation"] = float(np.corrcoef(maps[variant].ravel(), reference_maps.ravel())[0, 1])

@@ -9,8 +9,6 @@ bfloat16 products where the CPU has them) against the plain graph: by metric and
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -29,17 +27,18 @@ pytestmark = [
 ]
 
 SETS = {"grid": "mvtec_ad", "hazelnut": "hazelnut_toy"}
-BACKBONES = ["mobilenet_v2", pytest.param("efficientnet_lite0", marks=pytest.mark.skipif(
-    not HAS_EFFICIENTNET_LITE0, reason="efficientnet-lite0 weights not installed (extra [offline-weights])"))]
+LITE0 = pytest.mark.skipif(not HAS_EFFICIENTNET_LITE0,
+                           reason="efficientnet-lite0 weights not installed (extra [offline-weights])")
+CASES = [pytest.param((category, backbone), id=f"{category}-{backbone}",
+                      marks=[LITE0] if backbone == "efficientnet_lite0" else [])
+         for category in SETS for backbone in ("mobilenet_v2", "efficientnet_lite0")]
 
 
 def relative_max_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-@pytest.fixture(scope="module", params=[(c, b) for c in SETS for b in ("mobilenet_v2",)]
-                + [pytest.param((c, "efficientnet_lite0"), marks=BACKBONES[1].marks) for c in SETS],
-                ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(scope="module", params=CASES)
 def scored(request, shared_data, tmp_path_factory):
     """Train the default config for 30 epochs, export to ONNX and OpenVINO, score the test split with the
     torch plain graph, the fast torch path and both runtimes."""

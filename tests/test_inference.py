@@ -71,7 +71,7 @@ def exported(request, trained, tmp_path_factory):
 # --------------------------------------------------------------------------- the Predictor
 def test_checkpoint_stores_the_resolved_precision(trained):
     cfg, checkpoint, _, _ = trained
-    stored, payload = read_checkpoint(checkpoint)
+    _, payload = read_checkpoint(checkpoint)
     assert cfg.model.precision == "auto"
     assert payload["precision"] in ("float32", "mixed")
     assert Predictor.from_checkpoint(checkpoint, device="cpu").card.precision == payload["precision"]
@@ -92,7 +92,7 @@ def test_predictor_takes_paths_pil_images_and_arrays_alike(trained):
 
 
 def test_predictor_maps_come_back_at_each_inputs_own_size(trained):
-    cfg, checkpoint, _, paths = trained
+    _, checkpoint, _, paths = trained
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     rgb = read_rgb(Path(paths[0]))
     wide = np.asarray(Image.fromarray(rgb).resize((150, 90)))  # not square, not the crop size
@@ -212,7 +212,8 @@ def test_exported_model_runs_without_the_training_code(exported, trained):
         "assert not loaded, loaded\n"
         "print(float(result.scores[0]))\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.strip().splitlines()[-1]) > 0
 

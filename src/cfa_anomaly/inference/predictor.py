@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from cfa_anomaly.data.images import array_to_rgb, image_to_tensor, map_to_input_
 from cfa_anomaly.inference.card import ModelCard
 from cfa_anomaly.inference.result import InferenceResult
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray]
+ImageInput = str | Path | Image.Image | np.ndarray
 Backend = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]  # (N,3,c,c) 0..1 -> (maps, scores)
 
 

@@ -15,8 +15,8 @@ taken from the bank's mean centre m, which keeps the float32 products' rounding 
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from cfa_anomaly.model.cfa import CFA
 from cfa_anomaly.model.descriptor import align_maps, pool_maps, resize_map
@@ -79,7 +79,7 @@ class PlainCFA(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.describe(images)
-        batch, dimension, height, width = features.shape
+        batch, _, height, width = features.shape
         rows = features.flatten(2).transpose(1, 2)  # (N, H*W, D)
         # |p - c|^2 = |p|^2 + (|c|^2 - 2 p.c): the K smallest of the bracket, then the row's |p|^2 added
         partial = torch.matmul(rows, self.bank_t) + self.bank_norms
