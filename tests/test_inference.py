@@ -313,3 +313,21 @@ def test_cli_export_then_predict_gives_the_checkpoints_outputs(trained, tmp_path
     # a bf16 request for an ONNX model is refused with what to do
     assert cli.main(["predict", "--model", str(folder), "--inference-precision", "bf16",
                      "--output", str(tmp_path / "bf16"), inputs + "/good"]) == 2
+
+
+@pytest.mark.skipif(not (has_module("openvino") and has_module("onnxscript")),
+                    reason="openvino/onnxscript not installed (extra [export])")
+def test_cli_test_of_an_exported_model_gives_the_checkpoints_metrics(trained, tmp_path):
+    _, checkpoint, _, _ = trained
+    folder = tmp_path / "exported"
+    assert cli.main(["export", "--checkpoint", str(checkpoint), "--format", "openvino", "--output", str(folder)]) == 0
+    assert cli.main(["test", "--model", str(folder), "--output", str(tmp_path / "runtime")]) == 0
+    assert cli.main(["test", "--checkpoint", str(checkpoint), "--graph", "plain", "--device", "cpu",
+                     "--output", str(tmp_path / "torch")]) == 0
+    runtime = json.loads((tmp_path / "runtime" / "metrics.json").read_text())
+    reference = json.loads((tmp_path / "torch" / "metrics.json").read_text())
+    for key, value in reference["metrics"].items():
+        assert runtime["metrics"][key] == pytest.approx(value, abs=5e-5), key
+    assert runtime["at_threshold"] == reference["at_threshold"]
+    assert runtime["environment"]["engine"].startswith("openvino")
+    assert cli.main(["test", "--model", str(folder)]) == 2  # no --output: never written into the model folder

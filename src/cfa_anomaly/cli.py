@@ -33,6 +33,19 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_arguments(parser)
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which trained model scores (`cfa test`, `cfa predict`): a checkpoint or an exported model."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint (torch)")
+    source.add_argument("--model", help="an exported model: its folder or model file (ONNX, OpenVINO, TorchScript)")
+    parser.add_argument("--device", default="auto", help="checkpoints: auto (GPU when there is one), cpu, cuda or cuda:N")
+    parser.add_argument("--graph", choices=("fast", "plain"), default="fast",
+                        help="checkpoints: fast (the trained precision, default) or plain (exact float32 graph)")
+    parser.add_argument("--inference-precision", choices=("f32", "bf16"), default="f32",
+                        help="exported OpenVINO models: f32 (default, equal to the checkpoint) or bf16 (faster "
+                             "on CPUs with bf16 units, see benchmarks/README.md)")
+
+
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="output folder (default: a new <output_dir>/<category>/<time> folder)")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output")
@@ -90,25 +103,36 @@ def resume_training(args: argparse.Namespace) -> None:
 
 
 def cmd_test(args: argparse.Namespace) -> None:
-    from cfa_anomaly.pipeline import evaluate_checkpoint, print_report
+    from cfa_anomaly.pipeline import evaluate_predictor, print_report
 
-    checkpoint = Path(args.checkpoint)
-    output = Path(args.output) if args.output else checkpoint.parent / "test"
+    predictor = predictor_from_args(args)
+    if args.output:
+        output = Path(args.output)
+    elif args.checkpoint:
+        output = Path(args.checkpoint).parent / "test"
+    else:
+        raise OutputExistsError("--output is needed with --model: results are not written into a model folder")
     output = prepare_output_dir(output, args.overwrite)
-    print_report(evaluate_checkpoint(checkpoint, output, data_root=args.data_root, device_name=args.device), output)
+    source = args.checkpoint or args.model
+    print_report(evaluate_predictor(predictor, output, data_root=args.data_root, source=source), output)
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
+def predictor_from_args(args: argparse.Namespace):
+    """The Predictor that --checkpoint (with --device, --graph) or --model (with --inference-precision) names."""
     from cfa_anomaly.inference import Predictor
-    from cfa_anomaly.pipeline import predict_images
 
     if args.checkpoint:
         if args.inference_precision != "f32":
             raise ExportError("--inference-precision applies to exported models (--model); for a checkpoint use "
                               "--graph plain (float32) or the precision it was trained with (default)")
-        predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, graph=args.graph)
-    else:
-        predictor = Predictor.from_export(args.model, inference_precision=args.inference_precision)
+        return Predictor.from_checkpoint(args.checkpoint, device=args.device, graph=args.graph)
+    return Predictor.from_export(args.model, inference_precision=args.inference_precision)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from cfa_anomaly.pipeline import predict_images
+
+    predictor = predictor_from_args(args)
     output = prepare_output_dir(args.output, args.overwrite)
     predictions = predict_images(predictor, args.inputs, output)
     for path, score in zip(predictions.paths, predictions.scores):
@@ -169,26 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(train)
     train.set_defaults(func=cmd_train)
 
-    test = commands.add_parser("test", help="evaluate a checkpoint on its category's test split")
-    test.add_argument("--checkpoint", required=True)
+    test = commands.add_parser("test", help="evaluate a checkpoint or an exported model on its category's test split")
+    add_model_arguments(test)
     test.add_argument("--data_root", "--data-root", dest="data_root", help="override the data root")
-    test.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda or cuda:N")
     add_output_arguments(test)
     test.set_defaults(func=cmd_test)
 
     pred = commands.add_parser("predict", help="score images: anomaly scores and maps out")
-    source = pred.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a checkpoint (torch)")
-    source.add_argument("--model", help="an exported model: its folder or model file (ONNX, OpenVINO, TorchScript)")
+    add_model_arguments(pred)
     pred.add_argument("inputs", nargs="+", help="image files or folders")
     pred.add_argument("--output", required=True)
     pred.add_argument("--overwrite", action="store_true")
-    pred.add_argument("--device", default="auto", help="checkpoints: auto (GPU when there is one), cpu, cuda or cuda:N")
-    pred.add_argument("--graph", choices=("fast", "plain"), default="fast",
-                      help="checkpoints: fast (the trained precision, default) or plain (exact float32 graph)")
-    pred.add_argument("--inference-precision", choices=("f32", "bf16"), default="f32",
-                      help="exported OpenVINO models: f32 (default, equal to the checkpoint) or bf16 (faster "
-                           "on CPUs with bf16 units, see benchmarks/README.md)")
     pred.set_defaults(func=cmd_predict)
 
     export = commands.add_parser("export", help="export a checkpoint for ONNX Runtime, OpenVINO or TorchScript")

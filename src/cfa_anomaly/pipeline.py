@@ -198,14 +198,21 @@ def load_model(checkpoint: Path, device_name: str = "auto") -> tuple[CFA, Config
     return model, cfg, model.memory_bank.device
 
 
-def evaluate_checkpoint(checkpoint: Path, output: Path, data_root: str | None = None,
-                        device_name: str = "auto") -> dict[str, Any]:
-    """Test a checkpoint on its category's test split (or the same category under data_root)."""
-    predictor = Predictor.from_checkpoint(checkpoint, device=device_name)
+def evaluate_predictor(predictor: Predictor, output: Path, data_root: str | None = None,
+                       source: str | Path | None = None) -> dict[str, Any]:
+    """Test a trained model (checkpoint or export) on its category's test split (or the same category
+    under data_root); source: what it was loaded from, recorded in metrics.json."""
     cfg = predictor.config
     if data_root:
         cfg.data.root = data_root
-    return evaluate_and_write(predictor, cfg, output, extra={"checkpoint": str(checkpoint)})
+    return evaluate_and_write(predictor, cfg, output, extra={"model": str(source)} if source else None)
+
+
+def evaluate_checkpoint(checkpoint: Path, output: Path, data_root: str | None = None,
+                        device_name: str = "auto") -> dict[str, Any]:
+    """Test a checkpoint on its category's test split (or the same category under data_root)."""
+    return evaluate_predictor(Predictor.from_checkpoint(checkpoint, device=device_name), output, data_root,
+                              checkpoint)
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
