@@ -79,12 +79,13 @@ class PlainCFA(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.describe(images)
-        batch, _, height, width = features.shape
-        rows = features.flatten(2).transpose(1, 2)  # (N, H*W, D)
+        batch, dimension, height, width = features.shape
+        norms = features.pow(2).sum(1).reshape(batch, height * width, 1)  # |p - m|^2, before the one transpose
+        rows = features.permute(0, 2, 3, 1).reshape(batch, height * width, dimension)  # (N, H*W, D)
         # |p - c|^2 = |p|^2 + (|c|^2 - 2 p.c): the K smallest of the bracket, then the row's |p|^2 added
         partial = torch.matmul(rows, self.bank_t) + self.bank_norms
         nearest, _ = torch.topk(partial, self.K, dim=2, largest=False, sorted=True)
-        squared = (nearest + rows.pow(2).sum(2, keepdim=True)).clamp_min(0.0)
+        squared = (nearest + norms).clamp_min(0.0)
         scores = softmin_scores(squared.reshape(-1, self.K)).reshape(batch, height, width)
         maps = anomaly_maps(scores, (images.shape[-2], images.shape[-1]), self.blur_sigma)
         return maps, maps.flatten(1).amax(dim=1)
