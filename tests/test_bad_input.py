@@ -76,3 +76,26 @@ def test_non_finite_maps_stop_evaluation_naming_the_image():
         compute_test_metrics(predictions)
     predictions.maps[1, 0, 0] = 0.0
     assert compute_test_metrics(predictions)["pixel_auroc"] is None  # no defective pixel: undefined, not NaN
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height RGB pixels, with almost no pixel data behind it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) \
+        + chunk(b"IEND", b"")
+
+
+def test_an_image_declaring_a_huge_size_is_a_clear_error_not_a_traceback(tmp_path):
+    from cfa_anomaly.data.images import read_rgb
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_declaring(40000, 40000))
+    assert "too large" in unreadable(bomb)
+    with pytest.raises(DatasetError, match="bomb.png.*too large"):
+        read_rgb(bomb)

@@ -218,12 +218,17 @@ def test_exported_model_runs_without_the_training_code(exported, trained):
     assert float(done.stdout.strip().splitlines()[-1]) > 0
 
 
+def copied(folder: Path, target: Path) -> Path:
+    """A copy of an exported model's folder, to damage."""
+    target.mkdir()
+    for item in folder.iterdir():
+        (target / item.name).write_bytes(item.read_bytes())
+    return target
+
+
 def test_tampered_or_incomplete_exports_are_refused_by_name(exported, tmp_path):
     _, folder = exported
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    for item in folder.iterdir():
-        (copy / item.name).write_bytes(item.read_bytes())
+    copy = copied(folder, tmp_path / "copy")
     model_file = next(copy / name for name in json.loads((copy / "model.json").read_text())["files"])
     model_file.write_bytes(model_file.read_bytes() + b"\0")
     with pytest.raises(ExportError, match=f"{model_file.name}.*SHA-256"):
@@ -237,10 +242,7 @@ def test_tampered_or_incomplete_exports_are_refused_by_name(exported, tmp_path):
 
 def test_export_metadata_without_a_card_key_is_refused(exported, tmp_path):
     _, folder = exported
-    copy = tmp_path / "copy"
-    copy.mkdir()
-    for item in folder.iterdir():
-        (copy / item.name).write_bytes(item.read_bytes())
+    copy = copied(folder, tmp_path / "copy")
     metadata = json.loads((copy / "model.json").read_text())
     del metadata["card"]["threshold"]
     (copy / "model.json").write_text(json.dumps(metadata))
@@ -331,3 +333,16 @@ def test_cli_test_of_an_exported_model_gives_the_checkpoints_metrics(trained, tm
     assert runtime["at_threshold"] == reference["at_threshold"]
     assert runtime["environment"]["engine"].startswith("openvino")
     assert cli.main(["test", "--model", str(folder)]) == 2  # no --output: never written into the model folder
+
+
+def test_overwriting_an_export_replaces_the_previous_formats_files(trained, tmp_path, monkeypatch):
+    _, checkpoint, _, _ = trained
+    folder = tmp_path / "exported"
+    export_checkpoint(checkpoint, "torchscript", folder)
+    (folder / "notes.txt").write_text("the user's own file")
+    with pytest.raises(ExportError, match="not empty"):
+        export_checkpoint(checkpoint, "onnx", folder)
+    monkeypatch.setitem(export_module.WRITERS, "onnx", lambda graph, example, path: path.write_bytes(b"onnx"))
+    export_checkpoint(checkpoint, "onnx", folder, overwrite=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.onnx", "notes.txt"]
+    assert json.loads((folder / "model.json").read_text())["runtime"] == "onnx"

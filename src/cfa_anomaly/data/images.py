@@ -18,6 +18,8 @@ def _open(path: Path) -> Image.Image:
         image.load()
     except FileNotFoundError as err:
         raise DatasetError(f"file not found: {path}") from err
+    except Image.DecompressionBombError as err:
+        raise DatasetError(f"image {path} is too large to decode safely ({err}); resize it first") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"cannot read image {path}: {err}; the file is corrupt or not an image") from err
     return image
@@ -35,6 +37,8 @@ def unreadable(path: Path) -> str | None:
             image.verify()
     except FileNotFoundError:
         return "file not found"
+    except Image.DecompressionBombError as err:
+        return f"too large to decode safely ({err})"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         return f"not a readable image ({err})"
     return None

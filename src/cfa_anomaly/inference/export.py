@@ -99,6 +99,15 @@ def _target_folder(output: Path, overwrite: bool) -> None:
         raise ExportError(f"--output {output} is not empty; choose another folder or pass --overwrite")
 
 
+def _previous_files(output: Path) -> set[str]:
+    """The model files an earlier export in output lists (none when there is none or it is unreadable)."""
+    try:
+        listed = json.loads((output / METADATA_NAME).read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {name for name in listed if isinstance(name, str) and Path(name).name == name}
+
+
 def export_checkpoint(checkpoint: Path, fmt: str, output: Path, overwrite: bool = False) -> Path:
     """Export a checkpoint's plain float32 graph to output/ (model file(s) and model.json); returns the
     metadata path. The export is run on the CPU."""
@@ -122,10 +131,12 @@ def export_checkpoint(checkpoint: Path, fmt: str, output: Path, overwrite: bool 
         files = {p.name: file_sha256(p) for p in sorted(staging.iterdir())}
         metadata = _metadata(fmt, card, files, checkpoint)
         output.mkdir(parents=True, exist_ok=True)
-        stale = output / METADATA_NAME
-        stale.unlink(missing_ok=True)  # an old export's metadata must never describe new files
+        previous = _previous_files(output)
+        (output / METADATA_NAME).unlink(missing_ok=True)  # an old export's metadata must never describe new files
         for name in files:
             (staging / name).replace(output / name)
+        for name in previous - set(files):  # --overwrite: the replaced export's other files (e.g. another format)
+            (output / name).unlink(missing_ok=True)
         atomic_write_text(output / METADATA_NAME, json.dumps(metadata, indent=2) + "\n")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
