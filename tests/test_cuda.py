@@ -87,3 +87,21 @@ def test_a_checkpoint_trained_on_the_gpu_scores_the_same_on_the_cpu(synth_root, 
         if value is not None:
             got = tested["metrics"][key]
             assert abs(got - value) < 0.01, json.dumps([key, value, got])
+
+
+@requires_mobilenet_weights
+def test_the_plain_graph_on_the_gpu_equals_the_cpu(synth_root, tmp_path):
+    """The exported graph's torch form (model/plain.py) on a GPU: float32 convolutions and products."""
+    from cfa_anomaly.data.dataset import AnomalyDataset
+    from cfa_anomaly.data.samples import make_samples
+    from cfa_anomaly.inference import Predictor
+
+    cfg = small_config(synth_root, **{"train.device": "cpu", "model.precision": "float32"})
+    train_and_test(cfg, tmp_path / "run", run_test=False)
+    test = AnomalyDataset(make_samples(synth_root, SYNTH_CATEGORY, "test"), cfg.data.resize, cfg.data.crop)
+    images = torch.stack([test[i]["image"] for i in range(len(test))])
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    cpu_maps, cpu_scores = Predictor.from_checkpoint(checkpoint, device="cpu", graph="plain").score_batch(images)
+    gpu_maps, gpu_scores = Predictor.from_checkpoint(checkpoint, device="cuda", graph="plain").score_batch(images)
+    assert np.abs(gpu_maps - cpu_maps).max() / np.abs(cpu_maps).max() < 1e-4
+    np.testing.assert_allclose(gpu_scores, cpu_scores, rtol=1e-4)
