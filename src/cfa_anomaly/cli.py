@@ -1,4 +1,4 @@
-"""The `cfa` command: train, test, predict, export, benchmark, demo."""
+"""The `cfa` command: train, test, predict, export, serve, benchmark, demo."""
 
 from __future__ import annotations
 
@@ -148,6 +148,20 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"run it with: cfa predict --model {args.output} --output <folder> <images or folders>")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Load the model once, then answer HTTP requests until interrupted (see README.md, "HTTP service")."""
+    try:
+        from cfa_anomaly.serve import ServeSettings, describe_model, run_server
+    except ImportError as err:
+        raise ConfigError(f"cfa serve needs FastAPI and uvicorn: pip install 'cfa-anomaly[serve]' ({err})") from err
+
+    settings = ServeSettings(max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
+                             timeout_s=args.timeout_s, max_batch=args.max_batch, max_files=args.max_files)
+    predictor = predictor_from_args(args)
+    info = describe_model(args.checkpoint or args.model, predictor, "checkpoint" if args.checkpoint else "export")
+    run_server(predictor, settings, info, host=args.host, port=args.port, access_log=not args.no_access_log)
+
+
 def demo_overrides(extra: Sequence[str]) -> list[str]:
     """The embedded default: an offline ImageNet backbone and the paper's training settings."""
     return ["model.backbone=mobilenet_v2", "train.epochs=30", "data.holdout_fraction=0.2", *extra]
@@ -212,6 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", required=True, help="folder for the model file(s) and model.json")
     export.add_argument("--overwrite", action="store_true", help="replace an export already in --output")
     export.set_defaults(func=cmd_export)
+
+    serve = commands.add_parser("serve", help="score images sent over HTTP (FastAPI + uvicorn; extra [serve])")
+    add_model_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image file accepted (413 above)")
+    serve.add_argument("--max-pixels", type=int, default=50_000_000,
+                       help="largest width x height accepted, read from the header before decoding (413 above)")
+    serve.add_argument("--timeout-s", type=float, default=30.0, help="seconds an image may wait for its result (504)")
+    serve.add_argument("--max-batch", type=int, default=8, help="images scored together in one model call")
+    serve.add_argument("--max-files", type=int, default=16, help="files per /predict/batch request (413 above)")
+    serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    serve.set_defaults(func=cmd_serve)
 
     bench = commands.add_parser("benchmark", help="train + test over categories; tables, CSV and GIFs")
     bench.add_argument("--root", required=True, help="folder holding the category folders (e.g. MVTec AD)")
