@@ -346,3 +346,17 @@ def test_overwriting_an_export_replaces_the_previous_formats_files(trained, tmp_
     export_checkpoint(checkpoint, "onnx", folder, overwrite=True)
     assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.onnx", "notes.txt"]
     assert json.loads((folder / "model.json").read_text())["runtime"] == "onnx"
+
+
+def test_cli_threshold_overrides_the_stored_one_and_version_prints(trained, tmp_path, capsys):
+    cfg, checkpoint, _, _ = trained
+    inputs = str(Path(cfg.data.root) / cfg.data.category / "test")
+    assert cli.main(["predict", "--checkpoint", str(checkpoint), "--device", "cpu", "--threshold", "-1",
+                     "--output", str(tmp_path / "low"), inputs + "/good"]) == 0
+    with open(tmp_path / "low" / "scores.csv", newline="") as handle:
+        assert {row["decision"] for row in csv.DictReader(handle)} == {"defective"}
+    assert cli.main(["predict", "--checkpoint", str(checkpoint), "--threshold", "nan",
+                     "--output", str(tmp_path / "nan"), inputs + "/good"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0 and "cfa 0." in capsys.readouterr().out

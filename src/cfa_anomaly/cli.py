@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cfa_anomaly import __version__
 from cfa_anomaly.backbones import BackboneError
 from cfa_anomaly.checkpoint import CheckpointError
 from cfa_anomaly.config import MVTEC_CATEGORIES, Config, ConfigError, load_config
@@ -133,6 +134,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from cfa_anomaly.pipeline import predict_images
 
     predictor = predictor_from_args(args)
+    if args.threshold is not None:
+        predictor = predictor.with_threshold(args.threshold, "--threshold on the command line")
     output = prepare_output_dir(args.output, args.overwrite)
     predictions = predict_images(predictor, args.inputs, output)
     for path, score in zip(predictions.paths, predictions.scores):
@@ -199,6 +202,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cfa", description="CFA anomaly detection and localization")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train on <root>/<category>/train/good, then test")
@@ -218,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("inputs", nargs="+", help="image files or folders")
     pred.add_argument("--output", required=True)
     pred.add_argument("--overwrite", action="store_true")
+    pred.add_argument("--threshold", type=float,
+                      help="decide with this image-score threshold instead of the held-out one the model stores")
     pred.set_defaults(func=cmd_predict)
 
     export = commands.add_parser("export", help="export a checkpoint for ONNX Runtime, OpenVINO or TorchScript")

@@ -7,7 +7,9 @@ checkpoint (the torch model), from a model in memory (right after training), or 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cfa_anomaly.config import Config
+from cfa_anomaly.config import Config, ConfigError
 from cfa_anomaly.data.images import array_to_rgb, image_to_tensor, map_to_input_size, pil_to_rgb, read_rgb
 from cfa_anomaly.inference.card import ModelCard
 from cfa_anomaly.inference.result import InferenceResult
@@ -80,6 +82,15 @@ class Predictor:
 
         backend, card = open_export(Path(path), inference_precision, verify)
         return cls(backend, card, int(card.config.get("data", {}).get("batch_size", 4)))
+
+    def with_threshold(self, value: float, source: str) -> Predictor:
+        """The same model deciding at another image-score threshold; `source` says where it came from."""
+        if not math.isfinite(value):
+            raise ConfigError(f"threshold {value} is invalid: it must be a finite number")
+        other = Predictor(self.backend, replace(self.card, threshold=float(value), threshold_source=source),
+                          self.batch_size)
+        other._config = self._config
+        return other
 
     # ------------------------------------------------------------------ properties
     @property
