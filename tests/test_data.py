@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -14,7 +15,7 @@ from scipy import ndimage
 
 from cfa_anomaly.data.dataset import AnomalyDataset, ImageFilesDataset
 from cfa_anomaly.data.images import image_to_tensor, mask_to_tensor, read_mask, read_rgb
-from cfa_anomaly.data.samples import DatasetError, folder_samples, make_samples, split_holdout
+from cfa_anomaly.data.samples import DatasetError, folder_samples, make_samples, missing_masks, split_holdout
 
 
 # --------------------------------------------------------------------------- helpers
@@ -126,14 +127,34 @@ def test_two_masks_for_one_image_are_rejected(tmp_path):
         make_samples(tmp_path, "cat", "test")
 
 
-def test_missing_ground_truth_folder(tmp_path):
+def test_defect_type_without_ground_truth_folder_has_no_masks(tmp_path):
+    cat = make_tree(tmp_path, defects={"scratch": ["000", "001"], "dent": ["002"]})
+    shutil.rmtree(cat / "ground_truth" / "scratch")  # masks are optional per defect type
+    samples = make_samples(tmp_path, "cat", "test")
+    by_name = {(s.defect_type, s.image.name): s for s in samples}
+    assert by_name["scratch", "000.png"].mask is None and by_name["scratch", "000.png"].label == 1
+    assert by_name["dent", "002.png"].mask.name == "002_mask.png"
+    assert [s.image.name for s in missing_masks(samples)] == ["000.png", "001.png"]
+    assert all(s.mask_known for s in samples if s.defect_type in ("good", "dent"))
+    items = {Path(item["path"]).name: item for item in AnomalyDataset(samples, 32, 32)}
+    assert items["000.png"]["mask_known"] is False and not items["000.png"]["mask"].any()
+    assert items["002.png"]["mask_known"] is True and items["002.png"]["mask"].any()
+
+
+def test_category_without_ground_truth_folder_indexes_labels_only(tmp_path):
     cat = make_tree(tmp_path)
-    for f in (cat / "ground_truth" / "scratch").iterdir():
-        f.unlink()
-    (cat / "ground_truth" / "scratch").rmdir()
+    shutil.rmtree(cat / "ground_truth")
+    samples = make_samples(tmp_path, "cat", "test")
+    assert [(s.label, s.mask) for s in samples] == [(0, None), (0, None), (1, None), (1, None)]
+    assert len(missing_masks(samples)) == 2
+
+
+def test_one_missing_mask_in_an_existing_ground_truth_folder_is_still_an_error(tmp_path):
+    cat = make_tree(tmp_path)
+    (cat / "ground_truth" / "scratch" / "001_mask.png").unlink()  # a naming mistake, most likely
     with pytest.raises(DatasetError) as err:
         make_samples(tmp_path, "cat", "test")
-    assert str(cat / "ground_truth" / "scratch") in str(err.value)
+    assert str(cat / "test" / "scratch" / "001.png") in str(err.value)
 
 
 def test_empty_test_defect_folder(tmp_path):

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cfa_anomaly import __version__
 from cfa_anomaly.backbones import BackboneError
@@ -17,6 +18,9 @@ from cfa_anomaly.inference.errors import ExportError
 from cfa_anomaly.model.factory import DeviceError
 from cfa_anomaly.outputs import OutputExistsError, new_run_dir, prepare_output_dir
 from cfa_anomaly.train import TrainingError
+
+if TYPE_CHECKING:
+    from cfa_anomaly.predict import PredictOptions, PredictSummary
 
 USER_ERRORS = (ConfigError, DatasetError, BackboneError, CheckpointError, TrainingError, OutputExistsError,
                EvaluationError, ExportError, DeviceError)
@@ -130,17 +134,42 @@ def predictor_from_args(args: argparse.Namespace):
     return Predictor.from_export(args.model, inference_precision=args.inference_precision)
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
-    from cfa_anomaly.pipeline import predict_images
+def predict_options(args: argparse.Namespace) -> PredictOptions:
+    """The streaming options of `cfa predict` (formats, maps, panels, strict, recursive)."""
+    from cfa_anomaly.predict import PredictOptions
 
+    formats = ("csv", "jsonl") if args.format == "both" else (args.format,)
+    return PredictOptions(formats=formats, maps=args.maps, panels=args.panels, strict=args.strict,
+                          recursive=args.recursive)
+
+
+def print_predict_summary(summary: PredictSummary, output: Path, engine: str) -> None:
+    """One line of results on stdout; the unreadable files, if any, on stderr."""
+    flagged = f", {summary.flagged} flagged defective" if summary.scored else ""
+    print(f"scored {summary.scored} of {summary.images} images{flagged} with {engine} "
+          f"({summary.images_per_second:.1f} images/s scoring); written to {output}: "
+          + ", ".join(p.relative_to(output).as_posix() for p in summary.score_files)
+          + (f", {len(summary.map_files)} map file(s)" if summary.map_files else "")
+          + (f", {summary.panels} panel(s) in panels/" if summary.panels else ""))
+    if summary.skipped:
+        listing = "\n  ".join(f"{path}: {reason}" for path, reason in summary.skipped[:20])
+        more = f"\n  ... and {len(summary.skipped) - 20} more" if len(summary.skipped) > 20 else ""
+        print(f"skipped {len(summary.skipped)} unreadable file(s) (rows with an error in the scores file):\n  "
+              f"{listing}{more}", file=sys.stderr)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from cfa_anomaly.predict import predict_images
+
+    options = predict_options(args)
     predictor = predictor_from_args(args)
     if args.threshold is not None:
         predictor = predictor.with_threshold(args.threshold, "--threshold on the command line")
     output = prepare_output_dir(args.output, args.overwrite)
-    predictions = predict_images(predictor, args.inputs, output)
-    for path, score in zip(predictions.paths, predictions.scores):
-        print(f"{score:10.4f}  {path}")
-    print(f"scored with {predictor.name}; scores.csv, maps.npz and panels/ written to {output}")
+    summary = predict_images(predictor, args.inputs, output, options)
+    print_predict_summary(summary, output, predictor.name)
+    if summary.images and not summary.scored:
+        raise DatasetError(f"none of the {summary.images} input file(s) could be read; see {output}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -219,11 +248,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     pred = commands.add_parser("predict", help="score images: anomaly scores and maps out")
     add_model_arguments(pred)
-    pred.add_argument("inputs", nargs="+", help="image files or folders")
+    pred.add_argument("inputs", nargs="+",
+                      help="image files, folders, or .txt files listing image paths (one per line)")
     pred.add_argument("--output", required=True)
     pred.add_argument("--overwrite", action="store_true")
     pred.add_argument("--threshold", type=float,
                       help="decide with this image-score threshold instead of the held-out one the model stores")
+    pred.add_argument("--recursive", action="store_true", help="search folders' sub-folders for images too")
+    pred.add_argument("--format", choices=("csv", "jsonl", "both"), default="csv",
+                      help="score rows as scores.csv (default), scores.jsonl or both")
+    pred.add_argument("--maps", choices=("npz", "none"), default="npz",
+                      help="npz (default): maps.npz, or maps/shard-NNNNN.npz of 256 maps each for more images")
+    pred.add_argument("--panels", choices=("all", "defects", "none"),
+                      help="picture per image: all, only those decided defective, or none (default: all for up "
+                           "to 200 images, else defects)")
+    pred.add_argument("--strict", action="store_true",
+                      help="stop at the first unreadable file (default: list it in the scores file and skip it)")
     pred.set_defaults(func=cmd_predict)
 
     export = commands.add_parser("export", help="export a checkpoint for ONNX Runtime, OpenVINO or TorchScript")

@@ -20,12 +20,38 @@ class Predictions:
     maps: np.ndarray  # (N, H, W) smoothed anomaly maps
     images_per_second: float  # backbone through smoothed map, data loading excluded
     labels: np.ndarray | None = None  # (N,) 0 good / 1 defective, when known
-    masks: np.ndarray | None = None  # (N, H, W) bool, when known
+    masks: np.ndarray | None = None  # (N, H, W) bool, when known; rows with mask_known False are placeholders
+    mask_known: np.ndarray | None = None  # (N,) bool: image i has pixel ground truth; None: all of them do
+
+    def missing_masks(self) -> list[str]:
+        """Paths of the defective images without a mask (their defect type has no ground_truth folder)."""
+        if self.labels is None or self.mask_known is None:
+            return []
+        return [p for p, label, known in zip(self.paths, self.labels, self.mask_known) if label == 1 and not known]
+
+    def mask_of(self, index: int) -> np.ndarray | None:
+        """The ground-truth mask of image index, or None when it has none."""
+        if self.masks is None or (self.mask_known is not None and not self.mask_known[index]):
+            return None
+        return self.masks[index]
+
+    def pixel_metrics_note(self) -> str | None:
+        """Why the pixel metrics are None when some defective images have no mask; None when all have one."""
+        missing = self.missing_masks()
+        if not missing:
+            return None
+        defective = int((self.labels == 1).sum()) if self.labels is not None else len(missing)
+        return (f"pixel metrics need a mask for every defective test image; {len(missing)} of {defective} have "
+                f"none: e.g. {missing[0]}")
+
+    def pixel_masks(self) -> np.ndarray | None:
+        """All masks when every image has pixel ground truth (pixel metrics are defined); otherwise None."""
+        return None if self.masks is None or self.missing_masks() else self.masks
 
 
 def predict(predictor: Predictor, loader: DataLoader, desc: str = "test") -> Predictions:
     """Maps and scores for every image of the loader; labels and masks are kept when the loader has them."""
-    paths, scores, maps, labels, masks = [], [], [], [], []
+    paths, scores, maps, labels, masks, known = [], [], [], [], [], []
     compute_seconds = 0.0
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
         start = time.perf_counter()
@@ -37,6 +63,8 @@ def predict(predictor: Predictor, loader: DataLoader, desc: str = "test") -> Pre
         if "label" in batch:
             labels.append(np.asarray(batch["label"]))
             masks.append(batch["mask"].numpy())
+            known.append(np.asarray(batch["mask_known"], dtype=bool) if "mask_known" in batch
+                         else np.ones(len(batch["path"]), dtype=bool))
     count = len(paths)
     return Predictions(
         paths=paths,
@@ -45,6 +73,7 @@ def predict(predictor: Predictor, loader: DataLoader, desc: str = "test") -> Pre
         images_per_second=count / compute_seconds if compute_seconds > 0 else float("nan"),
         labels=np.concatenate(labels) if labels else None,
         masks=np.concatenate(masks).astype(bool) if masks else None,
+        mask_known=np.concatenate(known) if known else None,
     )
 
 
@@ -56,7 +85,9 @@ def compute_test_metrics(predictions: Predictions) -> dict[str, float | None]:
     """Image AUROC, pixel AUROC, pixel F1-max (test-fitted threshold) and AUPRO (FPR <= 0.3).
 
     A metric that is undefined for this test set (e.g. AUROC without defective images) is None;
-    non-finite scores stop here with the names of the images, never a NaN in a report.
+    the pixel metrics are None unless every defective image has a mask (never computed on a partial set;
+    Predictions.pixel_metrics_note says why). Non-finite scores stop here with the names of the images,
+    never a NaN in a report.
     """
     if predictions.labels is None or predictions.masks is None:
         raise ValueError("metrics need labels and masks: score a test split, not plain images")
@@ -64,4 +95,4 @@ def compute_test_metrics(predictions: Predictions) -> dict[str, float | None]:
     if broken:
         raise EvaluationError(f"{len(broken)} test image(s) got non-finite anomaly maps, e.g. {broken[0]}; "
                               "the model is broken (retrain, or check the backbone weights)")
-    return metrics.compute_all(predictions.labels, predictions.scores, predictions.masks, predictions.maps)
+    return metrics.compute_all(predictions.labels, predictions.scores, predictions.pixel_masks(), predictions.maps)

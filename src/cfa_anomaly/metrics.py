@@ -208,19 +208,23 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float 
 def compute_all(
     labels: np.ndarray,
     scores: np.ndarray,
-    masks: np.ndarray,
+    masks: np.ndarray | None,
     maps: np.ndarray,
 ) -> dict[str, float | None]:
     """Compute every metric of this module.
 
     Args:
         labels: per-image labels (0/1), scores: per-image anomaly scores,
-        masks: (N, H, W) ground-truth masks, maps: (N, H, W) anomaly maps.
+        masks: (N, H, W) ground-truth masks, or None when the pixel ground truth is not known for every
+        image (the pixel metrics are then None), maps: (N, H, W) anomaly maps.
 
     Returns:
         Dict with keys ``image_auroc``, ``pixel_auroc``, ``pixel_f1_max``,
         ``aupro`` (AUPRO at the default FPR limit of 0.3); undefined -> None.
     """
+    if masks is None:
+        return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": None, "pixel_f1_max": None,
+                "aupro": None}
     return {
         "image_auroc": image_auroc(labels, scores),
         "pixel_auroc": pixel_auroc(masks, maps),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -98,16 +100,21 @@ def panel_name(path: str | Path) -> str:
 
 def write_visuals(output: Path, predictions: Predictions, resize: int, crop: int, threshold: float | None,
                   evaluation: EvaluationConfig, title: str) -> dict[str, str]:
-    """Panels (one per image), and for labelled data a GIF, ROC curves and a score histogram."""
+    """Panels (one per image), and for labelled data a GIF, ROC curves and a score histogram.
+
+    A test image without a mask gets an empty "no mask" ground-truth column; the pixel ROC is drawn only
+    when every defective image has a mask (as the pixel metrics).
+    """
     written: dict[str, str] = {}
     names = [panel_name(p) for p in predictions.paths]
     labelled = predictions.labels is not None
     scale = (float(predictions.maps.min()), float(predictions.maps.max()))  # shared by all images
 
     def render(i: int) -> np.ndarray:
+        mask = predictions.mask_of(i) if labelled else None
         return viz.render_panel(cropped_rgb(predictions.paths[i], resize, crop), predictions.maps[i],
-                                float(predictions.scores[i]), threshold, scale,
-                                predictions.masks[i] if labelled else None, title=names[i])
+                                float(predictions.scores[i]), threshold, scale, mask, title=names[i],
+                                mask_missing=labelled and mask is None)
 
     rendered: dict[int, np.ndarray] = {}
     if evaluation.panels:
@@ -119,9 +126,114 @@ def write_visuals(output: Path, predictions: Predictions, resize: int, crop: int
     order = viz.gif_order(predictions.labels, evaluation.gif_good_frames, evaluation.gif_max_frames)
     frames = [rendered[i] if i in rendered else render(i) for i in order]  # panels are rendered once
     viz.write_gif(output / f"{title}.gif", frames, max_width=evaluation.gif_width)
-    viz.plot_roc(output / "roc.png", predictions.labels, predictions.scores, predictions.masks, predictions.maps,
-                 title=title)
+    viz.plot_roc(output / "roc.png", predictions.labels, predictions.scores, predictions.pixel_masks(),
+                 predictions.maps, title=title)  # pixel ROC only when every defective image has a mask
     viz.plot_score_histogram(output / "score_histogram.png", predictions.labels, predictions.scores, threshold,
                              title=title)
     written.update({"gif": f"{title}.gif", "roc": "roc.png", "histogram": "score_histogram.png"})
     return written
+
+
+# --------------------------------------------------------------------------- streaming outputs (cfa predict)
+MAPS_SHARD_SIZE = 256  # maps per maps/shard-NNNNN.npz file of a streamed prediction
+PARTIAL_SUFFIX = ".partial"  # a score file under this name is unfinished (the run stopped or is running)
+
+
+class ScoreRowWriter:
+    """scores.csv and/or scores.jsonl written row by row, flushed per batch.
+
+    The files are written as <name>.partial and renamed at close(), so a killed run never leaves a file
+    that looks complete. A row is (path, score or None, decision or "", error or "").
+    """
+
+    def __init__(self, output: Path, formats: tuple[str, ...]) -> None:
+        self.paths = [output / f"scores.{kind}" for kind in formats]
+        self._handles = [open(self._partial(p), "w", newline="", encoding="utf-8")  # noqa: SIM115 (open across batches)
+                         for p in self.paths]
+        self._csv = {kind: csv.writer(h) for kind, h in zip(formats, self._handles) if kind == "csv"}
+        self._kinds = formats
+        for writer in self._csv.values():
+            writer.writerow(["path", "score", "decision", "error"])
+
+    @staticmethod
+    def _partial(path: Path) -> Path:
+        return path.with_name(path.name + PARTIAL_SUFFIX)
+
+    def write(self, path: str, score: float | None, decision: str, error: str = "") -> None:
+        for kind, handle in zip(self._kinds, self._handles):
+            if kind == "csv":
+                self._csv[kind].writerow([path, "" if score is None else f"{score:.6g}", decision, error])
+            else:
+                record = {"path": path, "score": None if score is None else float(f"{score:.6g}"),
+                          "decision": decision or None, "error": error or None}
+                handle.write(json.dumps(record) + "\n")
+
+    def flush(self) -> None:
+        for handle in self._handles:
+            handle.flush()
+
+    def close(self, complete: bool = True) -> None:
+        """Close the files; when complete, fsync and rename them to their final names."""
+        for path, handle in zip(self.paths, self._handles):
+            if complete:
+                handle.flush()
+                os.fsync(handle.fileno())
+            handle.close()
+            if complete:
+                os.replace(self._partial(path), path)
+
+
+class MapShardWriter:
+    """Anomaly maps (float16, crop grid) with their paths and scores, in shards of at most shard_size.
+
+    A run with at most shard_size maps writes one maps.npz (as `cfa test` does); a longer one writes
+    maps/shard-00000.npz, maps/shard-00001.npz, ... Each file is written atomically. Holds at most one
+    shard of maps in memory.
+    """
+
+    def __init__(self, output: Path, shard_size: int = MAPS_SHARD_SIZE) -> None:
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+        self.output = output
+        self.shard_size = shard_size
+        self.written: list[Path] = []
+        self._maps: list[np.ndarray] = []
+        self._paths: list[str] = []
+        self._scores: list[float] = []
+
+    def add(self, path: str, anomaly_map: np.ndarray, score: float) -> None:
+        if len(self._maps) == self.shard_size:  # lazily, so that exactly shard_size maps stay one maps.npz
+            self._write(self.output / "maps" / f"shard-{len(self.written):05d}.npz")
+        self._maps.append(np.asarray(anomaly_map, dtype=np.float16))
+        self._paths.append(path)
+        self._scores.append(float(score))
+
+    def close(self) -> list[Path]:
+        """Write what is left (maps.npz when nothing was sharded yet); returns the files written."""
+        if self._maps:
+            self._write(self.output / ("maps.npz" if not self.written else
+                                       f"maps/shard-{len(self.written):05d}.npz"))
+        return self.written
+
+    def _write(self, path: Path) -> None:
+        maps, paths, scores = np.stack(self._maps), np.asarray(self._paths), np.asarray(self._scores, np.float32)
+        atomic_write(path, lambda handle: np.savez_compressed(handle, maps=maps, scores=scores, paths=paths))
+        self.written.append(path)
+        self._maps, self._paths, self._scores = [], [], []
+
+
+def stream_panel_scale(anomaly_map: np.ndarray, threshold: float | None) -> tuple[float, float]:
+    """A colour range known before all maps are: 0 .. 2 x threshold, or the map's own range without a
+    (positive) threshold. Panels of a streamed run are comparable with each other when there is one."""
+    if threshold is not None and threshold > 0:
+        return 0.0, 2.0 * float(threshold)
+    return float(anomaly_map.min()), float(anomaly_map.max())
+
+
+def write_stream_panel(folder: Path, image: np.ndarray, anomaly_map: np.ndarray, score: float,
+                       threshold: float | None, path: str) -> None:
+    """One panel (input | heatmap | predicted outline) as folder/<parent>/<stem>.png, drawn right away."""
+    name = panel_name(path)
+    panel = viz.render_panel(image, anomaly_map, score, threshold, stream_panel_scale(anomaly_map, threshold),
+                             title=name)
+    viz.write_panels(folder, [panel], [name])

@@ -1,10 +1,9 @@
-"""The jobs behind the commands: train (+ test), test a checkpoint, predict on images."""
+"""The jobs behind the commands: train (+ test), and test a checkpoint or an exported model."""
 
 from __future__ import annotations
 
 import platform
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,9 @@ import torch
 from cfa_anomaly import __version__
 from cfa_anomaly.checkpoint import restore_model, save_checkpoint
 from cfa_anomaly.config import Config, save_config
-from cfa_anomaly.data.dataset import AnomalyDataset, ImageFilesDataset, make_loader
+from cfa_anomaly.data.dataset import AnomalyDataset, make_loader
 from cfa_anomaly.data.images import unreadable
-from cfa_anomaly.data.samples import DatasetError, Sample, folder_samples, list_images, make_samples, split_holdout
+from cfa_anomaly.data.samples import DatasetError, Sample, folder_samples, make_samples, split_holdout
 from cfa_anomaly.evaluate import Predictions, compute_test_metrics, predict
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.io_utils import atomic_write_json
@@ -84,15 +83,20 @@ def decisions_at_threshold(predictions: Predictions, threshold: float | None) ->
 def _test_report(cfg: Config, predictions: Predictions, results: dict[str, Any],
                  predictor: Predictor) -> dict[str, Any]:
     labels = predictions.labels
+    notes = {"pixel_f1_max": "best F1 over all thresholds: the threshold is fitted on the test set",
+             "aupro": "standard AUPRO: per-region overlap integrated up to pixel FPR 0.3, divided by 0.3"}
+    pixel_note = predictions.pixel_metrics_note()
+    if pixel_note:  # some defective images have no mask: the pixel metrics are None, and this says why
+        notes["pixel_metrics"] = pixel_note
     return {
         "category": cfg.data.category,
         "backbone": cfg.model.backbone,
         "precision": predictor.card.precision,
         "metrics": results,
-        "notes": {"pixel_f1_max": "best F1 over all thresholds: the threshold is fitted on the test set",
-                  "aupro": "standard AUPRO: per-region overlap integrated up to pixel FPR 0.3, divided by 0.3"},
+        "notes": notes,
         "test": {"images": len(predictions.paths), "defective": int(labels.sum()),
                  "good": int((labels == 0).sum()),
+                 "defective_without_mask": len(predictions.missing_masks()),
                  "images_per_second": round(predictions.images_per_second, 3)},
     }
 
@@ -144,10 +148,17 @@ def check_data(cfg: Config, run_test: bool = True) -> tuple[list[Sample], list[S
     """
     train, holdout = training_split(cfg)
     if run_test:
-        bad = _bad_files(make_samples(cfg.data.root, cfg.data.category, "test"))
+        test = make_samples(cfg.data.root, cfg.data.category, "test")
+        bad = _bad_files(test)
         if bad:
             raise DatasetError(f"{len(bad)} unreadable test file(s), e.g. {bad[0][0]}: {bad[0][1]}; "
                                "fix or remove them")
+        maskless = [s for s in test if not s.mask_known]
+        if maskless:  # allowed (image metrics need no masks), but said up front
+            kinds = ", ".join(sorted({s.defect_type for s in maskless}))
+            print(f"{len(maskless)} of {sum(s.label for s in test)} defective test image(s) have no mask (no "
+                  f"ground_truth folder for: {kinds}): image AUROC only, the pixel metrics stay undefined",
+                  file=sys.stderr)
     bad = _bad_files(train + holdout)
     if bad and not cfg.data.skip_bad_images:
         raise DatasetError(f"{len(bad)} unreadable training file(s), e.g. {bad[0][0]}: {bad[0][1]}; fix or "
@@ -215,42 +226,14 @@ def evaluate_checkpoint(checkpoint: Path, output: Path, data_root: str | None = 
                               checkpoint)
 
 
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given, folders expanded to their image files (sorted)."""
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = list_images(item)
-            if not found:
-                raise DatasetError(f"no image files in {item}")
-            paths += found
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise DatasetError(f"input not found: {item}")
-    return paths
-
-
-def predict_images(predictor: Predictor, inputs: Sequence[str | Path], output: Path) -> Predictions:
-    """Scores and maps for plain images: scores.csv, maps.npz and panels/ in output."""
-    paths = collect_images(inputs)
-    cfg = predictor.config
-    loader = make_loader(ImageFilesDataset(paths, predictor.card.resize, predictor.crop), predictor.batch_size,
-                         cfg.data.num_workers)
-    predictions = predict(predictor, loader, desc="predict")
-    threshold = predictor.threshold
-    write_scores_csv(output / "scores.csv", predictions, threshold)
-    write_maps(output / "maps.npz", predictions)
-    write_visuals(output, predictions, predictor.card.resize, predictor.crop, threshold, cfg.evaluation,
-                  title="predict")
-    return predictions
-
-
 def print_report(report: dict[str, Any], output: Path) -> None:
     test = report.get("test", {})
     print(f"\n{report.get('category', '')} ({report.get('backbone', '')}): {test.get('images', 0)} test images, "
           f"{test.get('defective', 0)} defective")
     print(format_metrics_table(report["metrics"]))
+    pixel_note = report.get("notes", {}).get("pixel_metrics")
+    if pixel_note:
+        print(f"  {pixel_note}")
     at = report.get("at_threshold")
     if at:
         print(f"  at the held-out threshold {at['threshold']:.4g}: defective flagged {at['defective_flagged']}, "

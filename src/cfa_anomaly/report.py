@@ -33,6 +33,16 @@ def average(values: Sequence[float | None]) -> float | None:
     return sum(defined) / len(defined) if defined else None
 
 
+def coverage_line(results: Mapping[str, Mapping[str, float | None]], metric: str) -> str:
+    """'Avg over n of m categories; undefined: A, B' when some category lacks the value, else ''."""
+    categories = ordered(list(results))
+    undefined = [column_title(c) for c in categories if results[c].get(metric) is None]
+    if not undefined or len(undefined) == len(categories):
+        return ""
+    return (f"Avg over {len(categories) - len(undefined)} of {len(categories)} categories; undefined ('-'): "
+            f"{', '.join(undefined)}")
+
+
 def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -55,8 +65,13 @@ def markdown_report(results: Mapping[str, Mapping[str, float | None]], row_label
         parts += [preamble, ""]
     for metric, title in TABLES:
         parts += [f"### {title}", "", markdown_table(results, metric, row_label), ""]
-    parts.append("Avg is the mean over the categories in each table; '-' is undefined. Pixel F1 is the best "
-                 "F1 over thresholds on the test set (test-fitted).")
+        coverage = coverage_line(results, metric)
+        if coverage:
+            parts += [coverage, ""]
+    parts.append("'-' is undefined (n/a), e.g. the pixel metrics of a category whose defective test images "
+                 "lack masks (its metrics.json notes say why). Avg is the mean over the categories that have "
+                 "the value; under a table, how many those are when some lack it. Pixel F1 is the best F1 over "
+                 "thresholds on the test set (test-fitted).")
     if problems:
         parts += ["", "### Not included", ""]
         parts += [f"- {category}: {reason}" for category, reason in sorted(problems.items())]
@@ -64,6 +79,7 @@ def markdown_report(results: Mapping[str, Mapping[str, float | None]], row_label
 
 
 def csv_report(results: Mapping[str, Mapping[str, float | None]]) -> str:
+    """One row per category and an average row (mean over the categories that have the value; empty: n/a)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     metrics = [metric for metric, _ in TABLES]

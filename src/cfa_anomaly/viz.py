@@ -38,12 +38,15 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 
 def render_panel(image: np.ndarray, anomaly_map: np.ndarray, score: float, threshold: float | None,
-                 scale: tuple[float, float], mask: np.ndarray | None = None, title: str = "") -> np.ndarray:
+                 scale: tuple[float, float], mask: np.ndarray | None = None, title: str = "",
+                 mask_missing: bool = False) -> np.ndarray:
     """One row: input | heatmap overlay | predicted outline | ground truth. Returns an RGB uint8 array.
 
     image: (H, W, 3) uint8; anomaly_map: (H, W); scale: the (low, high) colour range shared by a category.
+    mask None: no ground-truth column, unless mask_missing (a test image without a mask): an empty column
+    labelled "no mask", so the panels of one category keep one layout.
     """
-    columns = 4 if mask is not None else 3
+    columns = 4 if mask is not None or mask_missing else 3
     fig, axes = plt.subplots(1, columns, figsize=(2.6 * columns, 3.0))
     axes[0].imshow(image)
     axes[0].set_title("input", fontsize=9)
@@ -58,6 +61,10 @@ def render_panel(image: np.ndarray, anomaly_map: np.ndarray, score: float, thres
         axes[3].imshow(image)
         if mask.any():
             axes[3].contour(mask, levels=[0.5], colors="lime", linewidths=1.2)
+        axes[3].set_title("ground truth", fontsize=9)
+    elif mask_missing:
+        axes[3].text(0.5, 0.5, "no mask", ha="center", va="center", fontsize=9, color="grey",
+                     transform=axes[3].transAxes)
         axes[3].set_title("ground truth", fontsize=9)
     for ax in axes:
         ax.set_axis_off()
@@ -110,7 +117,7 @@ def write_gif(path: Path, frames: Sequence[np.ndarray], max_width: int = 640, se
 
 def plot_roc(path: Path, labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, maps: np.ndarray | None,
              title: str) -> None:
-    """Image ROC (and pixel ROC when masks are given) in one figure."""
+    """Image ROC (and pixel ROC when masks are given: pass None when pixel metrics are undefined)."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     if 0 < labels.sum() < len(labels):
         fpr, tpr, _ = roc_curve(labels, scores)

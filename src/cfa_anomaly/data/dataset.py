@@ -15,7 +15,11 @@ from cfa_anomaly.data.samples import Sample
 
 
 class AnomalyDataset(Dataset):
-    """Items: {"image": (3,S,S) float 0..1, "mask": (S,S) bool, "label": int, "path": str}."""
+    """Items: {"image": (3,S,S) float 0..1, "mask": (S,S) bool, "mask_known": bool, "label": int, "path": str}.
+
+    mask_known is False for a defective image without a mask; its "mask" is then an all-False placeholder,
+    not ground truth.
+    """
 
     def __init__(self, samples: Sequence[Sample], resize: int, crop: int) -> None:
         self.samples = list(samples)
@@ -36,6 +40,7 @@ class AnomalyDataset(Dataset):
         return {
             "image": image_to_tensor(rgb, self.resize, self.crop),
             "mask": mask_to_tensor(mask, self.resize, self.crop),
+            "mask_known": sample.mask_known,
             "label": sample.label,
             "path": str(sample.image),
         }

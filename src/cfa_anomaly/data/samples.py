@@ -6,6 +6,10 @@ Layout (MVTec AD, or a user's own product in the same shape)::
     <root>/<category>/test/good/*.png
     <root>/<category>/test/<defect>/*.png
     <root>/<category>/ground_truth/<defect>/<stem>_mask.png   (or <stem>.png)
+
+Masks are optional per defect type: a category without ground_truth/, or a defect type without its
+ground_truth/<defect>/ folder, indexes its defective images with mask=None (image metrics only). Inside an
+existing ground_truth/<defect>/ folder every image needs its mask (a missing one is a naming mistake).
 """
 
 from __future__ import annotations
@@ -26,9 +30,14 @@ class DatasetError(ValueError):
 @dataclass(frozen=True)
 class Sample:
     image: Path
-    mask: Path | None  # None for good images
+    mask: Path | None  # None for good images, and for defective images of a defect type without masks
     label: int  # 0 good, 1 defective
     defect_type: str
+
+    @property
+    def mask_known(self) -> bool:
+        """Whether the pixel ground truth is known: good images (empty mask) and defective ones with a mask."""
+        return self.label == 0 or self.mask is not None
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -45,11 +54,6 @@ def _mask_stem(mask: Path) -> str:
 
 def _pair_masks(images: list[Path], mask_folder: Path) -> list[Path]:
     """Return the mask of each image; every image needs exactly one mask and every mask an image."""
-    if not mask_folder.is_dir():
-        raise DatasetError(
-            f"missing mask folder {mask_folder}: every defect type under test/ needs its masks in "
-            "ground_truth/<defect>/ named <stem>_mask.png or <stem>.png"
-        )
     masks_by_stem: dict[str, Path] = {}
     for mask in list_images(mask_folder):
         stem = _mask_stem(mask)
@@ -106,11 +110,20 @@ def make_samples(root: str | Path, category: str, split: Literal["train", "test"
         if defect_dir.name == GOOD:
             samples += [Sample(image=p, mask=None, label=0, defect_type=GOOD) for p in images]
             continue
-        masks = _pair_masks(images, folder.parent / "ground_truth" / defect_dir.name)
+        mask_folder = folder.parent / "ground_truth" / defect_dir.name
+        if mask_folder.is_dir():
+            masks: list[Path | None] = list(_pair_masks(images, mask_folder))
+        else:  # no masks for this defect type (or the whole category): image-level ground truth only
+            masks = [None] * len(images)
         samples += [Sample(image=i, mask=m, label=1, defect_type=defect_dir.name) for i, m in zip(images, masks)]
     if not samples:
         raise DatasetError(f"no test images under {folder}: expected test/good/ and test/<defect>/ folders")
     return samples
+
+
+def missing_masks(samples: list[Sample]) -> list[Sample]:
+    """The defective samples without a mask (their defect type has no ground_truth folder)."""
+    return [s for s in samples if not s.mask_known]
 
 
 def split_holdout(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

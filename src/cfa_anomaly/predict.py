@@ -1,0 +1,187 @@
+"""`cfa predict`: score image files as a stream, with bounded memory whatever their number.
+
+Images are read one by one, scored in batches of the Predictor's batch size, and written as they come:
+score rows (CSV / JSON Lines), maps in shards, panels. Unreadable files get a row with the reason and are
+skipped (or stop the run with strict).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cfa_anomaly.data.samples import IMAGE_EXTENSIONS, DatasetError, list_images
+from cfa_anomaly.inference import Predictor
+from cfa_anomaly.outputs import MAPS_SHARD_SIZE, MapShardWriter, ScoreRowWriter, write_stream_panel
+
+
+def _folder_images(folder: Path, recursive: bool) -> list[Path]:
+    """Image files of a folder (sorted); with recursive, of its sub-folders too (hidden ones skipped)."""
+    if not recursive:
+        return list_images(folder)
+    found = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return sorted(found)
+
+
+def _list_file(path: Path) -> list[Path]:
+    """The image paths a .txt list names, one per line (blank lines and # comments skipped); relative
+    paths are taken from the current folder, as on the command line."""
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [Path(line) for line in lines if line and not line.startswith("#")]
+
+
+def collect_images(inputs: Sequence[str | Path], recursive: bool = False) -> list[Path]:
+    """Files as given, folders expanded to their image files (sorted; recursive: sub-folders too), and a
+    .txt file read as a list of image paths. Listed files are not checked here: they are when read."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = _folder_images(item, recursive)
+            if not found:
+                hint = "" if recursive else " (--recursive searches its sub-folders)"
+                raise DatasetError(f"no image files in {item}{hint}")
+            paths += found
+        elif item.is_file() and item.suffix.lower() == ".txt":
+            paths += _list_file(item)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise DatasetError(f"input not found: {item}")
+    return paths
+
+
+PANELS_ALL_UP_TO = 200  # default --panels: all for up to this many images, else only the flagged ones
+
+
+@dataclass
+class PredictOptions:
+    """How `cfa predict` writes its outputs (see README.md, "Scoring many images")."""
+
+    formats: tuple[str, ...] = ("csv",)  # scores.csv and/or scores.jsonl
+    maps: str = "npz"  # npz: maps.npz or maps/shard-*.npz; none
+    panels: str | None = None  # all, defects, none; None: all up to PANELS_ALL_UP_TO images, else defects
+    strict: bool = False  # stop at the first unreadable file instead of listing and skipping it
+    recursive: bool = False
+    shard_size: int = MAPS_SHARD_SIZE
+
+    def panels_for(self, count: int) -> str:
+        return self.panels or ("all" if count <= PANELS_ALL_UP_TO else "defects")
+
+
+@dataclass
+class PredictSummary:
+    """What a streamed prediction did; per image only the unreadable files are kept."""
+
+    images: int = 0  # inputs
+    scored: int = 0
+    flagged: int = 0  # decided defective (0 without a threshold)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    panels: int = 0
+    map_files: list[Path] = field(default_factory=list)
+    score_files: list[Path] = field(default_factory=list)
+    compute_seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.scored / self.compute_seconds if self.compute_seconds > 0 else float("nan")
+
+
+def _read(predictor: Predictor, path: Path, strict: bool) -> torch.Tensor | str:
+    """The preprocessed image, or why it cannot be read (with strict: a DatasetError naming the file)."""
+    try:
+        return predictor.preprocess(predictor.read(path)[0])
+    except DatasetError as err:
+        if strict:
+            raise DatasetError(f"{err} (--strict stops at the first unreadable file)") from err
+        return str(err)
+
+
+def _as_uint8(image: torch.Tensor) -> np.ndarray:
+    """A preprocessed (3, crop, crop) image in 0..1 as (crop, crop, 3) uint8: what the model saw."""
+    return (image.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+class _PredictionSink:
+    """Writes each scored batch right away: score rows, map shards and panels."""
+
+    def __init__(self, predictor: Predictor, output: Path, options: PredictOptions, panels: str) -> None:
+        self.threshold = predictor.threshold
+        self.output = output
+        self.panels = panels if self.threshold is not None or panels != "defects" else "none"
+        self.rows = ScoreRowWriter(output, options.formats)
+        self.maps = MapShardWriter(output, options.shard_size) if options.maps == "npz" else None
+        self.summary = PredictSummary()
+
+    def skip(self, path: Path, reason: str) -> None:
+        self.rows.write(str(path), None, "", reason)
+        self.summary.skipped.append((str(path), reason))
+
+    def scored(self, path: Path, image: torch.Tensor, anomaly_map: np.ndarray, score: float) -> None:
+        defective = self.threshold is not None and score >= self.threshold
+        decision = "" if self.threshold is None else ("defective" if defective else "good")
+        self.rows.write(str(path), score, decision)
+        self.summary.scored += 1
+        self.summary.flagged += int(defective)
+        if self.maps is not None:
+            self.maps.add(str(path), anomaly_map, score)
+        if self.panels == "all" or (self.panels == "defects" and defective):
+            write_stream_panel(self.output / "panels", _as_uint8(image), anomaly_map, score, self.threshold,
+                               str(path))
+            self.summary.panels += 1
+
+    def close(self, complete: bool) -> PredictSummary:
+        self.rows.close(complete)
+        if complete:
+            self.summary.map_files = self.maps.close() if self.maps is not None else []
+            self.summary.score_files = list(self.rows.paths)
+        return self.summary
+
+
+def _score_batch(predictor: Predictor, batch: list[Path], sink: _PredictionSink, strict: bool) -> None:
+    """Read, score and write one batch of files, in input order."""
+    images = {i: _read(predictor, path, strict) for i, path in enumerate(batch)}
+    readable = [i for i, image in images.items() if isinstance(image, torch.Tensor)]
+    results: dict[int, tuple[np.ndarray, float]] = {}
+    if readable:
+        start = time.perf_counter()
+        maps, scores = predictor.score_batch(torch.stack([images[i] for i in readable]))
+        sink.summary.compute_seconds += time.perf_counter() - start
+        results = {i: (maps[k], float(scores[k])) for k, i in enumerate(readable)}
+    for i, path in enumerate(batch):
+        image = images[i]
+        if isinstance(image, str):
+            sink.skip(path, image)
+        else:
+            sink.scored(path, image, *results[i])
+    sink.rows.flush()
+
+
+def predict_images(predictor: Predictor, inputs: Sequence[str | Path], output: Path,
+                   options: PredictOptions | None = None) -> PredictSummary:
+    """Score image files in batches of predictor.batch_size and write the results as they come:
+    scores.csv (and/or scores.jsonl), maps (maps.npz or maps/shard-*.npz) and panels/ in output.
+
+    Memory does not grow with the number of images (one map shard at most); unreadable files get a row
+    with the reason and are skipped, or stop the run with options.strict.
+    """
+    options = options or PredictOptions()
+    paths = collect_images(inputs, options.recursive)
+    output.mkdir(parents=True, exist_ok=True)
+    sink = _PredictionSink(predictor, output, options, options.panels_for(len(paths)))
+    sink.summary.images = len(paths)
+    batches = [paths[i: i + predictor.batch_size] for i in range(0, len(paths), predictor.batch_size)]
+    complete = False
+    try:
+        for batch in tqdm(batches, desc="predict", unit="batch", leave=False, disable=None):
+            _score_batch(predictor, batch, sink, options.strict)
+        complete = True
+    finally:
+        summary = sink.close(complete)
+    return summary
