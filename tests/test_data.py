@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from cfa_anomaly.data.dataset import AnomalyDataset, ImageFilesDataset
+from cfa_anomaly.data.dataset import AnomalyDataset
 from cfa_anomaly.data.images import image_to_tensor, mask_to_tensor, read_mask, read_rgb
 from cfa_anomaly.data.samples import DatasetError, folder_samples, make_samples, missing_masks, split_holdout
 
@@ -277,7 +277,7 @@ def test_common_formats_are_read(tmp_path, ext):
     assert rgb.shape == (16, 16, 3)
     tolerance = 12 if ext in ("jpg", "jpeg") else 0  # lossy
     assert np.abs(rgb.astype(int) - smooth.astype(int)).max() <= tolerance
-    tensor = ImageFilesDataset([path], 16, 16)[0]["image"]
+    tensor = image_to_tensor(rgb, 16, 16)  # what the Predictor feeds the model
     assert tensor.shape == (3, 16, 16) and 0.0 <= tensor.min() and tensor.max() <= 1.0
 
 

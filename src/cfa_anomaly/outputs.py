@@ -14,7 +14,7 @@ import numpy as np
 
 from cfa_anomaly import viz
 from cfa_anomaly.config import EvaluationConfig
-from cfa_anomaly.data.images import image_to_tensor, read_rgb
+from cfa_anomaly.data.images import image_to_tensor, read_rgb, tensor_to_rgb
 from cfa_anomaly.evaluate import Predictions
 from cfa_anomaly.io_utils import atomic_write, atomic_write_text
 
@@ -88,8 +88,7 @@ def write_maps(path: Path, predictions: Predictions) -> None:
 
 def cropped_rgb(path: str | Path, resize: int, crop: int) -> np.ndarray:
     """The image as the model saw it: (crop, crop, 3) uint8."""
-    tensor = image_to_tensor(read_rgb(Path(path)), resize, crop)
-    return (tensor.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+    return tensor_to_rgb(image_to_tensor(read_rgb(Path(path)), resize, crop))
 
 
 def panel_name(path: str | Path) -> str:

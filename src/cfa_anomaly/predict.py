@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cfa_anomaly.data.images import tensor_to_rgb
 from cfa_anomaly.data.samples import IMAGE_EXTENSIONS, DatasetError, list_images
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.outputs import MAPS_SHARD_SIZE, MapShardWriter, ScoreRowWriter, write_stream_panel
@@ -103,11 +104,6 @@ def _read(predictor: Predictor, path: Path, strict: bool) -> torch.Tensor | str:
         return str(err)
 
 
-def _as_uint8(image: torch.Tensor) -> np.ndarray:
-    """A preprocessed (3, crop, crop) image in 0..1 as (crop, crop, 3) uint8: what the model saw."""
-    return (image.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
-
-
 class _PredictionSink:
     """Writes each scored batch right away: score rows, map shards and panels."""
 
@@ -132,7 +128,7 @@ class _PredictionSink:
         if self.maps is not None:
             self.maps.add(str(path), anomaly_map, score)
         if self.panels == "all" or (self.panels == "defects" and defective):
-            write_stream_panel(self.output / "panels", _as_uint8(image), anomaly_map, score, self.threshold,
+            write_stream_panel(self.output / "panels", tensor_to_rgb(image), anomaly_map, score, self.threshold,
                                str(path))
             self.summary.panels += 1
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,22 +43,6 @@ class AnomalyDataset(Dataset):
             "label": sample.label,
             "path": str(sample.image),
         }
-
-
-class ImageFilesDataset(Dataset):
-    """Plain image files (for predict): {"image", "path"}."""
-
-    def __init__(self, paths: Sequence[Path], resize: int, crop: int) -> None:
-        self.paths = list(paths)
-        self.resize = resize
-        self.crop = crop
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        path = self.paths[index]
-        return {"image": image_to_tensor(read_rgb(path), self.resize, self.crop), "path": str(path)}
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:

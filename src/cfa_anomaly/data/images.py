@@ -119,6 +119,11 @@ def image_to_tensor(rgb: np.ndarray, resize: int, crop: int) -> torch.Tensor:
     return resize_center_crop(tensor, resize, crop).clamp_(0.0, 1.0)
 
 
+def tensor_to_rgb(tensor: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float in 0..1 (image_to_tensor's output) -> (H, W, 3) uint8: the image as the model saw it."""
+    return (tensor.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
 def mask_to_tensor(mask: np.ndarray, resize: int, crop: int) -> torch.Tensor:
     """(H, W) bool -> (crop, crop) bool tensor, nearest-neighbour so it stays binary."""
     tensor = torch.from_numpy(np.ascontiguousarray(mask))[None].to(torch.uint8)

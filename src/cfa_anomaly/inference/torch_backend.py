@@ -21,7 +21,7 @@ class TorchBackend:
     def __init__(self, model: CFA, crop: int, graph: str = "fast") -> None:
         if graph not in GRAPHS:
             raise ValueError(f"graph = {graph!r} is invalid: use one of {', '.join(GRAPHS)}")
-        self.model = model.eval()
+        model.eval()
         self.device = model.memory_bank.device
         self.graph = graph
         self.module: torch.nn.Module = model if graph == "fast" else PlainCFA(model, crop).eval()
