@@ -31,8 +31,8 @@ pytestmark = [
 if not MISSING:
     import httpx
 
+    from cfa_anomaly.heatmap import MapScale
     from cfa_anomaly.serve import ModelInfo, ServeError, ServeSettings, create_app
-    from cfa_anomaly.serve.uploads import MapScale
 
 MAX_UPLOAD_MB = 1
 START_TIMEOUT_S = 90.0
@@ -116,6 +116,9 @@ def assert_matches(answer: dict, trained, index: int) -> None:
     assert answer["threshold"] == pytest.approx(predictor.threshold)
     assert answer["is_defective"] == bool(reference.decisions[index])
     assert answer["decision"] == ("defective" if reference.decisions[index] else "good")
+    assert answer["pixel_threshold"] == pytest.approx(predictor.pixel_threshold)
+    area = float((reference.maps[index] >= predictor.pixel_threshold).mean())
+    assert answer["defect_area"] == pytest.approx(area, abs=2.0 / reference.maps[index].size)
 
 
 def assert_error(response, status: int, code: str) -> None:

@@ -78,9 +78,12 @@ def saved_precision(payload: dict[str, Any], cfg: Config, device: torch.device) 
 
 
 def saved_threshold(payload: dict[str, Any]) -> dict[str, Any]:
-    """The held-out decision threshold stored with a checkpoint: {"value": float | None, "source": ...}."""
+    """The held-out thresholds stored with a checkpoint: {"value": float | None, "source": ..., and where
+    stored "pixel": {"value", "source"} and "holdout_scores"} (pipeline.holdout_threshold's record)."""
     threshold = payload.get("extra", {}).get("threshold") or {}
-    return {"value": threshold.get("value"), "source": threshold.get("source", "none stored")}
+    record = {"value": threshold.get("value"), "source": threshold.get("source", "none stored")}
+    record.update({key: threshold[key] for key in ("pixel", "holdout_scores") if key in threshold})
+    return record
 
 
 def restore_model(path: Path, device_name: str = "auto",

@@ -165,6 +165,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predictor = predictor_from_args(args)
     if args.threshold is not None:
         predictor = predictor.with_threshold(args.threshold, "--threshold on the command line")
+    elif args.quantile is not None:
+        predictor = predictor.with_quantile(args.quantile)
+    if args.pixel_threshold is not None:
+        predictor = predictor.with_pixel_threshold(args.pixel_threshold, "--pixel-threshold on the command line")
     output = prepare_output_dir(args.output, args.overwrite)
     summary = predict_images(predictor, args.inputs, output, options)
     print_predict_summary(summary, output, predictor.name)
@@ -252,8 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="image files, folders, or .txt files listing image paths (one per line)")
     pred.add_argument("--output", required=True)
     pred.add_argument("--overwrite", action="store_true")
-    pred.add_argument("--threshold", type=float,
-                      help="decide with this image-score threshold instead of the held-out one the model stores")
+    decide = pred.add_mutually_exclusive_group()
+    decide.add_argument("--threshold", type=float,
+                        help="decide with this image-score threshold instead of the held-out one the model stores")
+    decide.add_argument("--quantile", type=float, metavar="Q",
+                        help="decide at this quantile (0..1] of the held-out normal images' scores the model stores "
+                             "(default: the training's evaluation.threshold_quantile, 0.99)")
+    pred.add_argument("--pixel-threshold", type=float, metavar="X",
+                      help="outline (and mask) pixels from this map value instead of the stored pixel threshold")
     pred.add_argument("--recursive", action="store_true", help="search folders' sub-folders for images too")
     pred.add_argument("--format", choices=("csv", "jsonl", "both"), default="csv",
                       help="score rows as scores.csv (default), scores.jsonl or both")

@@ -77,6 +77,9 @@ class TrainConfig:
 @dataclass
 class EvaluationConfig:
     threshold_quantile: float = 0.99  # decision threshold: this quantile of the held-out normal image scores
+    # Pixel threshold (outlines in the panels, defect masks of cfa predict): this quantile of the held-out
+    # normal images' pixel scores, so that about 1 normal pixel in 1000 is above it.
+    pixel_threshold_quantile: float = 0.999
     panels: bool = True  # one PNG per test image
     gif_good_frames: int = 3
     gif_max_frames: int = 30
@@ -103,6 +106,8 @@ class Config:
             ("data.num_workers", self.data.num_workers >= 0, "an integer >= 0"),
             ("data.holdout_fraction", 0.0 <= self.data.holdout_fraction <= 0.5, "a number from 0 to 0.5"),
             ("evaluation.threshold_quantile", 0.0 < self.evaluation.threshold_quantile <= 1.0,
+             "a number in (0, 1]"),
+            ("evaluation.pixel_threshold_quantile", 0.0 < self.evaluation.pixel_threshold_quantile <= 1.0,
              "a number in (0, 1]"),
             ("evaluation.gif_good_frames", self.evaluation.gif_good_frames >= 0, "an integer >= 0"),
             ("evaluation.gif_max_frames", self.evaluation.gif_max_frames >= 1, "an integer >= 1"),

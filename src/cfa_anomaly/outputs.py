@@ -16,6 +16,8 @@ from cfa_anomaly import viz
 from cfa_anomaly.config import EvaluationConfig
 from cfa_anomaly.data.images import image_to_tensor, read_rgb, tensor_to_rgb
 from cfa_anomaly.evaluate import Predictions
+from cfa_anomaly.heatmap import MapScale
+from cfa_anomaly.inference.result import decision_label
 from cfa_anomaly.io_utils import atomic_write, atomic_write_text
 
 METRIC_LABELS: dict[str, str] = {
@@ -70,20 +72,27 @@ def write_scores_csv(path: Path, predictions: Predictions, threshold: float | No
     writer.writerow(["path", "score", "decision", *(["label"] if has_labels else [])])
     for index, image_path in enumerate(predictions.paths):
         score = float(predictions.scores[index])
-        decision = "" if threshold is None else ("defective" if score >= threshold else "good")
-        row: list[Any] = [image_path, f"{score:.6g}", decision]
+        row: list[Any] = [image_path, f"{score:.6g}", decision_label(score, threshold) or ""]
         if has_labels:
             row.append(int(predictions.labels[index]))
         writer.writerow(row)
     atomic_write_text(path, buffer.getvalue())
 
 
-def write_maps(path: Path, predictions: Predictions) -> None:
-    """All maps in one compressed .npz (float16) with their paths and scores."""
-    def write(handle):
-        np.savez_compressed(handle, maps=predictions.maps.astype(np.float16), scores=predictions.scores,
-                            paths=np.asarray(predictions.paths))
-    atomic_write(path, write)
+def _map_arrays(maps: np.ndarray, scores: np.ndarray, paths: list[str],
+                pixel_threshold: float | None) -> dict[str, np.ndarray]:
+    """What a maps file holds: maps (float16, crop grid), scores, paths, and with a pixel threshold the
+    defect masks (maps >= pixel_threshold, from the float32 maps) and the threshold itself."""
+    arrays = {"maps": maps.astype(np.float16), "scores": np.asarray(scores, np.float32), "paths": np.asarray(paths)}
+    if pixel_threshold is not None:
+        arrays.update(defect_masks=maps >= pixel_threshold, pixel_threshold=np.float32(pixel_threshold))
+    return arrays
+
+
+def write_maps(path: Path, predictions: Predictions, pixel_threshold: float | None = None) -> None:
+    """All maps in one compressed .npz with their paths and scores (and defect masks, see _map_arrays)."""
+    arrays = _map_arrays(predictions.maps, predictions.scores, predictions.paths, pixel_threshold)
+    atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
 
 
 def cropped_rgb(path: str | Path, resize: int, crop: int) -> np.ndarray:
@@ -98,8 +107,9 @@ def panel_name(path: str | Path) -> str:
 
 
 def write_visuals(output: Path, predictions: Predictions, resize: int, crop: int, threshold: float | None,
-                  evaluation: EvaluationConfig, title: str) -> dict[str, str]:
-    """Panels (one per image), and for labelled data a GIF, ROC curves and a score histogram.
+                  evaluation: EvaluationConfig, title: str, pixel_threshold: float | None = None) -> dict[str, str]:
+    """Panels (one per image; outlines at pixel_threshold), and for labelled data a GIF, ROC curves and a
+    score histogram.
 
     A test image without a mask gets an empty "no mask" ground-truth column; the pixel ROC is drawn only
     when every defective image has a mask (as the pixel metrics).
@@ -113,7 +123,7 @@ def write_visuals(output: Path, predictions: Predictions, resize: int, crop: int
         mask = predictions.mask_of(i) if labelled else None
         return viz.render_panel(cropped_rgb(predictions.paths[i], resize, crop), predictions.maps[i],
                                 float(predictions.scores[i]), threshold, scale, mask, title=names[i],
-                                mask_missing=labelled and mask is None)
+                                mask_missing=labelled and mask is None, pixel_threshold=pixel_threshold)
 
     rendered: dict[int, np.ndarray] = {}
     if evaluation.panels:
@@ -142,7 +152,8 @@ class ScoreRowWriter:
     """scores.csv and/or scores.jsonl written row by row, flushed per batch.
 
     The files are written as <name>.partial and renamed at close(), so a killed run never leaves a file
-    that looks complete. A row is (path, score or None, decision or "", error or "").
+    that looks complete. A row is (path, score or None, decision or "", defect area or None, error or ""):
+    the defect area is the fraction of the model's input grid at or above the pixel threshold.
     """
 
     def __init__(self, output: Path, formats: tuple[str, ...]) -> None:
@@ -152,19 +163,22 @@ class ScoreRowWriter:
         self._csv = {kind: csv.writer(h) for kind, h in zip(formats, self._handles) if kind == "csv"}
         self._kinds = formats
         for writer in self._csv.values():
-            writer.writerow(["path", "score", "decision", "error"])
+            writer.writerow(["path", "score", "decision", "defect_area", "error"])
 
     @staticmethod
     def _partial(path: Path) -> Path:
         return path.with_name(path.name + PARTIAL_SUFFIX)
 
-    def write(self, path: str, score: float | None, decision: str, error: str = "") -> None:
+    def write(self, path: str, score: float | None, decision: str, area: float | None = None,
+              error: str = "") -> None:
         for kind, handle in zip(self._kinds, self._handles):
             if kind == "csv":
-                self._csv[kind].writerow([path, "" if score is None else f"{score:.6g}", decision, error])
+                self._csv[kind].writerow([path, "" if score is None else f"{score:.6g}", decision,
+                                          "" if area is None else f"{area:.4g}", error])
             else:
                 record = {"path": path, "score": None if score is None else float(f"{score:.6g}"),
-                          "decision": decision or None, "error": error or None}
+                          "decision": decision or None,
+                          "defect_area": None if area is None else float(f"{area:.4g}"), "error": error or None}
                 handle.write(json.dumps(record) + "\n")
 
     def flush(self) -> None:
@@ -187,14 +201,16 @@ class MapShardWriter:
 
     A run with at most shard_size maps writes one maps.npz (as `cfa test` does); a longer one writes
     maps/shard-00000.npz, maps/shard-00001.npz, ... Each file is written atomically. Holds at most one
-    shard of maps in memory.
+    shard of maps in memory. With a pixel threshold, each file also holds the defect masks.
     """
 
-    def __init__(self, output: Path, shard_size: int = MAPS_SHARD_SIZE) -> None:
+    def __init__(self, output: Path, shard_size: int = MAPS_SHARD_SIZE,
+                 pixel_threshold: float | None = None) -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be at least 1, got {shard_size}")
         self.output = output
         self.shard_size = shard_size
+        self.pixel_threshold = pixel_threshold
         self.written: list[Path] = []
         self._maps: list[np.ndarray] = []
         self._paths: list[str] = []
@@ -203,7 +219,7 @@ class MapShardWriter:
     def add(self, path: str, anomaly_map: np.ndarray, score: float) -> None:
         if len(self._maps) == self.shard_size:  # lazily, so that exactly shard_size maps stay one maps.npz
             self._write(self.output / "maps" / f"shard-{len(self.written):05d}.npz")
-        self._maps.append(np.asarray(anomaly_map, dtype=np.float16))
+        self._maps.append(np.asarray(anomaly_map, dtype=np.float32))
         self._paths.append(path)
         self._scores.append(float(score))
 
@@ -215,24 +231,17 @@ class MapShardWriter:
         return self.written
 
     def _write(self, path: Path) -> None:
-        maps, paths, scores = np.stack(self._maps), np.asarray(self._paths), np.asarray(self._scores, np.float32)
-        atomic_write(path, lambda handle: np.savez_compressed(handle, maps=maps, scores=scores, paths=paths))
+        arrays = _map_arrays(np.stack(self._maps), np.asarray(self._scores), self._paths, self.pixel_threshold)
+        atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
         self.written.append(path)
         self._maps, self._paths, self._scores = [], [], []
 
 
-def stream_panel_scale(anomaly_map: np.ndarray, threshold: float | None) -> tuple[float, float]:
-    """A colour range known before all maps are: 0 .. 2 x threshold, or the map's own range without a
-    (positive) threshold. Panels of a streamed run are comparable with each other when there is one."""
-    if threshold is not None and threshold > 0:
-        return 0.0, 2.0 * float(threshold)
-    return float(anomaly_map.min()), float(anomaly_map.max())
-
-
 def write_stream_panel(folder: Path, image: np.ndarray, anomaly_map: np.ndarray, score: float,
-                       threshold: float | None, path: str) -> None:
+                       threshold: float | None, path: str, pixel_threshold: float | None = None) -> None:
     """One panel (input | heatmap | predicted outline) as folder/<parent>/<stem>.png, drawn right away."""
     name = panel_name(path)
-    panel = viz.render_panel(image, anomaly_map, score, threshold, stream_panel_scale(anomaly_map, threshold),
-                             title=name)
+    scale = MapScale.of(anomaly_map, threshold)  # 0 .. 2 x threshold: streamed panels are comparable
+    panel = viz.render_panel(image, anomaly_map, score, threshold, (scale.low, scale.high),
+                             title=name, pixel_threshold=pixel_threshold)
     viz.write_panels(folder, [panel], [name])

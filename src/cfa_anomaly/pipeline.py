@@ -57,33 +57,52 @@ def training_split(cfg: Config) -> tuple[list[Sample], list[Sample]]:
 
 
 def holdout_threshold(model: CFA, holdout: list[Sample], cfg: Config) -> dict[str, Any]:
-    """Decision threshold = a high quantile of held-out normal images' scores (never the test set)."""
+    """Thresholds from held-out normal images only (never the test set): the image decision threshold (a
+    high quantile of their image scores) and the pixel threshold for outlines and defect masks (a high
+    quantile of their pixel scores). Their scores are kept so that another quantile can be chosen later."""
     if not holdout:
         return {"value": None, "source": "none: data.holdout_fraction is 0 and no data.holdout_dir"}
-    scores = predict(Predictor.from_model(model, cfg, None), _loader_of(holdout, cfg), desc="holdout").scores
-    quantile = cfg.evaluation.threshold_quantile
-    return {"value": float(np.quantile(scores, quantile)), "quantile": quantile, "images": len(holdout),
-            "source": f"quantile {quantile} of the image scores of {len(holdout)} held-out normal images"}
+    held = predict(Predictor.from_model(model, cfg, None), _loader_of(holdout, cfg), desc="holdout")
+    quantile, pixel_quantile = cfg.evaluation.threshold_quantile, cfg.evaluation.pixel_threshold_quantile
+    pixels = held.maps.size
+    return {"value": float(np.quantile(held.scores, quantile)), "quantile": quantile, "images": len(holdout),
+            "source": f"quantile {quantile} of the image scores of {len(holdout)} held-out normal images",
+            "holdout_scores": [round(float(v), 7) for v in held.scores],
+            "pixel": {"value": float(np.quantile(held.maps, pixel_quantile)), "quantile": pixel_quantile,
+                      "source": f"quantile {pixel_quantile} of the {pixels} pixel scores of {len(holdout)} "
+                                "held-out normal images"}}
 
 
-def decisions_at_threshold(predictions: Predictions, threshold: float | None) -> dict[str, Any] | None:
-    """Image-level outcome at the held-out threshold: what a deployment would have seen."""
+def decisions_at_threshold(predictions: Predictions, threshold: float | None,
+                           pixel_threshold: float | None = None) -> dict[str, Any] | None:
+    """The outcome at the held-out thresholds: what a deployment would have seen. Images at the image
+    threshold; pixels (where every defective image has a mask) at the pixel threshold."""
     if threshold is None or predictions.labels is None:
         return None
     flagged = predictions.scores >= threshold
     defective = predictions.labels == 1
-    return {
+    outcome: dict[str, Any] = {
         "threshold": threshold,
         "defective_flagged": f"{int((flagged & defective).sum())}/{int(defective.sum())}",
         "good_flagged": f"{int((flagged & ~defective).sum())}/{int((~defective).sum())}",
         "accuracy": round(float((flagged == defective).mean()), 4),
     }
+    masks = predictions.pixel_masks()
+    if pixel_threshold is not None and masks is not None:
+        marked = predictions.maps >= pixel_threshold
+        hits = float((marked & masks).sum())
+        precision, recall = hits / max(float(marked.sum()), 1.0), hits / max(float(masks.sum()), 1.0)
+        outcome.update(pixel_threshold=pixel_threshold, pixel_precision=round(precision, 4),
+                       pixel_recall=round(recall, 4),
+                       pixel_f1=round(2 * precision * recall / (precision + recall), 4) if hits else 0.0)
+    return outcome
 
 
 def _test_report(cfg: Config, predictions: Predictions, results: dict[str, Any],
                  predictor: Predictor) -> dict[str, Any]:
     labels = predictions.labels
-    notes = {"pixel_f1_max": "best F1 over all thresholds: the threshold is fitted on the test set",
+    notes = {"pixel_f1_max": "best F1 over all thresholds: the threshold is fitted on the test set (at_threshold "
+                             "has the F1 at the pixel threshold from held-out normal images)",
              "aupro": "standard AUPRO: per-region overlap integrated up to pixel FPR 0.3, divided by 0.3"}
     pixel_note = predictions.pixel_metrics_note()
     if pixel_note:  # some defective images have no mask: the pixel metrics are None, and this says why
@@ -105,17 +124,17 @@ def evaluate_and_write(predictor: Predictor, cfg: Config, output: Path,
                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score the test split of cfg's data; write metrics.json, scores.csv, maps.npz, panels, GIF and plots
     into output."""
-    threshold = predictor.threshold
+    threshold, pixel_threshold = predictor.threshold, predictor.pixel_threshold
     predictions = predict(predictor, _loader(cfg, "test"))
     report = _test_report(cfg, predictions, compute_test_metrics(predictions), predictor)
-    report["at_threshold"] = decisions_at_threshold(predictions, threshold)
+    report["at_threshold"] = decisions_at_threshold(predictions, threshold, pixel_threshold)
     report.update(extra or {})
     report["config"] = cfg.to_dict()
     report["environment"] = _environment(predictor)
     write_scores_csv(output / "scores.csv", predictions, threshold)
-    write_maps(output / "maps.npz", predictions)
+    write_maps(output / "maps.npz", predictions, pixel_threshold)
     report["files"] = write_visuals(output, predictions, cfg.data.resize, cfg.data.crop, threshold,
-                                    cfg.evaluation, title=cfg.data.category)
+                                    cfg.evaluation, title=cfg.data.category, pixel_threshold=pixel_threshold)
     atomic_write_json(output / "metrics.json", report)  # last: its presence marks a finished run
     return report
 
@@ -238,4 +257,7 @@ def print_report(report: dict[str, Any], output: Path) -> None:
     if at:
         print(f"  at the held-out threshold {at['threshold']:.4g}: defective flagged {at['defective_flagged']}, "
               f"good flagged {at['good_flagged']}")
+        if "pixel_f1" in at:
+            print(f"  at the held-out pixel threshold {at['pixel_threshold']:.4g}: pixel precision "
+                  f"{at['pixel_precision']:.3f}, recall {at['pixel_recall']:.3f}, F1 {at['pixel_f1']:.3f}")
     print(f"results in {output}")

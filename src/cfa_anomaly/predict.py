@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from cfa_anomaly.data.images import tensor_to_rgb
 from cfa_anomaly.data.samples import IMAGE_EXTENSIONS, DatasetError, list_images
 from cfa_anomaly.inference import Predictor
+from cfa_anomaly.inference.result import DEFECTIVE, decision_label
 from cfa_anomaly.outputs import MAPS_SHARD_SIZE, MapShardWriter, ScoreRowWriter, write_stream_panel
 
 
@@ -109,27 +110,30 @@ class _PredictionSink:
 
     def __init__(self, predictor: Predictor, output: Path, options: PredictOptions, panels: str) -> None:
         self.threshold = predictor.threshold
+        self.pixel_threshold = predictor.pixel_threshold
         self.output = output
         self.panels = panels if self.threshold is not None or panels != "defects" else "none"
         self.rows = ScoreRowWriter(output, options.formats)
-        self.maps = MapShardWriter(output, options.shard_size) if options.maps == "npz" else None
+        self.maps = (MapShardWriter(output, options.shard_size, self.pixel_threshold) if options.maps == "npz"
+                     else None)
         self.summary = PredictSummary()
 
     def skip(self, path: Path, reason: str) -> None:
-        self.rows.write(str(path), None, "", reason)
+        self.rows.write(str(path), None, "", error=reason)
         self.summary.skipped.append((str(path), reason))
 
     def scored(self, path: Path, image: torch.Tensor, anomaly_map: np.ndarray, score: float) -> None:
-        defective = self.threshold is not None and score >= self.threshold
-        decision = "" if self.threshold is None else ("defective" if defective else "good")
-        self.rows.write(str(path), score, decision)
+        decision = decision_label(score, self.threshold)
+        defective = decision == DEFECTIVE
+        area = None if self.pixel_threshold is None else float((anomaly_map >= self.pixel_threshold).mean())
+        self.rows.write(str(path), score, decision or "", area)
         self.summary.scored += 1
         self.summary.flagged += int(defective)
         if self.maps is not None:
             self.maps.add(str(path), anomaly_map, score)
         if self.panels == "all" or (self.panels == "defects" and defective):
             write_stream_panel(self.output / "panels", tensor_to_rgb(image), anomaly_map, score, self.threshold,
-                               str(path))
+                               str(path), self.pixel_threshold)
             self.summary.panels += 1
 
     def close(self, complete: bool) -> PredictSummary:

@@ -23,28 +23,43 @@ class ModelCard:
     package_version: str
     category: str
     config: dict[str, Any]  # the full training config (Config.to_dict)
+    # Optional (older checkpoints and exports lack them): the pixel threshold for outlines and defect masks, and
+    # the held-out normal images' scores, from which another image threshold quantile can be taken.
+    pixel_threshold: float | None = None
+    pixel_threshold_source: str = "none stored: outlines at the image threshold"
+    holdout_scores: tuple[float, ...] | None = None
 
     @classmethod
     def of(cls, cfg: Config, threshold: dict[str, Any] | None, precision: str, weights_sha256: str,
            version: str) -> ModelCard:
+        """threshold: the record pipeline.holdout_threshold makes (stored with the checkpoint)."""
         threshold = threshold or {}
+        pixel = threshold.get("pixel") or {}
+        scores = threshold.get("holdout_scores")
         return cls(resize=cfg.data.resize, crop=cfg.data.crop, threshold=threshold.get("value"),
                    threshold_source=threshold.get("source", "none"), backbone=cfg.model.backbone,
                    precision=precision, backbone_weights_sha256=weights_sha256, package_version=version,
-                   category=cfg.data.category, config=cfg.to_dict())
+                   category=cfg.data.category, config=cfg.to_dict(), pixel_threshold=pixel.get("value"),
+                   pixel_threshold_source=pixel.get("source", cls.pixel_threshold_source),
+                   holdout_scores=None if scores is None else tuple(float(v) for v in scores))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str) -> ModelCard:
-        """Rebuild from to_dict's output; a missing or extra key is a ValueError naming `source`."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(values, dict) or set(values) != names:
-            given = set(values) if isinstance(values, dict) else set()
-            raise ValueError(f"{source}: the model card must have the keys {sorted(names)}; "
-                             f"missing {sorted(names - given)}, unknown {sorted(given - names)}")
-        return cls(**values)
+        """Rebuild from to_dict's output; a missing required key or an unknown key is a ValueError naming
+        `source` (the optional keys may be missing: exports made before they existed)."""
+        fields = dataclasses.fields(cls)
+        names = {f.name for f in fields}
+        required = {f.name for f in fields if f.default is dataclasses.MISSING}
+        given = set(values) if isinstance(values, dict) else set()
+        if not isinstance(values, dict) or not required <= given <= names:
+            raise ValueError(f"{source}: the model card must have the keys {sorted(required)} (optional: "
+                             f"{sorted(names - required)}); missing {sorted(required - given)}, "
+                             f"unknown {sorted(given - names)}")
+        scores = values.get("holdout_scores")
+        return cls(**{**values, "holdout_scores": None if scores is None else tuple(scores)})
 
     def training_config(self) -> Config:
         """The training config as a Config (validated)."""

@@ -83,19 +83,45 @@ class Predictor:
         backend, card = open_export(Path(path), inference_precision, verify)
         return cls(backend, card, int(card.config.get("data", {}).get("batch_size", 4)))
 
+    def _with_card(self, **changes: Any) -> Predictor:
+        other = Predictor(self.backend, replace(self.card, **changes), self.batch_size)
+        other._config = self._config
+        return other
+
     def with_threshold(self, value: float, source: str) -> Predictor:
         """The same model deciding at another image-score threshold; `source` says where it came from."""
         if not math.isfinite(value):
             raise ConfigError(f"threshold {value} is invalid: it must be a finite number")
-        other = Predictor(self.backend, replace(self.card, threshold=float(value), threshold_source=source),
-                          self.batch_size)
-        other._config = self._config
-        return other
+        return self._with_card(threshold=float(value), threshold_source=source)
+
+    def with_quantile(self, quantile: float) -> Predictor:
+        """The same model deciding at another quantile of its held-out normal images' scores (stored with it)."""
+        if not 0.0 < quantile <= 1.0:
+            raise ConfigError(f"quantile {quantile} is invalid: it must be a number in (0, 1]")
+        scores = self.card.holdout_scores
+        if not scores:
+            raise ConfigError("this model stores no held-out normal scores (trained without a hold-out, or "
+                              "before they were stored), so no quantile of them can be taken: give a "
+                              "threshold instead (--threshold X)")
+        return self.with_threshold(float(np.quantile(np.asarray(scores), quantile)),
+                                   f"quantile {quantile} of the image scores of {len(scores)} held-out normal images")
+
+    def with_pixel_threshold(self, value: float, source: str) -> Predictor:
+        """The same model outlining defects (and making defect masks) at another pixel-score threshold."""
+        if not math.isfinite(value):
+            raise ConfigError(f"pixel threshold {value} is invalid: it must be a finite number")
+        return self._with_card(pixel_threshold=float(value), pixel_threshold_source=source)
 
     # ------------------------------------------------------------------ properties
     @property
     def threshold(self) -> float | None:
         return self.card.threshold
+
+    @property
+    def pixel_threshold(self) -> float | None:
+        """Where a pixel counts as defective (outlines, defect masks); the image threshold for models that
+        store none."""
+        return self.card.pixel_threshold if self.card.pixel_threshold is not None else self.card.threshold
 
     @property
     def crop(self) -> int:
@@ -155,4 +181,5 @@ class Predictor:
         all_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
         input_maps = [map_to_input_size(m, size, self.card.resize, crop) for m, size in zip(all_maps, sizes)]
         return InferenceResult(sources=sources, scores=all_scores, maps=all_maps, input_maps=input_maps,
-                               threshold=self.threshold, decisions=self.decide(all_scores))
+                               threshold=self.threshold, decisions=self.decide(all_scores),
+                               pixel_threshold=self.pixel_threshold)

@@ -6,6 +6,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+DEFECTIVE, GOOD = "defective", "good"
+
+
+def decision_label(score: float, threshold: float | None) -> str | None:
+    """"defective" when the score reaches the threshold, else "good"; None without a threshold."""
+    if threshold is None:
+        return None
+    return DEFECTIVE if score >= threshold else GOOD
+
 
 @dataclass
 class InferenceResult:
@@ -17,6 +26,13 @@ class InferenceResult:
     input_maps: list[np.ndarray]  # the maps on each input's own (H_i, W_i) pixels
     threshold: float | None  # the held-out decision threshold; None when the model has none
     decisions: np.ndarray | None  # (N,) bool, score >= threshold (defective); None without a threshold
+    pixel_threshold: float | None = None  # pixels whose map value reaches it are outlined as defective
 
     def __len__(self) -> int:
         return len(self.sources)
+
+    def defect_masks(self) -> list[np.ndarray] | None:
+        """Per input, on its own pixels: (H_i, W_i) bool, map >= pixel threshold; None without one."""
+        if self.pixel_threshold is None:
+            return None
+        return [m >= self.pixel_threshold for m in self.input_maps]

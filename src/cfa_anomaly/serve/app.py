@@ -31,10 +31,13 @@ from starlette.requests import ClientDisconnect
 
 from cfa_anomaly import __version__
 from cfa_anomaly.config import ConfigError
+from cfa_anomaly.data.images import tensor_to_rgb
+from cfa_anomaly.heatmap import PREDICTED_COLOUR, MapScale, draw_outline, heat_overlay
 from cfa_anomaly.inference import Predictor
+from cfa_anomaly.inference.result import DEFECTIVE, decision_label
 from cfa_anomaly.serve.errors import ServeError
 from cfa_anomaly.serve.limits import BodyLimit
-from cfa_anomaly.serve.uploads import MapScale, decode_image, heat_overlay, png_base64
+from cfa_anomaly.serve.uploads import decode_image, png_base64
 from cfa_anomaly.serve.worker import CpuGate, InferenceWorker, Scored
 
 log = logging.getLogger("cfa_anomaly.serve")
@@ -205,13 +208,16 @@ class Service:
     def _answer(self, prepared: Prepared, scored: Scored, with_map: bool, with_overlay: bool,
                 started: float) -> dict[str, Any]:
         """The JSON of one scored image (thread pool: PNG encoding)."""
-        threshold = self.predictor.threshold
-        defective = None if threshold is None else bool(scored.score >= threshold)
+        threshold, pixel_threshold = self.predictor.threshold, self.predictor.pixel_threshold
+        decision = decision_label(scored.score, threshold)
+        anomaly_map = np.asarray(scored.anomaly_map, dtype=np.float32)
         answer: dict[str, Any] = {
             "score": scored.score,
-            "decision": None if defective is None else ("defective" if defective else "good"),
-            "is_defective": defective,
+            "decision": decision,
+            "is_defective": None if decision is None else decision == DEFECTIVE,
             "threshold": threshold,
+            "pixel_threshold": pixel_threshold,
+            "defect_area": None if pixel_threshold is None else float((anomaly_map >= pixel_threshold).mean()),
             "model_id": self.info.model_id,
             "width": prepared.width,
             "height": prepared.height,
@@ -219,14 +225,16 @@ class Service:
         }
         if with_map or with_overlay:
             scale = MapScale.of(scored.anomaly_map, threshold)
-            pixels = scale.to_uint8(np.asarray(scored.anomaly_map, dtype=np.float32))
+            pixels = scale.to_uint8(anomaly_map)
             size = {"width": int(pixels.shape[1]), "height": int(pixels.shape[0]), "grid": MAP_GRID}
             if with_map:
                 answer["map"] = {"png_base64": png_base64(pixels), **size, "scaling": scale.method,
                                  "low": scale.low, "high": scale.high,
                                  "meaning": "pixel = 255 * clip((value - low) / (high - low), 0, 1)"}
             if with_overlay:
-                overlay = heat_overlay(prepared.image, pixels)
+                overlay = heat_overlay(tensor_to_rgb(prepared.image), pixels)
+                if pixel_threshold is not None:  # the predicted defect's outline, as in the panels
+                    overlay = draw_outline(overlay, anomaly_map >= pixel_threshold, PREDICTED_COLOUR)
                 answer["overlay"] = {"png_base64": png_base64(overlay), **size, "scaling": scale.method}
         answer["elapsed_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
         return answer

@@ -1,20 +1,15 @@
-"""Uploaded bytes -> a checked RGB image, and anomaly maps -> 8-bit PNGs (map and heat overlay)."""
+"""Uploaded bytes -> a checked RGB image; arrays -> base64 PNGs for the answers."""
 
 from __future__ import annotations
 
 import base64
 import io
-from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from cfa_anomaly.data.images import pil_to_rgb
 from cfa_anomaly.serve.errors import ServeError
-
-HEAT_COLOURS = "jet"  # the colour map of the panels (viz.render_panel)
-OVERLAY_ALPHA = 0.5
 
 
 def decode_image(data: bytes, max_pixels: int, name: str = "the upload") -> np.ndarray:
@@ -57,34 +52,3 @@ def png_base64(pixels: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-@dataclass(frozen=True)
-class MapScale:
-    """How map values become 8-bit: pixel = 255 * clip((value - low) / (high - low), 0, 1)."""
-
-    method: str  # "threshold": low 0, high 2 x threshold (the threshold is mid-grey); "range": the map's min..max
-    low: float
-    high: float
-
-    @classmethod
-    def of(cls, anomaly_map: np.ndarray, threshold: float | None) -> MapScale:
-        if threshold is not None and threshold > 0:
-            return cls("threshold", 0.0, 2.0 * float(threshold))
-        low, high = float(anomaly_map.min()), float(anomaly_map.max())
-        return cls("range", low, high)
-
-    def to_uint8(self, anomaly_map: np.ndarray) -> np.ndarray:
-        span = self.high - self.low
-        unit = (anomaly_map - self.low) / span if span > 0 else np.zeros_like(anomaly_map)
-        return (np.clip(unit, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def heat_overlay(cropped: torch.Tensor, map_uint8: np.ndarray) -> np.ndarray:
-    """The model's input (3, crop, crop) in 0..1 under the map's heat colours: (crop, crop, 3) uint8."""
-    from matplotlib import colormaps
-
-    rgb = cropped.permute(1, 2, 0).numpy().astype(np.float32)
-    heat = colormaps[HEAT_COLOURS](map_uint8)[..., :3].astype(np.float32)
-    blend = (1.0 - OVERLAY_ALPHA) * rgb + OVERLAY_ALPHA * heat
-    return (np.clip(blend, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
