@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from conftest import SYNTH_CATEGORY, requires_mobilenet_weights, small_config
 
 from cfa_anomaly import cli
@@ -137,6 +138,19 @@ def test_panels_option(checkpoint, sources, reference, tmp_path, panels):
     drawn = sorted(p.relative_to(tmp_path / "out" / "panels") for p in (tmp_path / "out" / "panels").rglob("*.png")) \
         if (tmp_path / "out" / "panels").exists() else []
     assert drawn == sorted(Path("in") / f"{Path(p).stem}.png" for p in expected)
+
+
+def test_panels_of_inputs_with_the_same_folder_and_stem_do_not_overwrite_each_other(checkpoint, sources, tmp_path):
+    first = copy_images(sources[:1], tmp_path / "a" / "cam")[0]
+    second = copy_images(sources[1:2], tmp_path / "b" / "cam")[0]
+    second = second.rename(second.with_name(first.name))  # b/cam/<same name> as a/cam/<name>
+    other_format = first.with_suffix(".bmp")  # the same stem in the same folder
+    Image.open(first).save(other_format)
+    assert predict(checkpoint, str(first), str(second), str(other_format), "--panels", "all",
+                   "--output", str(tmp_path / "out")) == 0
+    drawn = sorted(p.relative_to(tmp_path / "out" / "panels").as_posix()
+                   for p in (tmp_path / "out" / "panels").rglob("*.png"))
+    assert drawn == [f"cam/{first.stem}-2.png", f"cam/{first.stem}-3.png", f"cam/{first.stem}.png"]
 
 
 def test_maps_are_written_in_shards_that_hold_the_scores(checkpoint, sources, tmp_path):

@@ -237,10 +237,26 @@ class MapShardWriter:
         self._maps, self._paths, self._scores = [], [], []
 
 
+class PanelNames:
+    """<parent folder>/<stem> per image, made unique within a run: a second a/x (a/x.jpg after a/x.png, or
+    two folders named a) becomes a/x-2, so that no panel overwrites another."""
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+
+    def __call__(self, path: str | Path) -> str:
+        name, copy = panel_name(path), 1
+        candidate = name
+        while candidate in self._used:
+            copy += 1
+            candidate = f"{name}-{copy}"
+        self._used.add(candidate)
+        return candidate
+
+
 def write_stream_panel(folder: Path, image: np.ndarray, anomaly_map: np.ndarray, score: float,
-                       threshold: float | None, path: str, pixel_threshold: float | None = None) -> None:
-    """One panel (input | heatmap | predicted outline) as folder/<parent>/<stem>.png, drawn right away."""
-    name = panel_name(path)
+                       threshold: float | None, name: str, pixel_threshold: float | None = None) -> None:
+    """One panel (input | heatmap | predicted outline) as folder/<name>.png, drawn right away."""
     scale = MapScale.of(anomaly_map, threshold)  # 0 .. 2 x threshold: streamed panels are comparable
     panel = viz.render_panel(image, anomaly_map, score, threshold, (scale.low, scale.high),
                              title=name, pixel_threshold=pixel_threshold)

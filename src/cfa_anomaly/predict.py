@@ -20,7 +20,7 @@ from cfa_anomaly.data.images import tensor_to_rgb
 from cfa_anomaly.data.samples import IMAGE_EXTENSIONS, DatasetError, list_images
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.inference.result import DEFECTIVE, decision_label
-from cfa_anomaly.outputs import MAPS_SHARD_SIZE, MapShardWriter, ScoreRowWriter, write_stream_panel
+from cfa_anomaly.outputs import MAPS_SHARD_SIZE, MapShardWriter, PanelNames, ScoreRowWriter, write_stream_panel
 
 
 def _folder_images(folder: Path, recursive: bool) -> list[Path]:
@@ -117,6 +117,7 @@ class _PredictionSink:
         self.maps = (MapShardWriter(output, options.shard_size, self.pixel_threshold) if options.maps == "npz"
                      else None)
         self.summary = PredictSummary()
+        self.panel_names = PanelNames()
 
     def skip(self, path: Path, reason: str) -> None:
         self.rows.write(str(path), None, "", error=reason)
@@ -133,7 +134,7 @@ class _PredictionSink:
             self.maps.add(str(path), anomaly_map, score)
         if self.panels == "all" or (self.panels == "defects" and defective):
             write_stream_panel(self.output / "panels", tensor_to_rgb(image), anomaly_map, score, self.threshold,
-                               str(path), self.pixel_threshold)
+                               self.panel_names(path), self.pixel_threshold)
             self.summary.panels += 1
 
     def close(self, complete: bool) -> PredictSummary:
