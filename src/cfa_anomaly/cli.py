@@ -73,7 +73,8 @@ FOLDER_OPTIONS = ("normal_dir", "abnormal_dir", "normal_test_dir", "mask_dir")
 def folder_overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """(--normal-dir and the other folder options as data.* overrides, the run's default name before --set).
 
-    The run is named by --category, else by a --set data.category, else after normal-dir's parent folder.
+    With --normal-dir the run is named by --category, else by a --set data.category, else after
+    normal-dir's parent folder (also over a YAML's data.category: the command line wins).
     """
     given = [f"data.{key}={getattr(args, key)}" for key in FOLDER_OPTIONS if getattr(args, key)]
     if not given:
@@ -81,7 +82,7 @@ def folder_overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     if args.data_root:
         raise ConfigError("--data-root applies to the MVTec layout; with --normal-dir and the other folder "
                           "options leave it out")
-    name = []
+    name: list[str] = []
     if args.normal_dir and not args.category:
         name = [f"data.category={Path(args.normal_dir).expanduser().resolve().parent.name or 'folder'}"]
     return ["data.layout=folder", *given], name
