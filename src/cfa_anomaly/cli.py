@@ -30,7 +30,18 @@ DEMO_CATEGORY = "synthetic"
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by `cfa train` and main.py."""
     parser.add_argument("--data_root", "--data-root", dest="data_root", help="folder holding <category>/")
-    parser.add_argument("--category", help="category folder name (overrides data.category)")
+    parser.add_argument("--category", help="category folder name (overrides data.category); with "
+                        "--normal-dir: the run's name (default: the name of normal-dir's parent folder)")
+    folders = parser.add_argument_group(
+        "folder layout", "your own folders instead of MVTec's <root>/<category>/ (sets data.layout=folder "
+        "and the data.*_dir keys; relative paths are relative to the current folder)")
+    folders.add_argument("--normal-dir", help="defect-free training images")
+    folders.add_argument("--abnormal-dir",
+                         help="defective test images, directly or in one sub-folder per defect type")
+    folders.add_argument("--normal-test-dir", help="defect-free test images (default: "
+                         "data.normal_test_fraction of --normal-dir, never trained on)")
+    folders.add_argument("--mask-dir", help="masks <stem>.png or <stem>_mask.png, in abnormal-dir's "
+                         "sub-folders if it has them (optional: without masks, image metrics only)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value, e.g. --set model.backbone=mobilenet_v2 (repeatable)")
     parser.add_argument("--resume", metavar="RUN_DIR",
@@ -56,8 +67,30 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output")
 
 
+FOLDER_OPTIONS = ("normal_dir", "abnormal_dir", "normal_test_dir", "mask_dir")
+
+
+def folder_overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """(--normal-dir and the other folder options as data.* overrides, the run's default name before --set).
+
+    With --normal-dir the run is named by --category, else by a --set data.category, else after
+    normal-dir's parent folder (also over a YAML's data.category: the command line wins).
+    """
+    given = [f"data.{key}={getattr(args, key)}" for key in FOLDER_OPTIONS if getattr(args, key)]
+    if not given:
+        return [], []
+    if args.data_root:
+        raise ConfigError("--data-root applies to the MVTec layout; with --normal-dir and the other folder "
+                          "options leave it out")
+    name: list[str] = []
+    if args.normal_dir and not args.category:
+        name = [f"data.category={Path(args.normal_dir).expanduser().resolve().parent.name or 'folder'}"]
+    return ["data.layout=folder", *given], name
+
+
 def config_from_args(config_path: str | None, args: argparse.Namespace) -> Config:
-    overrides = list(args.overrides)
+    folders, name = folder_overrides(args)
+    overrides = [*name, *args.overrides, *folders]
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
     if args.category:
@@ -76,7 +109,9 @@ def run_training(cfg: Config, args: argparse.Namespace, run_test: bool = True) -
 
     split = check_data(cfg, run_test)  # a missing or broken dataset fails before an output folder is made
     output = output_folder(args, cfg.output_dir, cfg.data.category)
-    print(f"training CFA ({cfg.model.backbone}) on {Path(cfg.data.root) / cfg.data.category}; output: {output}")
+    source = (f"{cfg.data.normal_dir} (folder layout)" if cfg.data.layout == "folder"
+              else Path(cfg.data.root) / cfg.data.category)
+    print(f"training CFA ({cfg.model.backbone}) on {source}; output: {output}")
     report = train_and_test(cfg, output, run_test=run_test, split=split)
     if run_test:
         print_report(report, output)
@@ -238,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train on <root>/<category>/train/good, then test")
+    train = commands.add_parser("train",
+                                help="train on <root>/<category>/train/good (or --normal-dir), then test")
     train.add_argument("--config", help="YAML config (e.g. configs/anomaly/unsupervised/cfa/bottle.yaml)")
     train.add_argument("--no-test", action="store_true", help="train and save the checkpoint only")
     add_config_arguments(train)
@@ -246,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     test = commands.add_parser("test", help="evaluate a checkpoint or an exported model on its category's test split")
     add_model_arguments(test)
-    test.add_argument("--data_root", "--data-root", dest="data_root", help="override the data root")
+    test.add_argument("--data_root", "--data-root", dest="data_root",
+                      help="override the data root (MVTec layout; a folder-layout model tests on its own "
+                           "folders)")
     add_output_arguments(test)
     test.set_defaults(func=cmd_test)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ MVTEC_CATEGORIES: tuple[str, ...] = (
 
 
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "mixed", "bfloat16")
+LAYOUTS: tuple[str, ...] = ("mvtec", "folder")
+FOLDER_KEYS: tuple[str, ...] = ("normal_dir", "abnormal_dir", "normal_test_dir", "mask_dir")
 
 
 class ConfigError(ValueError):
@@ -25,8 +28,22 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    root: str = "data/mvtec_ad"  # folder that holds <category>/train, <category>/test, <category>/ground_truth
-    category: str = "bottle"
+    # mvtec: <root>/<category>/{train/good, test/<type>, ground_truth/<defect>}. folder: the *_dir keys below.
+    layout: str = "mvtec"
+    root: str = "data/mvtec_ad"  # mvtec layout: folder that holds <category>/train, test, ground_truth
+    category: str = "bottle"  # the category folder (mvtec layout) and the run's name in outputs and tables
+    # Folder layout (data.layout=folder). Relative paths are relative to the current folder, as on the
+    # command line (data.root is not used). normal_dir: defect-free training images (required).
+    # abnormal_dir: defective test images, directly or in one sub-folder per defect type (without it there
+    # is no test split). normal_test_dir: defect-free test images; when absent, a fixed seeded
+    # normal_test_fraction of normal_dir is tested instead (the same whatever train.seed; never trained on).
+    # mask_dir: masks named <stem>.png or <stem>_mask.png, in abnormal_dir's sub-folders if it has them;
+    # without masks (or a sub-folder of them) defective images get image metrics only.
+    normal_dir: str | None = None
+    abnormal_dir: str | None = None
+    normal_test_dir: str | None = None
+    mask_dir: str | None = None
+    normal_test_fraction: float = 0.2
     resize: int = 256
     crop: int = 224
     batch_size: int = 4
@@ -105,6 +122,8 @@ class Config:
             ("data.batch_size", self.data.batch_size > 0, "a positive integer"),
             ("data.num_workers", self.data.num_workers >= 0, "an integer >= 0"),
             ("data.holdout_fraction", 0.0 <= self.data.holdout_fraction <= 0.5, "a number from 0 to 0.5"),
+            ("data.normal_test_fraction", 0.0 < self.data.normal_test_fraction <= 0.5,
+             "a number above 0 and at most 0.5"),
             ("evaluation.threshold_quantile", 0.0 < self.evaluation.threshold_quantile <= 1.0,
              "a number in (0, 1]"),
             ("evaluation.pixel_threshold_quantile", 0.0 < self.evaluation.pixel_threshold_quantile <= 1.0,
@@ -130,6 +149,7 @@ class Config:
         for key, ok, allowed in checks:
             if not ok:
                 raise ConfigError(f"{key} = {_get(self, key)!r} is invalid: it must be {allowed}")
+        _check_layout(self.data)
         if self.model.pretrained is False and self.model.weights:
             raise ConfigError("model.weights is set but model.pretrained is false: remove one of them")
         from cfa_anomaly.backbones import BACKBONES  # the registry is the one list of names
@@ -157,6 +177,32 @@ class Config:
                 f"(crop {self.data.crop}px, gamma_c {self.model.gamma_c}); lower K/J or gamma_c"
             )
         return self
+
+
+def _check_layout(data: DataConfig) -> None:
+    """data.layout and its folder keys: required ones set, unused ones absent, every folder separate."""
+    if data.layout not in LAYOUTS:
+        raise ConfigError(f"data.layout = {data.layout!r} is invalid: use one of {', '.join(LAYOUTS)}")
+    given = {f"data.{key}": getattr(data, key) for key in FOLDER_KEYS if getattr(data, key)}
+    if data.layout == "mvtec":
+        if given:
+            raise ConfigError(f"{next(iter(given))} is set but data.layout is 'mvtec': set "
+                              "data.layout=folder (cfa train --normal-dir does) or remove it")
+        return
+    if not data.normal_dir:
+        raise ConfigError("data.layout is 'folder' but data.normal_dir is not set: give the folder of "
+                          "defect-free training images (cfa train --normal-dir DIR)")
+    for key in ("normal_test_dir", "mask_dir"):
+        if getattr(data, key) and not data.abnormal_dir:
+            raise ConfigError(f"data.{key} is set but data.abnormal_dir is not: a test split needs defective "
+                              f"images; set data.abnormal_dir (--abnormal-dir) or remove data.{key}")
+    if data.holdout_dir:
+        given["data.holdout_dir"] = data.holdout_dir
+    resolved = {key: Path(value).expanduser().resolve() for key, value in given.items()}
+    for (key_a, a), (key_b, b) in itertools.combinations(resolved.items(), 2):
+        if a.is_relative_to(b) or b.is_relative_to(a):
+            raise ConfigError(f"{key_a} = {given[key_a]!r} and {key_b} = {given[key_b]!r} overlap (the same "
+                              "folder, or one inside the other): give each its own folder")
 
 
 def _get(cfg: Config, dotted: str) -> Any:

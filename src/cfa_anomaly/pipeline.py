@@ -12,10 +12,11 @@ import torch
 
 from cfa_anomaly import __version__
 from cfa_anomaly.checkpoint import restore_model, save_checkpoint
-from cfa_anomaly.config import Config, save_config
+from cfa_anomaly.config import Config, ConfigError, save_config
 from cfa_anomaly.data.dataset import AnomalyDataset, make_loader
+from cfa_anomaly.data.folder import dataset_samples
 from cfa_anomaly.data.images import unreadable
-from cfa_anomaly.data.samples import DatasetError, Sample, folder_samples, make_samples, split_holdout
+from cfa_anomaly.data.samples import DatasetError, Sample, Split, folder_samples, split_holdout
 from cfa_anomaly.evaluate import Predictions, compute_test_metrics, predict
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.io_utils import atomic_write_json
@@ -44,13 +45,14 @@ def _loader_of(samples, cfg: Config):
                        cfg.data.num_workers)
 
 
-def _loader(cfg: Config, split: str):
-    return _loader_of(make_samples(cfg.data.root, cfg.data.category, split), cfg)
+def _loader(cfg: Config, split: Split):
+    return _loader_of(dataset_samples(cfg.data, split), cfg)
 
 
 def training_split(cfg: Config) -> tuple[list[Sample], list[Sample]]:
-    """(training images, held-out normal images for the threshold), as the config asks."""
-    samples = make_samples(cfg.data.root, cfg.data.category, "train")
+    """(training images, held-out normal images for the threshold), as the config asks; in the folder layout
+    both come from normal_dir less the images it gives to the test split."""
+    samples = dataset_samples(cfg.data, "train")
     if cfg.data.holdout_dir:
         return samples, folder_samples(cfg.data.holdout_dir)
     return split_holdout(samples, cfg.data.holdout_fraction, cfg.train.seed)
@@ -167,7 +169,7 @@ def check_data(cfg: Config, run_test: bool = True) -> tuple[list[Sample], list[S
     """
     train, holdout = training_split(cfg)
     if run_test:
-        test = make_samples(cfg.data.root, cfg.data.category, "test")
+        test = dataset_samples(cfg.data, "test")
         bad = _bad_files(test)
         if bad:
             raise DatasetError(f"{len(bad)} unreadable test file(s), e.g. {bad[0][0]}: {bad[0][1]}; "
@@ -176,7 +178,7 @@ def check_data(cfg: Config, run_test: bool = True) -> tuple[list[Sample], list[S
         if maskless:  # allowed (image metrics need no masks), but said up front
             kinds = ", ".join(sorted({s.defect_type for s in maskless}))
             print(f"{len(maskless)} of {sum(s.label for s in test)} defective test image(s) have no mask (no "
-                  f"ground_truth folder for: {kinds}): image AUROC only, the pixel metrics stay undefined",
+                  f"mask folder for: {kinds}): image AUROC only, the pixel metrics stay undefined",
                   file=sys.stderr)
     bad = _bad_files(train + holdout)
     if bad and not cfg.data.skip_bad_images:
@@ -230,9 +232,14 @@ def load_model(checkpoint: Path, device_name: str = "auto") -> tuple[CFA, Config
 
 def evaluate_predictor(predictor: Predictor, output: Path, data_root: str | None = None,
                        source: str | Path | None = None) -> dict[str, Any]:
-    """Test a trained model (checkpoint or export) on its category's test split (or the same category
-    under data_root); source: what it was loaded from, recorded in metrics.json."""
+    """Test a trained model (checkpoint or export) on the test split of the data it was trained on (or, MVTec
+    layout, the same category under data_root); source: what it was loaded from, recorded in metrics.json."""
     cfg = predictor.config
+    if data_root and cfg.data.layout != "mvtec":
+        raise ConfigError(f"--data-root applies to the MVTec layout; this model was trained on the "
+                          f"{cfg.data.layout} layout and is tested on its own folders (data.abnormal_dir = "
+                          f"{cfg.data.abnormal_dir!r}, data.normal_test_dir = {cfg.data.normal_test_dir!r}): "
+                          "leave --data-root out")
     if data_root:
         cfg.data.root = data_root
     return evaluate_and_write(predictor, cfg, output, extra={"model": str(source)} if source else None)

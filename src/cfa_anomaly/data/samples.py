@@ -10,6 +10,7 @@ Layout (MVTec AD, or a user's own product in the same shape)::
 Masks are optional per defect type: a category without ground_truth/, or a defect type without its
 ground_truth/<defect>/ folder, indexes its defective images with mask=None (image metrics only). Inside an
 existing ground_truth/<defect>/ folder every image needs its mask (a missing one is a naming mistake).
+Folders of the user's choice (data.layout=folder) are indexed by cfa_anomaly.data.folder.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+Split = Literal["train", "test"]
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 GOOD = "good"
 
@@ -49,10 +51,10 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def _mask_stem(mask: Path) -> str:
-    return mask.stem[: -len("_mask")] if mask.stem.endswith("_mask") else mask.stem
+    return mask.stem.removesuffix("_mask")
 
 
-def _pair_masks(images: list[Path], mask_folder: Path) -> list[Path]:
+def pair_masks(images: list[Path], mask_folder: Path) -> list[Path]:
     """Return the mask of each image; every image needs exactly one mask and every mask an image."""
     masks_by_stem: dict[str, Path] = {}
     for mask in list_images(mask_folder):
@@ -70,7 +72,7 @@ def _pair_masks(images: list[Path], mask_folder: Path) -> list[Path]:
             )
         paired.append(mask)
     if masks_by_stem:
-        orphan = sorted(masks_by_stem.values())[0]
+        orphan = min(masks_by_stem.values())
         raise DatasetError(f"mask without an image: {orphan} (no image with stem {_mask_stem(orphan)!r} "
                            f"in {images[0].parent if images else 'the test folder'})")
     return paired
@@ -90,7 +92,7 @@ def category_dir(root: str | Path, category: str) -> Path:
     return folder
 
 
-def make_samples(root: str | Path, category: str, split: Literal["train", "test"]) -> list[Sample]:
+def make_samples(root: str | Path, category: str, split: Split) -> list[Sample]:
     """Index one split of a category; raises DatasetError naming the file when the layout is broken."""
     folder = category_dir(root, category) / split
     if not folder.is_dir():
@@ -112,7 +114,7 @@ def make_samples(root: str | Path, category: str, split: Literal["train", "test"
             continue
         mask_folder = folder.parent / "ground_truth" / defect_dir.name
         if mask_folder.is_dir():
-            masks: list[Path | None] = list(_pair_masks(images, mask_folder))
+            masks: list[Path | None] = list(pair_masks(images, mask_folder))
         else:  # no masks for this defect type (or the whole category): image-level ground truth only
             masks = [None] * len(images)
         samples += [Sample(image=i, mask=m, label=1, defect_type=defect_dir.name) for i, m in zip(images, masks)]
@@ -126,15 +128,17 @@ def missing_masks(samples: list[Sample]) -> list[Sample]:
     return [s for s in samples if not s.mask_known]
 
 
-def split_holdout(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """A seeded random fraction of the training images, held out to set the decision threshold."""
+def split_holdout(samples: list[Sample], fraction: float, seed: int, purpose: str = "for the threshold",
+                  remedy: str = "set data.holdout_fraction=0") -> tuple[list[Sample], list[Sample]]:
+    """(kept, held out): a seeded random fraction of the images held out, by default to set the decision
+    threshold; both keep the original order. purpose and remedy word the error when too few are given."""
     if fraction <= 0:
         return list(samples), []
     count = max(1, round(fraction * len(samples)))
     if count >= len(samples):
         raise DatasetError(
-            f"only {len(samples)} training image(s): too few to hold out {fraction:.0%} for the threshold; "
-            "add images or set data.holdout_fraction=0"
+            f"only {len(samples)} image(s): too few to hold out {fraction:.0%} {purpose}; "
+            f"add images or {remedy}"
         )
     order = list(range(len(samples)))
     random.Random(seed).shuffle(order)
