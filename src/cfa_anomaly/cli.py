@@ -9,21 +9,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cfa_anomaly import __version__
-from cfa_anomaly.backbones import BackboneError
-from cfa_anomaly.checkpoint import CheckpointError
 from cfa_anomaly.config import MVTEC_CATEGORIES, Config, ConfigError, load_config
 from cfa_anomaly.data.samples import DatasetError
-from cfa_anomaly.evaluate import EvaluationError
+from cfa_anomaly.errors import CfaError
 from cfa_anomaly.inference.errors import ExportError
-from cfa_anomaly.model.factory import DeviceError
 from cfa_anomaly.outputs import OutputExistsError, new_run_dir, prepare_output_dir
-from cfa_anomaly.train import TrainingError
 
 if TYPE_CHECKING:
     from cfa_anomaly.predict import PredictOptions, PredictSummary
 
-USER_ERRORS = (ConfigError, DatasetError, BackboneError, CheckpointError, TrainingError, OutputExistsError,
-               EvaluationError, ExportError, DeviceError)
 DEMO_CATEGORY = "synthetic"
 
 
@@ -308,7 +302,7 @@ def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except USER_ERRORS as err:
+    except CfaError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

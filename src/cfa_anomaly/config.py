@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from cfa_anomaly.errors import CfaError
+
 MVTEC_CATEGORIES: tuple[str, ...] = (
     "carpet", "grid", "leather", "tile", "wood",
     "bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "transistor", "zipper",
@@ -19,7 +21,7 @@ MVTEC_CATEGORIES: tuple[str, ...] = (
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "mixed", "bfloat16")
 
 
-class ConfigError(ValueError):
+class ConfigError(CfaError, ValueError):
     """A configuration file or value that cannot be used; the message names the key."""
 
 

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cfa_anomaly import metrics
+from cfa_anomaly.errors import CfaError
 from cfa_anomaly.inference import Predictor
 
 
@@ -77,7 +78,7 @@ def predict(predictor: Predictor, loader: DataLoader, desc: str = "test") -> Pre
     )
 
 
-class EvaluationError(ValueError):
+class EvaluationError(CfaError, ValueError):
     """Scores that cannot be evaluated honestly (e.g. not finite); the message says which images."""
 
 

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from cfa_anomaly.config import Config
+from cfa_anomaly.errors import CfaError
 from cfa_anomaly.io_utils import atomic_write
 from cfa_anomaly.model import CFA
 from cfa_anomaly.model.cfa import Layers
@@ -20,7 +21,7 @@ from cfa_anomaly.model.memory_bank import build_memory_bank
 from cfa_anomaly.runtime import synchronize
 
 
-class TrainingError(RuntimeError):
+class TrainingError(CfaError, RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message says why."""
 
 
