@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+
 import pytest
 
 import cfa_anomaly
-from cfa_anomaly import cli
+from cfa_anomaly import cli, console
 from cfa_anomaly.backbones import BackboneError
 from cfa_anomaly.checkpoint import CheckpointError
-from cfa_anomaly.config import ConfigError
+from cfa_anomaly.config import ConfigError, load_config
 from cfa_anomaly.data.samples import DatasetError
 from cfa_anomaly.errors import CfaError
 from cfa_anomaly.evaluate import EvaluationError
@@ -19,8 +23,8 @@ from cfa_anomaly.train import TrainingError
 
 # each user error and the built-in base it keeps, so `except ValueError` elsewhere still catches it
 USER_ERRORS = {
-    BackboneError: RuntimeError, CheckpointError: ValueError, ConfigError: ValueError, DatasetError: ValueError,
-    DeviceError: ValueError, EvaluationError: ValueError, ExportError: ValueError,
+    BackboneError: RuntimeError, CheckpointError: ValueError, ConfigError: ValueError,
+    DatasetError: ValueError, DeviceError: ValueError, EvaluationError: ValueError, ExportError: ValueError,
     OutputExistsError: FileExistsError, TrainingError: RuntimeError,
 }
 
@@ -37,3 +41,84 @@ def test_a_user_error_exits_2_with_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "model.bogus_key" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """The cfa command sets the package logger's level and a stderr handler; later tests start anew."""
+    package = logging.getLogger(console.PACKAGE_LOGGER)
+    level = package.level
+    yield
+    package.setLevel(level)
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h.get_name() == console.HANDLER_NAME]:
+        root.removeHandler(handler)
+
+
+METRICS = {"image_auroc": 0.9, "pixel_auroc": 0.8, "pixel_f1_max": 0.5, "aupro": 0.7}
+
+
+def finished_category(root: Path, output: Path, category: str) -> None:
+    """A category an earlier benchmark finished (its metrics.json): `cfa benchmark` reuses it, no training."""
+    cfg = load_config(None, [f"data.root={root}", f"data.category={category}"])
+    (output / category).mkdir(parents=True)
+    (output / category / "metrics.json").write_text(json.dumps({"config": cfg.to_dict(), "metrics": METRICS}))
+
+
+def benchmark(tmp_path: Path, before: tuple[str, ...] = (), after: tuple[str, ...] = (),
+              categories: tuple[str, ...] = ("done_part",)) -> int:
+    """`cfa [before] benchmark ... [after]` over tmp_path/data into tmp_path/bench."""
+    paths = ["--root", str(tmp_path / "data"), "--output", str(tmp_path / "bench"),
+             "--config-dir", str(tmp_path)]
+    return cli.main([*before, "benchmark", *paths, "--categories", *categories, *after])
+
+
+@pytest.fixture
+def reusable(tmp_path: Path) -> Path:
+    finished_category(tmp_path / "data", tmp_path / "bench", "done_part")
+    return tmp_path
+
+
+def test_progress_messages_go_to_stderr_and_results_to_stdout(reusable, capsys):
+    assert benchmark(reusable) == 0
+    out, err = capsys.readouterr()
+    assert "[done_part] finished earlier: reusing" in err
+    assert "1 of 1 categories" in out and "finished earlier" not in out
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_shows_no_progress_messages(reusable, capsys, where):
+    quiet = {"before": {"before": ("-q",)}, "after": {"after": ("--quiet",)}}[where]
+    assert benchmark(reusable, **quiet) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "1 of 1 categories" in out
+
+
+def test_verbose_shows_debug_messages(reusable, caplog):
+    caplog.set_level(logging.DEBUG)
+    assert benchmark(reusable, before=("-v",)) == 0
+    assert logging.getLogger("cfa_anomaly.benchmark").isEnabledFor(logging.DEBUG)
+    assert any(r.levelno == logging.DEBUG and r.name.startswith("cfa_anomaly") for r in caplog.records)
+
+
+def test_verbose_and_quiet_together_are_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["-v", "-q", "--version"])
+    assert exit_info.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+def test_warnings_say_so_and_progress_lines_do_not(capsys):
+    console.configure_logging(logging.INFO)
+    logging.getLogger("cfa_anomaly.pipeline").info("[part] training")
+    logging.getLogger("cfa_anomaly.pipeline").warning("2 images have no mask")
+    assert capsys.readouterr().err == "[part] training\nWARNING: 2 images have no mask\n"
+
+
+@pytest.mark.parametrize(("level", "disable"),
+                         [(logging.INFO, None), (logging.DEBUG, None), (logging.WARNING, True)])
+def test_progress_bars_hide_under_quiet(monkeypatch, level, disable):
+    seen = {}
+    monkeypatch.setattr(console, "tqdm", lambda items, **options: seen.update(options) or items)
+    console.configure_logging(level)
+    assert list(console.progress([1, 2], desc="train", unit="epoch")) == [1, 2]
+    assert seen["disable"] is disable  # None: tqdm shows the bar on a terminal only

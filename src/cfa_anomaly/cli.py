@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from cfa_anomaly import __version__
 from cfa_anomaly.config import MVTEC_CATEGORIES, Config, ConfigError, load_config
+from cfa_anomaly.console import configure_logging
 from cfa_anomaly.data.samples import DatasetError
 from cfa_anomaly.errors import CfaError
 from cfa_anomaly.inference.errors import ExportError
@@ -19,6 +21,16 @@ if TYPE_CHECKING:
     from cfa_anomaly.predict import PredictOptions, PredictSummary
 
 DEMO_CATEGORY = "synthetic"
+log = logging.getLogger(__name__)
+
+
+def add_verbosity_arguments(parser: argparse.ArgumentParser, default: int | str = logging.INFO) -> None:
+    """-v / -q; on a sub-command (default SUPPRESS) they override the ones given before it."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG,
+                       default=default, help="also show debug messages")
+    group.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.WARNING,
+                       default=default, help="only warnings and errors: no progress messages or bars")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +82,8 @@ def run_training(cfg: Config, args: argparse.Namespace, run_test: bool = True) -
 
     split = check_data(cfg, run_test)  # a missing or broken dataset fails before an output folder is made
     output = output_folder(args, cfg.output_dir, cfg.data.category)
-    print(f"training CFA ({cfg.model.backbone}) on {Path(cfg.data.root) / cfg.data.category}; output: {output}")
+    data = Path(cfg.data.root) / cfg.data.category
+    log.info("training CFA (%s) on %s; output: %s", cfg.model.backbone, data, output)
     report = train_and_test(cfg, output, run_test=run_test, split=split)
     if run_test:
         print_report(report, output)
@@ -95,7 +108,7 @@ def resume_training(args: argparse.Namespace) -> None:
     folder = Path(args.resume)
     state = read_training_state(folder / TRAIN_STATE_NAME)
     cfg = config_from_dict(state["config"])
-    print(f"resuming {folder} after epoch {state['epoch']} of {cfg.train.epochs}")
+    log.info("resuming %s after epoch %s of %s", folder, state["epoch"], cfg.train.epochs)
     report = train_and_test(cfg, folder, run_test=not args.no_test, resume=state)
     if not args.no_test:
         print_report(report, folder)
@@ -138,7 +151,7 @@ def predict_options(args: argparse.Namespace) -> PredictOptions:
 
 
 def print_predict_summary(summary: PredictSummary, output: Path, engine: str) -> None:
-    """One line of results on stdout; the unreadable files, if any, on stderr."""
+    """One line of results on stdout; the unreadable files, if any, in a warning."""
     flagged = f", {summary.flagged} flagged defective" if summary.scored else ""
     print(f"scored {summary.scored} of {summary.images} images{flagged} with {engine} "
           f"({summary.images_per_second:.1f} images/s scoring); written to {output}: "
@@ -148,8 +161,8 @@ def print_predict_summary(summary: PredictSummary, output: Path, engine: str) ->
     if summary.skipped:
         listing = "\n  ".join(f"{path}: {reason}" for path, reason in summary.skipped[:20])
         more = f"\n  ... and {len(summary.skipped) - 20} more" if len(summary.skipped) > 20 else ""
-        print(f"skipped {len(summary.skipped)} unreadable file(s) (rows with an error in the scores file):\n  "
-              f"{listing}{more}", file=sys.stderr)
+        log.warning("skipped %d unreadable file(s) (rows with an error in the scores file):\n  %s%s",
+                    len(summary.skipped), listing, more)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -202,7 +215,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     seed = load_config(None, demo_overrides(args.overrides)).train.seed  # validate before generating anything
     categories = [f"{DEMO_CATEGORY}_{kind}" for kind in args.kinds]
     for kind, category in zip(args.kinds, categories):
-        print(f"generating a synthetic {kind} dataset in {data_root / category}")
+        log.info("generating a synthetic %s dataset in %s", kind, data_root / category)
         generate_dataset(data_root, category=category, kind=kind, seed=seed)
     summary = run_benchmark(data_root, output, categories, demo_overrides(args.overrides), config_dir=None)
     print((output / "results.md").read_text().split("Avg is the mean")[0])
@@ -226,6 +239,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cfa", description="CFA anomaly detection and localization")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_verbosity_arguments(parser)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train on <root>/<category>/train/good, then test")
@@ -295,11 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     add_output_arguments(demo)
     demo.set_defaults(func=cmd_demo)
+    for command in commands.choices.values():  # -v / -q after the sub-command too
+        add_verbosity_arguments(command, default=argparse.SUPPRESS)
+    serve.set_defaults(log_timestamps=True)  # a long-running service: time, level and logger on each line
     return parser
 
 
 def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
     args = parser.parse_args(argv)
+    configure_logging(getattr(args, "log_level", logging.INFO), getattr(args, "log_timestamps", False))
+    log.debug("cfa %s: %s", __version__, {k: v for k, v in vars(args).items() if k != "func"})
     try:
         args.func(args)
     except CfaError as err:
