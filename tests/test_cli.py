@@ -1,4 +1,4 @@
-"""The `cfa` command's manners: user errors, exit codes and how much it says (-v / -q). Fast: no training."""
+"""The `cfa` command's manners: user errors, exit codes and how much it says (-v / -q); one tiny training."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from conftest import SYNTH_CATEGORY, requires_mobilenet_weights, small_overrides
 
 import cfa_anomaly
 from cfa_anomaly import cli, console
@@ -19,6 +20,7 @@ from cfa_anomaly.evaluate import EvaluationError
 from cfa_anomaly.inference.errors import ExportError
 from cfa_anomaly.model.factory import DeviceError
 from cfa_anomaly.outputs import OutputExistsError
+from cfa_anomaly.report import column_title
 from cfa_anomaly.train import TrainingError
 
 # each user error and the built-in base it keeps, so `except ValueError` elsewhere still catches it
@@ -122,3 +124,44 @@ def test_progress_bars_hide_under_quiet(monkeypatch, level, disable):
     console.configure_logging(level)
     assert list(console.progress([1, 2], desc="train", unit="epoch")) == [1, 2]
     assert seen["disable"] is disable  # None: tqdm shows the bar on a terminal only
+
+
+def test_benchmark_exits_1_naming_the_categories_without_results(reusable, capsys):
+    (reusable / "bad_config.yaml").write_text("model:\n  bogus_key: 3\n")  # a config error: "failed"
+    code = benchmark(reusable, categories=("done_part", "absent_part", "bad_config"))  # absent: "skipped"
+    out, err = capsys.readouterr()
+    assert code == cli.EXIT_CATEGORIES_FAILED
+    assert "1 of 3 categories" in out
+    assert "2 of 3 categories have no results" in err
+    assert "absent_part: skipped: dataset not found" in err and "bad_config: config error" in err
+    summary = json.loads((reusable / "bench" / "summary.json").read_text())
+    assert summary["status"] == {"done_part": "reused", "absent_part": "skipped", "bad_config": "failed"}
+    assert column_title("done_part") in (reusable / "bench" / "results.md").read_text()
+
+
+@requires_mobilenet_weights
+def test_benchmark_with_a_missing_category_trains_the_other_and_exits_1(synth_root, tmp_path, capsys):
+    overrides = [o for o in small_overrides(synth_root, **{"train.epochs": "1"}) if not o.startswith("data.")]
+    sets = [arg for item in [*overrides, "data.resize=72", "data.crop=64"] for arg in ("--set", item)]
+    output = tmp_path / "bench"
+    code = cli.main(["-q", "benchmark", "--root", str(synth_root), "--output", str(output), "--config-dir",
+                     str(tmp_path), "--categories", SYNTH_CATEGORY, "absent_part", *sets])
+    out, err = capsys.readouterr()
+    assert code == cli.EXIT_CATEGORIES_FAILED
+    assert (output / SYNTH_CATEGORY / "metrics.json").is_file() and "1 of 2 categories" in out
+    assert "absent_part: skipped" in err and f"[{SYNTH_CATEGORY}]" not in err  # -q: no progress lines
+
+
+def test_demo_exits_1_when_a_category_failed(tmp_path, monkeypatch, capsys):
+    import cfa_anomaly.benchmark
+    import cfa_anomaly.data.synthetic
+
+    def broken_benchmark(root, output, categories, overrides, config_dir):
+        (output / "results.md").write_text("| tables |\n")
+        return {"results": {}, "problems": {categories[0]: "failed: TrainingError: the loss became nan"},
+                "status": {categories[0]: "failed"}}
+
+    monkeypatch.setattr(cfa_anomaly.data.synthetic, "generate_dataset", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cfa_anomaly.benchmark, "run_benchmark", broken_benchmark)
+    assert cli.main(["demo", "--kinds", "texture", "--output", str(tmp_path / "demo")]) == 1
+    assert "synthetic_texture: failed: TrainingError" in capsys.readouterr().err

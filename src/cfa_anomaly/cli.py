@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cfa_anomaly import __version__
 from cfa_anomaly.config import MVTEC_CATEGORIES, Config, ConfigError, load_config
@@ -21,6 +21,13 @@ if TYPE_CHECKING:
     from cfa_anomaly.predict import PredictOptions, PredictSummary
 
 DEMO_CATEGORY = "synthetic"
+EXIT_OK, EXIT_CATEGORIES_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES = """exit codes:
+  0    done
+  1    cfa benchmark / demo: some category failed or was skipped (listed on stderr; the others' results
+       are written); also an unexpected error (with a traceback)
+  2    a problem to fix: the message names the file, folder or key; or a wrong command line
+  130  interrupted (Ctrl-C)"""
 log = logging.getLogger(__name__)
 
 
@@ -206,7 +213,17 @@ def demo_overrides(extra: Sequence[str]) -> list[str]:
     return ["model.backbone=mobilenet_v2", "train.epochs=30", "data.holdout_fraction=0.2", *extra]
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
+def report_problems(summary: dict[str, Any], requested: int) -> int:
+    """List the categories without results (failed or skipped) on stderr; the exit code of the run."""
+    problems = summary["problems"]
+    if not problems:
+        return EXIT_OK
+    listing = "\n  ".join(f"{category}: {reason}" for category, reason in problems.items())
+    log.error("%d of %d categories have no results:\n  %s", len(problems), requested, listing)
+    return EXIT_CATEGORIES_FAILED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
     from cfa_anomaly.benchmark import run_benchmark
     from cfa_anomaly.data.synthetic import generate_dataset
 
@@ -219,12 +236,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
         generate_dataset(data_root, category=category, kind=kind, seed=seed)
     summary = run_benchmark(data_root, output, categories, demo_overrides(args.overrides), config_dir=None)
     print((output / "results.md").read_text().split("Avg is the mean")[0])
-    for category, reason in summary["problems"].items():
-        print(f"  {category}: {reason}")
     print(f"results, panels, GIFs and plots in {output} (tables: {output / 'results.md'})")
+    return report_problems(summary, len(categories))
 
 
-def cmd_benchmark(args: argparse.Namespace) -> None:
+def cmd_benchmark(args: argparse.Namespace) -> int:
     from cfa_anomaly.benchmark import CONFIG_DIR, run_benchmark
 
     config_dir = Path(args.config_dir) if args.config_dir else (CONFIG_DIR if CONFIG_DIR.is_dir() else None)
@@ -232,12 +248,12 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     summary = run_benchmark(args.root, output, args.categories, args.overrides, config_dir, force=args.force)
     done = [c for c, s in summary["status"].items() if s in ("done", "reused")]
     print(f"\n{len(done)} of {len(args.categories)} categories in {output / 'results.md'} and results.csv")
-    for category, reason in summary["problems"].items():
-        print(f"  {category}: {reason}")
+    return report_problems(summary, len(args.categories))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cfa", description="CFA anomaly detection and localization")
+    parser = argparse.ArgumentParser(prog="cfa", description="CFA anomaly detection and localization",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_verbosity_arguments(parser)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -320,14 +336,14 @@ def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
     configure_logging(getattr(args, "log_level", logging.INFO), getattr(args, "log_timestamps", False))
     log.debug("cfa %s: %s", __version__, {k: v for k, v in vars(args).items() if k != "func"})
     try:
-        args.func(args)
+        code = args.func(args)
     except CfaError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted; a training run continues with `cfa train --resume <its run folder>`", file=sys.stderr)
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
+    return code or EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
