@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,6 +104,17 @@ def test_verbose_shows_debug_messages(reusable, caplog):
     assert benchmark(reusable, before=("-v",)) == 0
     assert logging.getLogger("cfa_anomaly.benchmark").isEnabledFor(logging.DEBUG)
     assert any(r.levelno == logging.DEBUG and r.name.startswith("cfa_anomaly") for r in caplog.records)
+
+
+def test_python_m_shows_the_commands_own_messages(reusable):
+    """Under `python -m cfa_anomaly.cli` the module is __main__; its messages must still be the package's."""
+    command = [sys.executable, "-m", "cfa_anomaly.cli", "-v", "benchmark", "--root", str(reusable / "data"),
+               "--output", str(reusable / "bench"), "--config-dir", str(reusable), "--categories",
+               "done_part"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"cfa {cfa_anomaly.__version__}: " in done.stderr and "finished earlier" in done.stderr
 
 
 def test_verbose_and_quiet_together_are_refused(capsys):

@@ -28,7 +28,7 @@ EXIT_CODES = """exit codes:
        are written); also an unexpected error (with a traceback)
   2    a problem to fix: the message names the file, folder or key; or a wrong command line
   130  interrupted (Ctrl-C)"""
-log = logging.getLogger(__name__)
+log = logging.getLogger("cfa_anomaly.cli")  # not __name__: "__main__" under python -m cfa_anomaly.cli
 
 
 def add_verbosity_arguments(parser: argparse.ArgumentParser, default: int | str = logging.INFO) -> None:
