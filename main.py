@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # run from a checkout without installing
 
-from cfa_anomaly.cli import add_config_arguments, cmd_train, run  # noqa: E402
+from cfa_anomaly.cli import add_config_arguments, add_verbosity_arguments, cmd_train, run  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--yaml_config", dest="config", required=True)
     parser.add_argument("--no-test", action="store_true", help="train and save the checkpoint only")
     add_config_arguments(parser)
+    add_verbosity_arguments(parser)
     parser.set_defaults(func=cmd_train)
     return parser
 

@@ -381,7 +381,7 @@ def test_killed_run_resumes_from_its_last_epoch_to_the_same_model(synth_root, tm
     assert training.read_training_state(killed / "train_state.pt")["epoch"] == 2
 
     assert cli.main(["train", "--resume", str(killed), "--no-test"]) == 0
-    assert "after epoch 2 of 4" in capsys.readouterr().out
+    assert "after epoch 2 of 4" in capsys.readouterr().err  # progress: on stderr
     assert not (killed / "train_state.pt").exists()  # superseded by the checkpoint
     _, full = read_checkpoint(tmp_path / "full" / CHECKPOINT_NAME)
     _, resumed = read_checkpoint(killed / CHECKPOINT_NAME)

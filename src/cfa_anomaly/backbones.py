@@ -20,12 +20,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from cfa_anomaly.errors import CfaError
+
 TARGET_STRIDES: tuple[int, ...] = (4, 8, 16)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class BackboneError(RuntimeError):
+class BackboneError(CfaError, RuntimeError):
     """A backbone that cannot be built as asked; the message says how to fix it."""
 
 

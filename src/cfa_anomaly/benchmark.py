@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import traceback
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from cfa_anomaly.report import csv_report, markdown_report
 
 CONFIG_DIR = Path("configs/anomaly/unsupervised/cfa")
 METRICS_FILE = "metrics.json"
+log = logging.getLogger(__name__)
 
 
 def category_config_path(category: str, config_dir: Path | None) -> Path | None:
@@ -57,11 +59,13 @@ def run_benchmark(root: str | Path, output: Path, categories: Sequence[str] = MV
     backbone = None
     for category in categories:
         folder = output / category
+        config_path = category_config_path(category, config_dir)
+        log.debug("[%s] config: %s", category, config_path or "the defaults")
         try:
-            cfg = load_config(category_config_path(category, config_dir),
-                              [*overrides, f"data.root={root}", f"data.category={category}"])
+            cfg = load_config(config_path, [*overrides, f"data.root={root}", f"data.category={category}"])
         except ConfigError as err:
             problems[category], status[category] = f"config error: {err}", "failed"
+            log.error("[%s] %s", category, problems[category])
             continue
         backbone = cfg.model.backbone
         previous = None if force else finished_metrics(folder)
@@ -69,28 +73,28 @@ def run_benchmark(root: str | Path, output: Path, categories: Sequence[str] = MV
             problems[category], status[category] = (
                 f"finished earlier in {folder} with another config; pass --force to redo it or use a new output "
                 "folder", "skipped")
-            print(f"[{category}] skipped: {problems[category]}")
+            log.warning("[%s] skipped: %s", category, problems[category])
             continue
         if previous is not None:
             results[category], status[category] = previous["metrics"], "reused"
-            print(f"[{category}] finished earlier: reusing {folder / METRICS_FILE}")
+            log.info("[%s] finished earlier: reusing %s", category, folder / METRICS_FILE)
             continue
         try:
             category_dir(root, category)
         except DatasetError as err:
             problems[category], status[category] = f"skipped: {err}", "skipped"
-            print(f"[{category}] skipped: {err}")
+            log.warning("[%s] skipped: %s", category, err)
             continue
         if folder.exists():  # an unfinished earlier attempt of this benchmark: its own folder, started anew
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        print(f"[{category}] training and testing ({backbone}) -> {folder}")
+        log.info("[%s] training and testing (%s) -> %s", category, backbone, folder)
         try:
             report = train_and_test(cfg, folder)
         except Exception as err:  # noqa: BLE001 - one failing category must not stop the others
             problems[category], status[category] = f"failed: {type(err).__name__}: {err}", "failed"
             atomic_write_text(folder / "error.txt", traceback.format_exc())
-            print(f"[{category}] failed: {err}")
+            log.error("[%s] failed: %s (traceback in %s)", category, err, folder / "error.txt")
             continue
         results[category], status[category] = report["metrics"], "done"
     write_benchmark_files(output, results, problems, row_label or backbone or "cfa")

@@ -9,6 +9,7 @@ import torch
 
 from cfa_anomaly import __version__
 from cfa_anomaly.config import Config, ConfigError, config_from_dict
+from cfa_anomaly.errors import CfaError
 from cfa_anomaly.io_utils import atomic_write
 from cfa_anomaly.model import CFA
 from cfa_anomaly.model.factory import build_model, resolve_device, resolve_precision
@@ -16,7 +17,7 @@ from cfa_anomaly.model.factory import build_model, resolve_device, resolve_preci
 FORMAT = "cfa-anomaly-checkpoint-v1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CfaError, ValueError):
     """A checkpoint that cannot be used; the message names the file."""
 
 

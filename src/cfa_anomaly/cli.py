@@ -3,28 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cfa_anomaly import __version__
-from cfa_anomaly.backbones import BackboneError
-from cfa_anomaly.checkpoint import CheckpointError
 from cfa_anomaly.config import MVTEC_CATEGORIES, Config, ConfigError, load_config
+from cfa_anomaly.console import configure_logging
 from cfa_anomaly.data.samples import DatasetError
-from cfa_anomaly.evaluate import EvaluationError
+from cfa_anomaly.errors import CfaError
 from cfa_anomaly.inference.errors import ExportError
-from cfa_anomaly.model.factory import DeviceError
 from cfa_anomaly.outputs import OutputExistsError, new_run_dir, prepare_output_dir
-from cfa_anomaly.train import TrainingError
 
 if TYPE_CHECKING:
     from cfa_anomaly.predict import PredictOptions, PredictSummary
 
-USER_ERRORS = (ConfigError, DatasetError, BackboneError, CheckpointError, TrainingError, OutputExistsError,
-               EvaluationError, ExportError, DeviceError)
 DEMO_CATEGORY = "synthetic"
+EXIT_OK, EXIT_CATEGORIES_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES = """exit codes:
+  0    done
+  1    cfa benchmark / demo: some category failed or was skipped (listed on stderr; the others' results
+       are written); also an unexpected error (with a traceback)
+  2    a problem to fix: the message names the file, folder or key; or a wrong command line
+  130  interrupted (Ctrl-C)"""
+log = logging.getLogger("cfa_anomaly.cli")  # not __name__: "__main__" under python -m cfa_anomaly.cli
+
+
+def add_verbosity_arguments(parser: argparse.ArgumentParser, default: int | str = logging.INFO) -> None:
+    """-v / -q; on a sub-command (default SUPPRESS) they override the ones given before it."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG,
+                       default=default, help="also show debug messages")
+    group.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.WARNING,
+                       default=default, help="only warnings and errors: no progress messages or bars")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +124,7 @@ def run_training(cfg: Config, args: argparse.Namespace, run_test: bool = True) -
     output = output_folder(args, cfg.output_dir, cfg.data.category)
     source = (f"{cfg.data.normal_dir} (folder layout)" if cfg.data.layout == "folder"
               else Path(cfg.data.root) / cfg.data.category)
-    print(f"training CFA ({cfg.model.backbone}) on {source}; output: {output}")
+    log.info("training CFA (%s) on %s; output: %s", cfg.model.backbone, source, output)
     report = train_and_test(cfg, output, run_test=run_test, split=split)
     if run_test:
         print_report(report, output)
@@ -136,7 +149,7 @@ def resume_training(args: argparse.Namespace) -> None:
     folder = Path(args.resume)
     state = read_training_state(folder / TRAIN_STATE_NAME)
     cfg = config_from_dict(state["config"])
-    print(f"resuming {folder} after epoch {state['epoch']} of {cfg.train.epochs}")
+    log.info("resuming %s after epoch %s of %s", folder, state["epoch"], cfg.train.epochs)
     report = train_and_test(cfg, folder, run_test=not args.no_test, resume=state)
     if not args.no_test:
         print_report(report, folder)
@@ -179,7 +192,7 @@ def predict_options(args: argparse.Namespace) -> PredictOptions:
 
 
 def print_predict_summary(summary: PredictSummary, output: Path, engine: str) -> None:
-    """One line of results on stdout; the unreadable files, if any, on stderr."""
+    """One line of results on stdout; the unreadable files, if any, in a warning."""
     flagged = f", {summary.flagged} flagged defective" if summary.scored else ""
     print(f"scored {summary.scored} of {summary.images} images{flagged} with {engine} "
           f"({summary.images_per_second:.1f} images/s scoring); written to {output}: "
@@ -189,8 +202,8 @@ def print_predict_summary(summary: PredictSummary, output: Path, engine: str) ->
     if summary.skipped:
         listing = "\n  ".join(f"{path}: {reason}" for path, reason in summary.skipped[:20])
         more = f"\n  ... and {len(summary.skipped) - 20} more" if len(summary.skipped) > 20 else ""
-        print(f"skipped {len(summary.skipped)} unreadable file(s) (rows with an error in the scores file):\n  "
-              f"{listing}{more}", file=sys.stderr)
+        log.warning("skipped %d unreadable file(s) (rows with an error in the scores file):\n  %s%s",
+                    len(summary.skipped), listing, more)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -238,7 +251,17 @@ def demo_overrides(extra: Sequence[str]) -> list[str]:
     return ["model.backbone=mobilenet_v2", "train.epochs=30", "data.holdout_fraction=0.2", *extra]
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
+def report_problems(summary: dict[str, Any], requested: int) -> int:
+    """List the categories without results (failed or skipped) on stderr; the exit code of the run."""
+    problems = summary["problems"]
+    if not problems:
+        return EXIT_OK
+    listing = "\n  ".join(f"{category}: {reason}" for category, reason in problems.items())
+    log.error("%d of %d categories have no results:\n  %s", len(problems), requested, listing)
+    return EXIT_CATEGORIES_FAILED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
     from cfa_anomaly.benchmark import run_benchmark
     from cfa_anomaly.data.synthetic import generate_dataset
 
@@ -247,16 +270,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
     seed = load_config(None, demo_overrides(args.overrides)).train.seed  # validate before generating anything
     categories = [f"{DEMO_CATEGORY}_{kind}" for kind in args.kinds]
     for kind, category in zip(args.kinds, categories):
-        print(f"generating a synthetic {kind} dataset in {data_root / category}")
+        log.info("generating a synthetic %s dataset in %s", kind, data_root / category)
         generate_dataset(data_root, category=category, kind=kind, seed=seed)
     summary = run_benchmark(data_root, output, categories, demo_overrides(args.overrides), config_dir=None)
     print((output / "results.md").read_text().split("Avg is the mean")[0])
-    for category, reason in summary["problems"].items():
-        print(f"  {category}: {reason}")
     print(f"results, panels, GIFs and plots in {output} (tables: {output / 'results.md'})")
+    return report_problems(summary, len(categories))
 
 
-def cmd_benchmark(args: argparse.Namespace) -> None:
+def cmd_benchmark(args: argparse.Namespace) -> int:
     from cfa_anomaly.benchmark import CONFIG_DIR, run_benchmark
 
     config_dir = Path(args.config_dir) if args.config_dir else (CONFIG_DIR if CONFIG_DIR.is_dir() else None)
@@ -264,13 +286,14 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     summary = run_benchmark(args.root, output, args.categories, args.overrides, config_dir, force=args.force)
     done = [c for c, s in summary["status"].items() if s in ("done", "reused")]
     print(f"\n{len(done)} of {len(args.categories)} categories in {output / 'results.md'} and results.csv")
-    for category, reason in summary["problems"].items():
-        print(f"  {category}: {reason}")
+    return report_problems(summary, len(args.categories))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cfa", description="CFA anomaly detection and localization")
+    parser = argparse.ArgumentParser(prog="cfa", description="CFA anomaly detection and localization",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_verbosity_arguments(parser)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train",
@@ -349,20 +372,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     add_output_arguments(demo)
     demo.set_defaults(func=cmd_demo)
+    for command in commands.choices.values():  # -v / -q after the sub-command too
+        add_verbosity_arguments(command, default=argparse.SUPPRESS)
+    serve.set_defaults(log_timestamps=True)  # a long-running service: time, level and logger on each line
     return parser
 
 
 def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
     args = parser.parse_args(argv)
+    configure_logging(getattr(args, "log_level", logging.INFO), getattr(args, "log_timestamps", False))
+    log.debug("cfa %s: %s", __version__, {k: v for k, v in vars(args).items() if k != "func"})
     try:
-        args.func(args)
-    except USER_ERRORS as err:
+        code = args.func(args)
+    except CfaError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted; a training run continues with `cfa train --resume <its run folder>`", file=sys.stderr)
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
+    return code or EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

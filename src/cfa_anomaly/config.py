@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from cfa_anomaly.errors import CfaError
+
 MVTEC_CATEGORIES: tuple[str, ...] = (
     "carpet", "grid", "leather", "tile", "wood",
     "bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "transistor", "zipper",
@@ -22,7 +24,7 @@ LAYOUTS: tuple[str, ...] = ("mvtec", "folder")
 FOLDER_KEYS: tuple[str, ...] = ("normal_dir", "abnormal_dir", "normal_test_dir", "mask_dir")
 
 
-class ConfigError(ValueError):
+class ConfigError(CfaError, ValueError):
     """A configuration file or value that cannot be used; the message names the key."""
 
 

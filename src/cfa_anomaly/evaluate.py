@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from cfa_anomaly import metrics
+from cfa_anomaly.console import progress
+from cfa_anomaly.errors import CfaError
 from cfa_anomaly.inference import Predictor
 
 
@@ -53,7 +54,7 @@ def predict(predictor: Predictor, loader: DataLoader, desc: str = "test") -> Pre
     """Maps and scores for every image of the loader; labels and masks are kept when the loader has them."""
     paths, scores, maps, labels, masks, known = [], [], [], [], [], []
     compute_seconds = 0.0
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
+    for batch in progress(loader, desc=desc, unit="batch"):
         start = time.perf_counter()
         batch_maps, batch_scores = predictor.score_batch(batch["image"])
         compute_seconds += time.perf_counter() - start
@@ -77,7 +78,7 @@ def predict(predictor: Predictor, loader: DataLoader, desc: str = "test") -> Pre
     )
 
 
-class EvaluationError(ValueError):
+class EvaluationError(CfaError, ValueError):
     """Scores that cannot be evaluated honestly (e.g. not finite); the message says which images."""
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from cfa_anomaly import viz
 from cfa_anomaly.config import EvaluationConfig
 from cfa_anomaly.data.images import image_to_tensor, read_rgb, tensor_to_rgb
+from cfa_anomaly.errors import CfaError
 from cfa_anomaly.evaluate import Predictions
 from cfa_anomaly.heatmap import MapScale
 from cfa_anomaly.inference.result import decision_label
@@ -28,7 +29,7 @@ METRIC_LABELS: dict[str, str] = {
 }
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(CfaError, FileExistsError):
     """An output folder that already holds results; nothing is overwritten without --overwrite."""
 
 

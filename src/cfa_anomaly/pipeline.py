@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import platform
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from cfa_anomaly.train import TrainResult, fit
 
 CHECKPOINT_NAME = "checkpoint.pt"
 TRAIN_STATE_NAME = "train_state.pt"  # per-epoch training state of an unfinished run (for --resume)
+log = logging.getLogger(__name__)
 
 
 def _environment(predictor: Predictor | None = None) -> dict[str, Any]:
@@ -165,7 +166,7 @@ def check_data(cfg: Config, run_test: bool = True) -> tuple[list[Sample], list[S
     """Index and check the data before any output or model work; returns (training, held-out) samples.
 
     Unreadable test files always stop the run; unreadable training files too, unless data.skip_bad_images,
-    which drops them and lists them on stderr.
+    which drops them and lists them in a warning.
     """
     train, holdout = training_split(cfg)
     if run_test:
@@ -177,9 +178,9 @@ def check_data(cfg: Config, run_test: bool = True) -> tuple[list[Sample], list[S
         maskless = [s for s in test if not s.mask_known]
         if maskless:  # allowed (image metrics need no masks), but said up front
             kinds = ", ".join(sorted({s.defect_type for s in maskless}))
-            print(f"{len(maskless)} of {sum(s.label for s in test)} defective test image(s) have no mask (no "
-                  f"mask folder for: {kinds}): image AUROC only, the pixel metrics stay undefined",
-                  file=sys.stderr)
+            log.warning("%d of %d defective test image(s) have no mask (no mask folder for: %s): "
+                        "image AUROC only, the pixel metrics stay undefined",
+                        len(maskless), sum(s.label for s in test), kinds)
     bad = _bad_files(train + holdout)
     if bad and not cfg.data.skip_bad_images:
         raise DatasetError(f"{len(bad)} unreadable training file(s), e.g. {bad[0][0]}: {bad[0][1]}; fix or "
@@ -187,7 +188,7 @@ def check_data(cfg: Config, run_test: bool = True) -> tuple[list[Sample], list[S
     if bad:
         skipped = {path for path, _ in bad}
         listing = "\n  ".join(f"{path}: {reason}" for path, reason in bad)
-        print(f"skipping {len(bad)} unreadable training image(s):\n  {listing}", file=sys.stderr)
+        log.warning("skipping %d unreadable training image(s):\n  %s", len(bad), listing)
         train = [s for s in train if s.image not in skipped]
         holdout = [s for s in holdout if s.image not in skipped]
         if not train:
@@ -253,6 +254,7 @@ def evaluate_checkpoint(checkpoint: Path, output: Path, data_root: str | None = 
 
 
 def print_report(report: dict[str, Any], output: Path) -> None:
+    """The test results, the command's output: on stdout (progress and warnings go to the log)."""
     test = report.get("test", {})
     print(f"\n{report.get('category', '')} ({report.get('backbone', '')}): {test.get('images', 0)} test images, "
           f"{test.get('defective', 0)} defective")

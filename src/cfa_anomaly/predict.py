@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from cfa_anomaly.console import progress
 from cfa_anomaly.data.images import tensor_to_rgb
 from cfa_anomaly.data.samples import IMAGE_EXTENSIONS, DatasetError, list_images
 from cfa_anomaly.inference import Predictor
@@ -180,7 +180,7 @@ def predict_images(predictor: Predictor, inputs: Sequence[str | Path], output: P
     batches = [paths[i: i + predictor.batch_size] for i in range(0, len(paths), predictor.batch_size)]
     complete = False
     try:
-        for batch in tqdm(batches, desc="predict", unit="batch", leave=False, disable=None):
+        for batch in progress(batches, desc="predict", unit="batch"):
             _score_batch(predictor, batch, sink, options.strict)
         complete = True
     finally:

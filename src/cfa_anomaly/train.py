@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from cfa_anomaly.config import Config
+from cfa_anomaly.console import progress
+from cfa_anomaly.errors import CfaError
 from cfa_anomaly.io_utils import atomic_write
 from cfa_anomaly.model import CFA
 from cfa_anomaly.model.cfa import Layers
@@ -20,7 +21,7 @@ from cfa_anomaly.model.memory_bank import build_memory_bank
 from cfa_anomaly.runtime import synchronize
 
 
-class TrainingError(RuntimeError):
+class TrainingError(CfaError, RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message says why."""
 
 
@@ -38,13 +39,13 @@ def cache_features(model: CFA, loader: DataLoader, device: torch.device) -> Laye
     """Run the frozen backbone once per training image; its pooled maps (CFA.aggregate) kept on the device.
 
     One (N, C_l, h_l, w_l) tensor per entry of CFA.aggregate's list, in its dtype (bfloat16 when the
-    descriptor runs in bfloat16). Progress bars here and elsewhere show on a terminal only (disable=None).
+    descriptor runs in bfloat16). Progress bars (console.progress) show on a terminal only, never under -q.
     """
     count = len(loader.dataset) if hasattr(loader, "dataset") else sum(len(b["image"]) for b in loader)
     cache: Layers = []
     filled = 0
     with torch.no_grad():  # not inference_mode: the cache must be usable as an autograd input later
-        for batch in tqdm(loader, desc="features", unit="batch", leave=False, disable=None):
+        for batch in progress(loader, desc="features", unit="batch"):
             layers = model.aggregate(batch["image"].to(device))
             if not cache:  # allocated once, filled in place: peak memory is the cache itself
                 cache = [torch.empty((count, *grid.shape[1:]), dtype=grid.dtype, device=device,
@@ -139,9 +140,9 @@ def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device, state
     result.bank_seconds = time.perf_counter() - start
     start = time.perf_counter()
     model.descriptor.train()
-    progress = tqdm(range(first_epoch, cfg.train.epochs), desc="train", unit="epoch", leave=False, disable=None,
-                    initial=first_epoch, total=cfg.train.epochs)
-    for epoch in progress:
+    bar = progress(range(first_epoch, cfg.train.epochs), desc="train", unit="epoch", initial=first_epoch,
+                   total=cfg.train.epochs)
+    for epoch in bar:
         order = torch.randperm(result.images, generator=generator)
         total, batches = 0.0, 0
         for first in range(0, len(order), cfg.data.batch_size):
@@ -156,7 +157,7 @@ def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device, state
             total += loss.item()
             batches += 1
         result.losses.append(total / max(batches, 1))
-        progress.set_postfix(loss=f"{result.losses[-1]:.4g}", radius=f"{model.loss_fn.radius.item():.3g}")
+        bar.set_postfix(loss=f"{result.losses[-1]:.4g}", radius=f"{model.loss_fn.radius.item():.3g}")
         if state_path is not None:
             save_training_state(state_path, model, optimizer, generator, epoch + 1, result.losses, cfg)
     model.eval()

@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from cfa_anomaly.errors import CfaError
+
 Split = Literal["train", "test"]
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 GOOD = "good"
 
 
-class DatasetError(ValueError):
+class DatasetError(CfaError, ValueError):
     """A dataset folder that does not follow the layout; the message names the file or folder."""
 
 

@@ -1,5 +1,7 @@
 """Errors of exported models."""
 
+from cfa_anomaly.errors import CfaError
 
-class ExportError(ValueError):
+
+class ExportError(CfaError, ValueError):
     """An export that cannot be written or an exported model that cannot be used; the message names the file."""

@@ -6,11 +6,12 @@ import torch
 
 from cfa_anomaly.backbones import FeatureExtractor
 from cfa_anomaly.config import Config
+from cfa_anomaly.errors import CfaError
 from cfa_anomaly.model.cfa import CFA
 from cfa_anomaly.runtime import reuse_freed_memory
 
 
-class DeviceError(ValueError):
+class DeviceError(CfaError, ValueError):
     """A device that was asked for but is not there; the message says what to use instead."""
 
 
