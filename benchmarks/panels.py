@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import platform
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ matplotlib.use("Agg")
 import imageio.v3 as iio
 import matplotlib.pyplot as plt
 import numpy as np
+from machine import machine_line
 
 from cfa_anomaly import viz
 from cfa_anomaly.data.images import image_to_tensor, read_rgb, tensor_to_rgb
@@ -95,8 +95,8 @@ def main() -> None:
     time_renderer(numpy_renderer, images[:2], args.out / "warmup")  # font and colour table loading
     old = time_renderer(matplotlib_panel, images, args.out / "matplotlib")
     new = time_renderer(numpy_renderer, images, args.out / "numpy")
-    print(f"machine: {platform.processor() or platform.machine()}; {len(images)} panels of 224 x 224 images, "
-          f"drawn and written as PNG")
+    print(machine_line())
+    print(f"{len(images)} panels of 224 x 224 images, drawn and written as PNG")
     print(f"matplotlib figure per image: {old * 1000:.1f} ms/panel")
     print(f"numpy + PIL composition:     {new * 1000:.1f} ms/panel  ({old / new:.1f}x faster)")
     if args.save:

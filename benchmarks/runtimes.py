@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
 import json
 import resource
 import subprocess
@@ -43,6 +42,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+from machine import machine_line
 
 from cfa_anomaly.checkpoint import save_checkpoint
 from cfa_anomaly.config import Config, load_config
@@ -334,24 +335,6 @@ def print_goal(speed: dict[str, dict[str, Any]], accuracy: dict[str, dict[str, d
         print(f"  {variant:18} {rate:6.2f} img/s, {delta}: {'met' if met else 'not met'}")
 
 
-# ----------------------------------------------------------------------------------------------- machine
-def machine_line() -> str:
-    """CPU model, AMX, versions, threads and date."""
-    lscpu = subprocess.run(["lscpu"], check=False, capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    model = fields.get("Model name", "unknown CPU").strip()
-    amx = "amx_tile" in fields.get("Flags", "") and torch.cpu._is_amx_tile_supported()
-    versions = []
-    for package in ("torch", "onnxruntime", "openvino", "nncf"):
-        try:
-            versions.append(f"{package} {importlib.metadata.version(package)}")
-        except importlib.metadata.PackageNotFoundError:
-            versions.append(f"{package} absent")
-    return (f"{time.strftime('%Y-%m-%d')}  {model}, {fields.get('CPU(s)', '?').strip()} CPUs, "
-            f"AMX {'yes' if amx else 'no'}, AVX512-BF16 {'yes' if 'avx512_bf16' in fields.get('Flags', '') else 'no'}"
-            f"  {', '.join(versions)}  torch threads {torch.get_num_threads()}")
-
-
 def profile_openvino(backbone: str, precision: str, images: int) -> None:
     """OpenVINO's per-op profile of the speed model (batch 1): the slowest ops with kernel and precision."""
     import openvino as ov
@@ -401,7 +384,7 @@ def main() -> None:
         profile_openvino(args.backbone, args.profile_openvino, args.images)
         return
 
-    print(machine_line())
+    print(machine_line(("torch", "onnxruntime", "openvino", "nncf")))
     variants = list(dict.fromkeys(args.variants))
     if not nncf_available() and any(v in INT8_VARIANTS for v in variants):
         print("nncf is not installed: the int8 variants are skipped (pip install nncf)")

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 import httpx
+from machine import machine_line
 
 from cfa_anomaly.config import load_config
 from cfa_anomaly.inference import Predictor
@@ -43,16 +43,6 @@ from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test
 HAZELNUT = REPO.parent / "shared" / "data" / "hazelnut_toy"
 CONFIG = REPO / "configs" / "anomaly" / "unsupervised" / "cfa" / "hazelnut.yaml"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
-def machine_line() -> str:
-    """Date, CPU model, core count, AMX or not, torch version and threads."""
-    lscpu = subprocess.run(["lscpu"], check=False, capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    amx = "amx_tile" in fields.get("Flags", "") and torch.cpu._is_amx_tile_supported()
-    return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  {fields.get('Model name', '?').strip()}, "
-            f"{fields.get('CPU(s)', '?').strip()} CPUs, AMX {'yes' if amx else 'no'}  torch {torch.__version__}, "
-            f"threads {torch.get_num_threads()}")
 
 
 def trained_checkpoint(cache: Path, epochs: int) -> Path:

@@ -80,13 +80,14 @@ def write_scores_csv(path: Path, predictions: Predictions, threshold: float | No
     atomic_write_text(path, buffer.getvalue())
 
 
-def _map_arrays(maps: np.ndarray, scores: np.ndarray, paths: list[str],
-                pixel_threshold: float | None) -> dict[str, np.ndarray]:
+def _map_arrays(maps: np.ndarray, scores: np.ndarray, paths: list[str], pixel_threshold: float | None,
+                masks: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """What a maps file holds: maps (float16, crop grid), scores, paths, and with a pixel threshold the
-    defect masks (maps >= pixel_threshold, from the float32 maps) and the threshold itself."""
+    defect masks (float32 maps >= pixel_threshold: given, or taken from maps) and the threshold itself."""
     arrays = {"maps": maps.astype(np.float16), "scores": np.asarray(scores, np.float32), "paths": np.asarray(paths)}
     if pixel_threshold is not None:
-        arrays.update(defect_masks=maps >= pixel_threshold, pixel_threshold=np.float32(pixel_threshold))
+        arrays.update(defect_masks=maps >= pixel_threshold if masks is None else masks,
+                      pixel_threshold=np.float32(pixel_threshold))
     return arrays
 
 
@@ -213,14 +214,17 @@ class MapShardWriter:
         self.shard_size = shard_size
         self.pixel_threshold = pixel_threshold
         self.written: list[Path] = []
-        self._maps: list[np.ndarray] = []
+        self._maps: list[np.ndarray] = []  # float16
+        self._masks: list[np.ndarray] = []  # bool, from the float32 map, with a pixel threshold
         self._paths: list[str] = []
         self._scores: list[float] = []
 
     def add(self, path: str, anomaly_map: np.ndarray, score: float) -> None:
         if len(self._maps) == self.shard_size:  # lazily, so that exactly shard_size maps stay one maps.npz
             self._write(self.output / "maps" / f"shard-{len(self.written):05d}.npz")
-        self._maps.append(np.asarray(anomaly_map, dtype=np.float32))
+        self._maps.append(np.asarray(anomaly_map, dtype=np.float16))
+        if self.pixel_threshold is not None:
+            self._masks.append(np.asarray(anomaly_map) >= self.pixel_threshold)
         self._paths.append(path)
         self._scores.append(float(score))
 
@@ -232,10 +236,12 @@ class MapShardWriter:
         return self.written
 
     def _write(self, path: Path) -> None:
-        arrays = _map_arrays(np.stack(self._maps), np.asarray(self._scores), self._paths, self.pixel_threshold)
+        masks = np.stack(self._masks) if self._masks else None
+        arrays = _map_arrays(np.stack(self._maps), np.asarray(self._scores), self._paths, self.pixel_threshold,
+                             masks)
         atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
         self.written.append(path)
-        self._maps, self._paths, self._scores = [], [], []
+        self._maps, self._masks, self._paths, self._scores = [], [], [], []
 
 
 class PanelNames:
