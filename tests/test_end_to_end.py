@@ -359,16 +359,19 @@ def test_checkpoint_from_other_backbone_weights_is_rejected(tmp_path):
         load_state_into(other, payload, tmp_path / "a.pt")
 
 
-def test_killed_run_resumes_from_its_last_epoch_to_the_same_model(synth_root, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("validation", [{}, {"data.validation": "synthetic", "train.validate_every": "1",
+                                              "train.select": "best-validation"}], ids=["plain", "validated"])
+def test_killed_run_resumes_from_its_last_epoch_to_the_same_model(synth_root, tmp_path, monkeypatch, capsys,
+                                                                   validation):
     import cfa_anomaly.train as training
 
-    cfg = small_config(synth_root, **{"train.epochs": "4", "data.holdout_fraction": "0.2"})
+    cfg = small_config(synth_root, **{"train.epochs": "4", "data.holdout_fraction": "0.2", **validation})
     train_and_test(cfg, tmp_path / "full", run_test=False)
 
     save_state = training.save_training_state
 
-    def save_then_die(path, model, optimizer, generator, epoch, losses, config):
-        save_state(path, model, optimizer, generator, epoch, losses, config)
+    def save_then_die(path, model, optimizer, generator, epoch, losses, config, observer=None):
+        save_state(path, model, optimizer, generator, epoch, losses, config, observer)
         if epoch == 2:
             raise KeyboardInterrupt  # killed right after epoch 2 was saved
 
@@ -387,6 +390,7 @@ def test_killed_run_resumes_from_its_last_epoch_to_the_same_model(synth_root, tm
     _, resumed = read_checkpoint(killed / CHECKPOINT_NAME)
     assert full["extra"]["train"]["loss_per_epoch"] == resumed["extra"]["train"]["loss_per_epoch"]
     assert full["extra"]["threshold"]["value"] == resumed["extra"]["threshold"]["value"]
+    assert full["extra"].get("validation") == resumed["extra"].get("validation")  # history and selection
     for key, tensor in full["state"].items():
         assert torch.equal(tensor, resumed["state"][key]), key
 

@@ -20,6 +20,8 @@ MVTEC_CATEGORIES: tuple[str, ...] = (
 
 
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "mixed", "bfloat16")
+VALIDATIONS: tuple[str, ...] = ("synthetic",)
+SELECTIONS: tuple[str, ...] = ("final", "best-validation")
 LAYOUTS: tuple[str, ...] = ("mvtec", "folder")
 FOLDER_KEYS: tuple[str, ...] = ("normal_dir", "abnormal_dir", "normal_test_dir", "mask_dir")
 
@@ -54,6 +56,9 @@ class DataConfig:
     # a seeded fraction of train/good, or a folder of normal images given here.
     holdout_fraction: float = 0.1
     holdout_dir: str | None = None
+    # Label-free validation: null (none), or synthetic: defects painted onto the held-out normal images,
+    # scored every train.validate_every epochs (validation.py). Needs held-out images; test labels unused.
+    validation: str | None = None
     # A training image that cannot be read stops the run (default) or, when true, is skipped and listed.
     skip_bad_images: bool = False
 
@@ -91,6 +96,10 @@ class TrainConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
+    # final: the last epoch's model (the paper's fixed schedule). best-validation: the epoch with the best
+    # synthetic-validation AUPRO (needs data.validation=synthetic).
+    select: str = "final"
+    validate_every: int = 5  # epochs between validations (data.validation=synthetic); the last is always
 
 
 @dataclass
@@ -147,6 +156,15 @@ class Config:
             ("train.epochs", self.train.epochs >= 0, "an integer >= 0"),
             ("train.lr", self.train.lr > 0, "a positive number"),
             ("train.weight_decay", self.train.weight_decay >= 0, "a number >= 0"),
+            ("train.validate_every", self.train.validate_every >= 1, "an integer >= 1"),
+            ("data.validation", self.data.validation in (None, *VALIDATIONS),
+             f"null (none) or one of {', '.join(VALIDATIONS)}"),
+            ("train.select", self.train.select in SELECTIONS, f"one of {', '.join(SELECTIONS)}"),
+            ("train.select", self.train.select != "best-validation" or self.data.validation is not None,
+             "final unless data.validation is set (best-validation selects by its scores)"),
+            ("data.validation", self.data.validation is None or self.data.holdout_fraction > 0
+             or bool(self.data.holdout_dir),
+             "none without held-out normal images (set data.holdout_fraction > 0 or data.holdout_dir)"),
         ]
         for key, ok, allowed in checks:
             if not ok:

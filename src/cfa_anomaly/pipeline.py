@@ -24,6 +24,7 @@ from cfa_anomaly.model import CFA
 from cfa_anomaly.model.factory import build_model, resolve_device
 from cfa_anomaly.outputs import format_metrics_table, write_maps, write_scores_csv, write_visuals
 from cfa_anomaly.train import TrainResult, fit
+from cfa_anomaly.validation import ValidationTracker, plot_validation, synthetic_validation_set
 
 CHECKPOINT_NAME = "checkpoint.pt"
 TRAIN_STATE_NAME = "train_state.pt"  # per-epoch training state of an unfinished run (for --resume)
@@ -196,6 +197,31 @@ def check_data(cfg: Config, run_test: bool = True) -> tuple[list[Sample], list[S
     return train, holdout
 
 
+def _validation_tracker(model: CFA, holdout: list[Sample], cfg: Config) -> ValidationTracker | None:
+    """With data.validation=synthetic: the painted validation set of the held-out images and its tracker."""
+    if cfg.data.validation is None:
+        return None
+    if not holdout:
+        raise ConfigError("data.validation=synthetic needs held-out normal images: set data.holdout_fraction > 0 "
+                          "or data.holdout_dir")
+    validation = synthetic_validation_set(holdout, cfg)
+    log.info("validating on %d held-out normal images with %d painted defects every %d epochs",
+             len(holdout), int(validation.labels.sum()), cfg.train.validate_every)
+    return ValidationTracker(model, validation, cfg.train.validate_every, cfg.train.epochs,
+                             cfg.train.select == "best-validation", cfg.data.batch_size)
+
+
+def _select_by_validation(model: CFA, tracker: ValidationTracker, cfg: Config, output: Path) -> dict[str, Any]:
+    """Load the selected epoch's state (best-validation), plot the history; the summary for the reports."""
+    summary = tracker.summary()
+    if cfg.train.select == "best-validation" and tracker.best is not None:
+        model.load_learned_state(tracker.best["state"])
+        model.eval()
+    plot_validation(output / "validation.png", summary["history"], summary["selected"]["epoch"],
+                    title=f"{cfg.data.category}: validation on synthetic defects")
+    return summary
+
+
 def train_and_test(cfg: Config, output: Path, run_test: bool = True, resume: dict[str, Any] | None = None,
                    split: tuple[list[Sample], list[Sample]] | None = None) -> dict[str, Any]:
     """Train on train/good (less the held-out images), set the threshold, save, then (optionally) test.
@@ -209,15 +235,19 @@ def train_and_test(cfg: Config, output: Path, run_test: bool = True, resume: dic
     model = build_model(cfg, device)
     save_config(cfg, output / "config.yaml")
     state_path = output / TRAIN_STATE_NAME
-    result = fit(model, _loader_of(train_samples, cfg), cfg, device, state_path=state_path, resume=resume)
+    tracker = _validation_tracker(model, holdout, cfg)
+    result = fit(model, _loader_of(train_samples, cfg), cfg, device, state_path=state_path, resume=resume,
+                 observer=tracker)
     summary = _train_summary(result, cfg.train.epochs)
-    summary["threshold"] = holdout_threshold(model, holdout, cfg)
+    if tracker is not None:
+        summary["validation"] = _select_by_validation(model, tracker, cfg, output)
+    summary["threshold"] = holdout_threshold(model, holdout, cfg)  # of the selected model
     save_checkpoint(model, cfg, output / CHECKPOINT_NAME, extra=summary)
     state_path.unlink(missing_ok=True)  # the checkpoint supersedes it
     predictor = Predictor.from_model(model, cfg, summary["threshold"])
+    atomic_write_json(output / "train.json", {**summary, "config": cfg.to_dict(),
+                                              "environment": _environment(predictor)})
     if not run_test:
-        atomic_write_json(output / "train.json", {**summary, "config": cfg.to_dict(),
-                                                  "environment": _environment(predictor)})
         return summary
     return evaluate_and_write(predictor, cfg, output, extra=summary)
 

@@ -6,7 +6,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader
@@ -76,11 +76,20 @@ def init_memory_bank(model: CFA, cached: Layers, batch_size: int, cfg: Config) -
                                           cfg.train.seed)
 
 
+class EpochObserver(Protocol):
+    """Called after every epoch (e.g. validation.ValidationTracker); its state is kept for --resume."""
+
+    def __call__(self, epoch: int, loss: float) -> None: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 STATE_FORMAT = "cfa-anomaly-train-state-v1"
 
 
 def save_training_state(path: Path, model: CFA, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                        epoch: int, losses: list[float], cfg: Config) -> None:
+                        epoch: int, losses: list[float], cfg: Config,
+                        observer: dict[str, Any] | None = None) -> None:
     """Everything needed to continue after `epoch` completed epochs, written atomically."""
     payload = {
         "format": STATE_FORMAT,
@@ -91,6 +100,7 @@ def save_training_state(path: Path, model: CFA, optimizer: torch.optim.Optimizer
         "state": {k: v.detach().cpu() for k, v in model.learned_state().items()},
         "optimizer": optimizer.state_dict(),
         "generator": generator.get_state(),
+        "observer": observer or {},
     }
     atomic_write(path, lambda handle: torch.save(payload, handle))
 
@@ -101,7 +111,7 @@ def read_training_state(path: Path) -> dict[str, Any]:
         raise TrainingError(f"no training state to resume from: {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - a corrupt file raises many types
+    except Exception as err:
         raise TrainingError(f"cannot read training state {path}: {err}") from err
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
         raise TrainingError(f"{path} is not a cfa-anomaly training state")
@@ -109,11 +119,12 @@ def read_training_state(path: Path) -> dict[str, Any]:
 
 
 def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device, state_path: Path | None = None,
-        resume: dict[str, Any] | None = None) -> TrainResult:
-    """Train for cfg.train.epochs epochs and keep the final model (no selection on test data).
+        resume: dict[str, Any] | None = None, observer: EpochObserver | None = None) -> TrainResult:
+    """Train for cfg.train.epochs epochs and end with the final model (no selection on test data).
 
     state_path: after every epoch the training state is written there (atomically), so a killed run can
     go on with `resume` (a read_training_state payload) and end with the same model as an uninterrupted one.
+    observer: called after every epoch with (epoch, mean loss), e.g. to validate; its state is saved too.
     """
     result = TrainResult()
     start = time.perf_counter()
@@ -137,6 +148,8 @@ def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device, state
         optimizer.load_state_dict(resume["optimizer"])
         generator.set_state(resume["generator"])
         first_epoch, result.losses = int(resume["epoch"]), list(resume["losses"])
+        if observer is not None:
+            observer.load_state_dict(resume.get("observer") or {})
     result.bank_seconds = time.perf_counter() - start
     start = time.perf_counter()
     model.descriptor.train()
@@ -158,8 +171,11 @@ def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device, state
             batches += 1
         result.losses.append(total / max(batches, 1))
         bar.set_postfix(loss=f"{result.losses[-1]:.4g}", radius=f"{model.loss_fn.radius.item():.3g}")
+        if observer is not None:
+            observer(epoch + 1, result.losses[-1])
         if state_path is not None:
-            save_training_state(state_path, model, optimizer, generator, epoch + 1, result.losses, cfg)
+            save_training_state(state_path, model, optimizer, generator, epoch + 1, result.losses, cfg,
+                                observer.state_dict() if observer is not None else None)
     model.eval()
     synchronize(device)
     result.radius = float(model.loss_fn.radius.detach())

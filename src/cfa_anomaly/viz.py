@@ -179,3 +179,21 @@ def plot_score_histogram(path: Path, labels: np.ndarray, scores: np.ndarray, thr
     ax.legend()
     fig.tight_layout()
     _save_figure(fig, path)
+
+
+def plot_curves(path: Path, x: Sequence[float], curves: dict[str, Sequence[float | None]], marker: float | None,
+                title: str, xlabel: str, ylabel: str) -> None:
+    """Named curves over x (None values left out), with a dashed vertical line at marker."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for name, values in curves.items():
+        points = [(a, b) for a, b in zip(x, values) if b is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3, label=name)
+    if marker is not None:
+        ax.axvline(marker, color="black", linestyle="--", linewidth=1, label="selected")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    _save_figure(fig, path)

@@ -32,6 +32,7 @@ __all__ = [
     "KINDS",
     "generate_dataset",
     "make_defective",
+    "paint_defect",
     "render_normal",
     "sample_rng",
 ]
@@ -317,6 +318,53 @@ def make_defective(
     same = mask & (out == clean).all(-1)
     out[same, 0] = np.where(clean[same, 0] < 128, clean[same, 0] + 1, clean[same, 0] - 1)
     return clean, out, mask
+
+
+def _cut_paste(rng: np.random.Generator, img: np.ndarray, donor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A rectangle (16-40 px at 256) of another normal image pasted at a random place."""
+    n = img.shape[0]
+    s = n / 256
+    h, w = (rng.uniform(16, 40, size=2) * s).astype(int).clip(2, n // 3)
+    margin = _crop_margin(n)
+    top, left = rng.integers(margin, n - margin - h), rng.integers(margin, n - margin - w)
+    src_top, src_left = rng.integers(0, n - h), rng.integers(0, n - w)
+    mask = np.zeros((n, n), bool)
+    mask[top: top + h, left: left + w] = True
+    paint = img.copy()
+    paint[top: top + h, left: left + w] = donor[src_top: src_top + h, src_left: src_left + w]
+    return mask, paint
+
+
+PAINTED_DEFECTS: tuple[str, ...] = (*DEFECT_TYPES, "cutpaste")
+
+
+def paint_defect(rgb: np.ndarray, defect: str, rng: np.random.Generator,
+                 donor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic defect painted onto a real normal image: (defective uint8 image, exact bool mask).
+
+    rgb: a square (n, n, 3) uint8 image (the model's input crop). The generator's defect kinds treat the
+    whole image as the product (a texture); "missing" fills with a heavily blurred copy of the image,
+    "cutpaste" pastes a rectangle of `donor` (another normal image of the same size; default: rgb itself).
+    The mask is exactly the set of pixels that changed.
+    """
+    if rgb.ndim != 3 or rgb.shape[0] != rgb.shape[1]:
+        raise ValueError(f"paint_defect needs a square (n, n, 3) image, got {rgb.shape}")
+    if defect not in PAINTED_DEFECTS:
+        raise ValueError(f"defect must be one of {PAINTED_DEFECTS}, got {defect!r}")
+    img = rgb.astype(np.float64)
+    support = np.ones(rgb.shape[:2], bool)
+    for _ in range(100):
+        if defect == "cutpaste":
+            mask, paint = _cut_paste(rng, img, (donor if donor is not None else rgb).astype(np.float64))
+        else:
+            background = ndimage.gaussian_filter(img, sigma=(rgb.shape[0] / 16, rgb.shape[0] / 16, 0))
+            mask, paint = _DEFECTS[defect](rng, img, support, background)
+        out = rgb.copy()
+        out[mask] = _to_uint8(paint[mask])
+        changed = (out != rgb).any(-1)
+        if _mask_ok(changed):
+            return out, changed
+    raise ValueError(f"could not paint a visible {defect!r} defect on this image (it may be flat)")
 
 
 # --------------------------------------------------------------------------- writer

@@ -1,0 +1,84 @@
+"""Label-free validation: synthetic defects painted onto held-out normal images, scored while training,
+and the best-validation selection; test labels are never read."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import requires_mobilenet_weights, small_config
+
+from cfa_anomaly.checkpoint import read_checkpoint
+from cfa_anomaly.config import ConfigError
+from cfa_anomaly.data.images import image_to_tensor, read_rgb, tensor_to_rgb
+from cfa_anomaly.data.synthetic import PAINTED_DEFECTS, paint_defect
+from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test, training_split
+from cfa_anomaly.validation import synthetic_validation_set
+
+
+@pytest.fixture(scope="module")
+def crops(synth_root) -> list[np.ndarray]:
+    cfg = small_config(synth_root, **{"data.holdout_fraction": "0.4"})
+    return [tensor_to_rgb(image_to_tensor(read_rgb(s.image), cfg.data.resize, cfg.data.crop))
+            for s in training_split(cfg)[1]]
+
+
+@pytest.mark.parametrize("defect", PAINTED_DEFECTS)
+def test_painted_defect_mask_is_exactly_the_changed_pixels(crops, defect):
+    image, donor = crops[0], crops[1]
+    painted, mask = paint_defect(image, defect, np.random.default_rng(3), donor)
+    np.testing.assert_array_equal(mask, (painted != image).any(-1))
+    assert 0.002 <= mask.mean() <= 0.10
+    again, same_mask = paint_defect(image, defect, np.random.default_rng(3), donor)
+    np.testing.assert_array_equal(again, painted)  # seeded
+    np.testing.assert_array_equal(same_mask, mask)
+
+
+def test_paint_defect_refuses_a_non_square_image(crops):
+    with pytest.raises(ValueError, match="square"):
+        paint_defect(crops[0][:, :40], "hole", np.random.default_rng(0))
+
+
+def test_validation_set_has_every_held_out_image_clean_and_painted(synth_root):
+    cfg = small_config(synth_root, **{"data.holdout_fraction": "0.4"})
+    holdout = training_split(cfg)[1]
+    validation = synthetic_validation_set(holdout, cfg)
+    per_image = 1 + len(PAINTED_DEFECTS)
+    assert len(validation.labels) == len(holdout) * per_image
+    assert validation.images.shape == (len(holdout) * per_image, 3, cfg.data.crop, cfg.data.crop)
+    assert validation.labels.sum() == len(holdout) * len(PAINTED_DEFECTS)
+    assert all(m.any() == bool(label) for m, label in zip(validation.masks, validation.labels))
+
+
+@requires_mobilenet_weights
+def test_best_validation_keeps_the_state_of_the_best_epoch(synth_root, tmp_path):
+    extra = {"data.holdout_fraction": "0.4", "data.validation": "synthetic", "train.validate_every": "1",
+             "train.epochs": "4"}
+    train_and_test(small_config(synth_root, **extra, **{"train.select": "best-validation"}), tmp_path / "best",
+                   run_test=False)
+    summary = json.loads((tmp_path / "best" / "train.json").read_text())["validation"]
+    history = summary["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert (tmp_path / "best" / "validation.png").is_file()
+    best = max(history, key=lambda h: h["aupro"])  # the first of equal maxima
+    assert summary["selected"]["epoch"] == best["epoch"] and "test labels unused" in summary["selected"]["reason"]
+    # training is deterministic: the selected state is the state of a run stopped at that epoch
+    train_and_test(small_config(synth_root, **{**extra, "train.epochs": str(best["epoch"])}), tmp_path / "short",
+                   run_test=False)
+    selected = read_checkpoint(tmp_path / "best" / CHECKPOINT_NAME)[1]["state"]
+    stopped = read_checkpoint(tmp_path / "short" / CHECKPOINT_NAME)[1]["state"]
+    for key, tensor in stopped.items():
+        assert torch.equal(tensor, selected[key]), key
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    ({"train.select": "best-validation"}, "train.select"),
+    ({"data.validation": "synthetic", "data.holdout_fraction": "0"}, "data.validation"),
+    ({"data.validation": "labels"}, "data.validation"),
+    ({"data.validation": "synthetic", "train.validate_every": "0"}, "train.validate_every"),
+])
+def test_validation_settings_that_cannot_work_are_refused_by_key(synth_root, overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        small_config(synth_root, **overrides)
