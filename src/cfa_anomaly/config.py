@@ -50,6 +50,10 @@ class DataConfig:
     normal_test_fraction: float = 0.2
     resize: int = 256
     crop: int = 224
+    # false: images are squashed to resize x resize (the paper's pipeline). true: the short side is resized
+    # to `resize` and the long side in proportion, so non-square products keep their shape; both then keep
+    # the central crop x crop square. Masks get the same geometry; maps are mapped back the same way.
+    keep_aspect: bool = False
     batch_size: int = 4
     num_workers: int = 0
     # Normal images held out of training to set the decision threshold (never the test set):

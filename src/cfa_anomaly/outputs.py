@@ -7,14 +7,16 @@ import io
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from cfa_anomaly import viz
 from cfa_anomaly.config import EvaluationConfig
-from cfa_anomaly.data.images import image_to_tensor, read_rgb, tensor_to_rgb
+from cfa_anomaly.data.images import read_rgb, tensor_to_rgb
 from cfa_anomaly.errors import CfaError
 from cfa_anomaly.evaluate import Predictions
 from cfa_anomaly.heatmap import MapScale
@@ -97,9 +99,9 @@ def write_maps(path: Path, predictions: Predictions, pixel_threshold: float | No
     atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
 
 
-def cropped_rgb(path: str | Path, resize: int, crop: int) -> np.ndarray:
-    """The image as the model saw it: (crop, crop, 3) uint8."""
-    return tensor_to_rgb(image_to_tensor(read_rgb(Path(path)), resize, crop))
+def cropped_rgb(path: str | Path, preprocess: Callable[[np.ndarray], torch.Tensor]) -> np.ndarray:
+    """The image as the model saw it (preprocess: Predictor.preprocess): (crop, crop, 3) uint8."""
+    return tensor_to_rgb(preprocess(read_rgb(Path(path))))
 
 
 def panel_name(path: str | Path) -> str:
@@ -108,7 +110,8 @@ def panel_name(path: str | Path) -> str:
     return f"{source.parent.name}/{source.stem}"
 
 
-def write_visuals(output: Path, predictions: Predictions, resize: int, crop: int, threshold: float | None,
+def write_visuals(output: Path, predictions: Predictions, preprocess: Callable[[np.ndarray], torch.Tensor],
+                  threshold: float | None,
                   evaluation: EvaluationConfig, title: str, pixel_threshold: float | None = None) -> dict[str, str]:
     """Panels (one per image; outlines at pixel_threshold), and for labelled data a GIF, ROC curves and a
     score histogram.
@@ -123,7 +126,7 @@ def write_visuals(output: Path, predictions: Predictions, resize: int, crop: int
 
     def render(i: int) -> np.ndarray:
         mask = predictions.mask_of(i) if labelled else None
-        return viz.render_panel(cropped_rgb(predictions.paths[i], resize, crop), predictions.maps[i],
+        return viz.render_panel(cropped_rgb(predictions.paths[i], preprocess), predictions.maps[i],
                                 float(predictions.scores[i]), threshold, scale, mask, title=names[i],
                                 mask_missing=labelled and mask is None, pixel_threshold=pixel_threshold)
 

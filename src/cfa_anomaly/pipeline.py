@@ -43,7 +43,7 @@ def _environment(predictor: Predictor | None = None) -> dict[str, Any]:
 
 
 def _loader_of(samples, cfg: Config):
-    return make_loader(AnomalyDataset(samples, cfg.data.resize, cfg.data.crop), cfg.data.batch_size,
+    return make_loader(AnomalyDataset(samples, cfg.data.resize, cfg.data.crop, cfg.data.keep_aspect), cfg.data.batch_size,
                        cfg.data.num_workers)
 
 
@@ -137,7 +137,7 @@ def evaluate_and_write(predictor: Predictor, cfg: Config, output: Path,
     report["environment"] = _environment(predictor)
     write_scores_csv(output / "scores.csv", predictions, threshold)
     write_maps(output / "maps.npz", predictions, pixel_threshold)
-    report["files"] = write_visuals(output, predictions, cfg.data.resize, cfg.data.crop, threshold,
+    report["files"] = write_visuals(output, predictions, predictor.preprocess, threshold,
                                     cfg.evaluation, title=cfg.data.category, pixel_threshold=pixel_threshold)
     atomic_write_json(output / "metrics.json", report)  # last: its presence marks a finished run
     return report

@@ -20,7 +20,13 @@ from cfa_anomaly.data.images import tensor_to_rgb
 from cfa_anomaly.data.samples import IMAGE_EXTENSIONS, DatasetError, list_images
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.inference.result import DEFECTIVE, decision_label
-from cfa_anomaly.outputs import MAPS_SHARD_SIZE, MapShardWriter, PanelNames, ScoreRowWriter, write_stream_panel
+from cfa_anomaly.outputs import (
+    MAPS_SHARD_SIZE,
+    MapShardWriter,
+    PanelNames,
+    ScoreRowWriter,
+    write_stream_panel,
+)
 
 
 def _folder_images(folder: Path, recursive: bool) -> list[Path]:

@@ -43,7 +43,8 @@ class ValidationSet:
 
 def synthetic_validation_set(holdout: list[Sample], cfg: Config) -> ValidationSet:
     """Each held-out normal image, clean and with one painted defect of every kind (seeded by train.seed)."""
-    crops = [tensor_to_rgb(image_to_tensor(read_rgb(s.image), cfg.data.resize, cfg.data.crop)) for s in holdout]
+    crops = [tensor_to_rgb(image_to_tensor(read_rgb(s.image), cfg.data.resize, cfg.data.crop, cfg.data.keep_aspect))
+             for s in holdout]
     images, labels, masks, kinds = [], [], [], []
     for index, rgb in enumerate(crops):
         images.append(rgb)

@@ -20,10 +20,11 @@ class AnomalyDataset(Dataset):
     not ground truth.
     """
 
-    def __init__(self, samples: Sequence[Sample], resize: int, crop: int) -> None:
+    def __init__(self, samples: Sequence[Sample], resize: int, crop: int, keep_aspect: bool = False) -> None:
         self.samples = list(samples)
         self.resize = resize
         self.crop = crop
+        self.keep_aspect = keep_aspect  # resize the short side (data.keep_aspect), not squash to a square
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -37,8 +38,8 @@ class AnomalyDataset(Dataset):
         else:
             mask = np.zeros(rgb.shape[:2], dtype=bool)
         return {
-            "image": image_to_tensor(rgb, self.resize, self.crop),
-            "mask": mask_to_tensor(mask, self.resize, self.crop),
+            "image": image_to_tensor(rgb, self.resize, self.crop, self.keep_aspect),
+            "mask": mask_to_tensor(mask, self.resize, self.crop, self.keep_aspect),
             "mask_known": sample.mask_known,
             "label": sample.label,
             "path": str(sample.image),

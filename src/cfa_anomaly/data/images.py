@@ -104,19 +104,31 @@ def read_mask(path: Path) -> np.ndarray:
     return raw.astype(np.float64) >= top / 2.0
 
 
-def resize_center_crop(tensor: torch.Tensor, resize: int, crop: int, nearest: bool = False) -> torch.Tensor:
-    """Resize a (C, H, W) tensor to resize x resize, then keep the central crop x crop square."""
+def resized_shape(height: int, width: int, resize: int, keep_aspect: bool = False) -> tuple[int, int]:
+    """The (H, W) an image is resized to before the centre crop: resize x resize (squashed), or with
+    keep_aspect its short side to resize and the long side in proportion."""
+    if not keep_aspect:
+        return resize, resize
+    scale = resize / min(height, width)
+    return max(resize, round(height * scale)), max(resize, round(width * scale))
+
+
+def resize_center_crop(tensor: torch.Tensor, resize: int, crop: int, nearest: bool = False,
+                       keep_aspect: bool = False) -> torch.Tensor:
+    """Resize a (C, H, W) tensor (to resize x resize, or with keep_aspect its short side to resize), then
+    keep the central crop x crop square."""
     mode = "nearest-exact" if nearest else "bilinear"
     kwargs = {} if nearest else {"align_corners": False, "antialias": True}
-    resized = F.interpolate(tensor[None].float(), size=(resize, resize), mode=mode, **kwargs)[0]
-    top = (resize - crop) // 2
-    return resized[:, top: top + crop, top: top + crop]
+    height, width = resized_shape(*tensor.shape[-2:], resize, keep_aspect)
+    resized = F.interpolate(tensor[None].float(), size=(height, width), mode=mode, **kwargs)[0]
+    top, left = (height - crop) // 2, (width - crop) // 2
+    return resized[:, top: top + crop, left: left + crop]
 
 
-def image_to_tensor(rgb: np.ndarray, resize: int, crop: int) -> torch.Tensor:
+def image_to_tensor(rgb: np.ndarray, resize: int, crop: int, keep_aspect: bool = False) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, crop, crop) float tensor in 0..1."""
     tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255.0
-    return resize_center_crop(tensor, resize, crop).clamp_(0.0, 1.0)
+    return resize_center_crop(tensor, resize, crop, keep_aspect=keep_aspect).clamp_(0.0, 1.0)
 
 
 def tensor_to_rgb(tensor: torch.Tensor) -> np.ndarray:
@@ -124,10 +136,10 @@ def tensor_to_rgb(tensor: torch.Tensor) -> np.ndarray:
     return (tensor.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
-def mask_to_tensor(mask: np.ndarray, resize: int, crop: int) -> torch.Tensor:
-    """(H, W) bool -> (crop, crop) bool tensor, nearest-neighbour so it stays binary."""
+def mask_to_tensor(mask: np.ndarray, resize: int, crop: int, keep_aspect: bool = False) -> torch.Tensor:
+    """(H, W) bool -> (crop, crop) bool tensor, nearest-neighbour so it stays binary; the image's geometry."""
     tensor = torch.from_numpy(np.ascontiguousarray(mask))[None].to(torch.uint8)
-    return resize_center_crop(tensor, resize, crop, nearest=True)[0] > 0.5
+    return resize_center_crop(tensor, resize, crop, nearest=True, keep_aspect=keep_aspect)[0] > 0.5
 
 
 def check_same_size(mask: np.ndarray, mask_path: Path, image: np.ndarray, image_path: Path) -> None:
@@ -138,18 +150,20 @@ def check_same_size(mask: np.ndarray, mask_path: Path, image: np.ndarray, image_
         )
 
 
-def map_to_input_size(anomaly_map: np.ndarray, size: tuple[int, int], resize: int, crop: int) -> np.ndarray:
+def map_to_input_size(anomaly_map: np.ndarray, size: tuple[int, int], resize: int, crop: int,
+                      keep_aspect: bool = False) -> np.ndarray:
     """A (crop, crop) map back onto the input's own (H, W) pixels: the inverse of resize_center_crop.
 
-    The map is placed where the crop came from in the resize x resize square, the border that the crop cut
-    away is filled with the map's nearest edge values (the model never saw it), and the square is resized
-    bilinearly to (H, W), undoing the squash of non-square images.
+    The map is placed where the crop came from in the resized image (resize x resize, or with keep_aspect
+    the short side at resize), the border that the crop cut away is filled with the map's nearest edge
+    values (the model never saw it), and the result is resized bilinearly to (H, W).
     """
     tensor = torch.as_tensor(np.asarray(anomaly_map, dtype=np.float32))[None, None]
-    before = (resize - crop) // 2
-    after = resize - crop - before
-    if before or after:
-        tensor = F.pad(tensor, (before, after, before, after), mode="replicate")
-    if tuple(size) != (resize, resize):
+    height, width = resized_shape(*size, resize, keep_aspect)
+    top, left = (height - crop) // 2, (width - crop) // 2
+    bottom, right = height - crop - top, width - crop - left
+    if top or left or bottom or right:
+        tensor = F.pad(tensor, (left, right, top, bottom), mode="replicate")
+    if tuple(size) != (height, width):
         tensor = F.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False)
     return tensor[0, 0].numpy()

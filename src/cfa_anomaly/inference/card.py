@@ -28,6 +28,7 @@ class ModelCard:
     pixel_threshold: float | None = None
     pixel_threshold_source: str = "none stored: outlines at the image threshold"
     holdout_scores: tuple[float, ...] | None = None
+    keep_aspect: bool = False  # the short side is resized to `resize` instead of squashing to a square
 
     @classmethod
     def of(cls, cfg: Config, threshold: dict[str, Any] | None, precision: str, weights_sha256: str,
@@ -41,7 +42,8 @@ class ModelCard:
                    precision=precision, backbone_weights_sha256=weights_sha256, package_version=version,
                    category=cfg.data.category, config=cfg.to_dict(), pixel_threshold=pixel.get("value"),
                    pixel_threshold_source=pixel.get("source", cls.pixel_threshold_source),
-                   holdout_scores=None if scores is None else tuple(float(v) for v in scores))
+                   holdout_scores=None if scores is None else tuple(float(v) for v in scores),
+                   keep_aspect=cfg.data.keep_aspect)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -82,8 +82,10 @@ def _metadata(fmt: str, card: ModelCard, files: dict[str, str], checkpoint: Path
         "files": files,
         "input": {"name": INPUT_NAME, "shape": ["N", 3, crop, crop], "dtype": "float32", "layout": "NCHW, RGB",
                   "range": [0.0, 1.0],
-                  "preprocessing": f"resize to {card.resize}x{card.resize} (bilinear, antialiased), centre crop "
-                                   f"{crop}x{crop}; the backbone's normalisation is inside the graph"},
+                  "preprocessing": (f"resize the short side to {card.resize} keeping the aspect ratio"
+                                    if card.keep_aspect else f"resize to {card.resize}x{card.resize}")
+                                   + f" (bilinear, antialiased), centre crop {crop}x{crop}; the backbone's "
+                                     "normalisation is inside the graph"},
         "outputs": {OUTPUT_NAMES[0]: ["N", crop, crop], OUTPUT_NAMES[1]: ["N"]},
         "card": card.to_dict(),
         "checkpoint": {"file": str(checkpoint), "sha256": file_sha256(checkpoint)},

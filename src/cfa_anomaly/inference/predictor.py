@@ -152,7 +152,7 @@ class Predictor:
 
     def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (3, crop, crop) float32 in 0..1, the geometry the model was trained with."""
-        return image_to_tensor(rgb, self.card.resize, self.card.crop)
+        return image_to_tensor(rgb, self.card.resize, self.card.crop, self.card.keep_aspect)
 
     def score_batch(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Preprocessed images (N, 3, crop, crop) in 0..1 -> (maps (N, crop, crop), scores (N,)) float32."""
@@ -179,7 +179,8 @@ class Predictor:
         crop = self.crop
         all_maps = np.concatenate(maps) if maps else np.zeros((0, crop, crop), np.float32)
         all_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-        input_maps = [map_to_input_size(m, size, self.card.resize, crop) for m, size in zip(all_maps, sizes)]
+        input_maps = [map_to_input_size(m, size, self.card.resize, crop, self.card.keep_aspect)
+                      for m, size in zip(all_maps, sizes)]
         return InferenceResult(sources=sources, scores=all_scores, maps=all_maps, input_maps=input_maps,
                                threshold=self.threshold, decisions=self.decide(all_scores),
                                pixel_threshold=self.pixel_threshold)
