@@ -199,8 +199,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     # EfficientNet-B5: the original code loads EfficientNet-PyTorch's 'efficientnet-b5' file
     # (efficientnet-b5-b6417697.pth), a port of the EfficientNet authors' TensorFlow checkpoint trained on
     # ImageNet-1k with AutoAugment. timm's port of that checkpoint is tf_efficientnet_b5.aa_in1k (TF "same"
-    # padding, as in that port). timm's plain efficientnet_b5 has only ImageNet-12k weights (sw_in12k, and
-    # sw_in12k_ft_in1k, its default): other features than the paper's.
+    # padding, as in that port; the two files were not compared byte for byte: no download here). timm's
+    # plain efficientnet_b5 has only ImageNet-12k weights (sw_in12k, and sw_in12k_ft_in1k, its default).
     "efficientnet_b5": _timm_spec("tf_efficientnet_b5.aa_in1k"),
     "vgg19_bn": _timm_spec("vgg19_bn.tv_in1k"),
     # Offline: weights install from the package registry.
