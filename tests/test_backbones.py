@@ -175,3 +175,30 @@ def test_offline_with_cached_weights_loads_them(monkeypatch, tmp_path):
     monkeypatch.setattr(backbones, "cached_hub_weights", lambda name: path)
     extractor = FeatureExtractor("resnet18", pretrained=True)
     torch.testing.assert_close(extractor.model.conv1.weight, source.conv1.weight)
+
+
+@pytest.mark.parametrize(("name", "timm_name"), [
+    ("efficientnet_b5", "tf_efficientnet_b5.aa_in1k"),  # the paper's ImageNet-1k weights, not timm's default
+    ("wide_resnet50_2", "wide_resnet50_2.tv_in1k"),
+    ("resnet18", "resnet18.tv_in1k"),
+    ("vgg19_bn", "vgg19_bn.tv_in1k"),
+])
+def test_timm_backbones_pin_an_imagenet_1k_tag_and_ask_for_it(monkeypatch, name, timm_name):
+    """The pinned name.tag is what the builder looks up (checked offline: nothing is downloaded), timm knows
+    it as ImageNet-1k weights, and its normalisation is the one the extractor applies."""
+    import timm
+
+    from cfa_anomaly import backbones
+
+    spec = BACKBONES[name]
+    assert spec.timm_name == timm_name
+    pretrained = timm.models.get_pretrained_cfg(timm_name)
+    assert pretrained.tag == timm_name.split(".")[1] and pretrained.tag.endswith("in1k")
+    assert "in12k" not in pretrained.tag and "in22k" not in pretrained.tag
+    assert (tuple(pretrained.mean), tuple(pretrained.std)) == (spec.mean, spec.std)
+    asked = []
+    monkeypatch.setattr(backbones, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(backbones, "cached_hub_weights", lambda requested: asked.append(requested))
+    with pytest.raises(BackboneError, match=timm_name.replace(".", r"\.")):
+        FeatureExtractor(name, pretrained=True)
+    assert asked == [timm_name]

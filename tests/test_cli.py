@@ -146,8 +146,11 @@ def test_benchmark_exits_1_naming_the_categories_without_results(reusable, capsy
     out, err = capsys.readouterr()
     assert code == cli.EXIT_CATEGORIES_FAILED
     assert "1 of 3 categories" in out
-    assert "2 of 3 categories have no results" in err
-    assert "absent_part: skipped: dataset not found" in err and "bad_config: config error" in err
+    assert "2 of 3 categories have no results: absent_part (skipped), bad_config (failed)" in err
+    assert "[absent_part] skipped: dataset not found" in err and "[bad_config] config error" in err
+    # each reason once, on one line (it was logged when it happened and listed again at the end)
+    for reason in ("dataset not found", "config error"):
+        assert err.count(reason) == 1 and len([line for line in err.splitlines() if reason in line]) == 1
     summary = json.loads((reusable / "bench" / "summary.json").read_text())
     assert summary["status"] == {"done_part": "reused", "absent_part": "skipped", "bad_config": "failed"}
     assert column_title("done_part") in (reusable / "bench" / "results.md").read_text()
@@ -163,7 +166,8 @@ def test_benchmark_with_a_missing_category_trains_the_other_and_exits_1(synth_ro
     out, err = capsys.readouterr()
     assert code == cli.EXIT_CATEGORIES_FAILED
     assert (output / SYNTH_CATEGORY / "metrics.json").is_file() and "1 of 2 categories" in out
-    assert "absent_part: skipped" in err and f"[{SYNTH_CATEGORY}]" not in err  # -q: no progress lines
+    assert "[absent_part] skipped" in err and f"[{SYNTH_CATEGORY}]" not in err  # -q: no progress lines
+    assert err.count("dataset not found") == 1
 
 
 def test_demo_exits_1_when_a_category_failed(tmp_path, monkeypatch, capsys):
@@ -178,4 +182,4 @@ def test_demo_exits_1_when_a_category_failed(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cfa_anomaly.data.synthetic, "generate_dataset", lambda *args, **kwargs: None)
     monkeypatch.setattr(cfa_anomaly.benchmark, "run_benchmark", broken_benchmark)
     assert cli.main(["demo", "--kinds", "texture", "--output", str(tmp_path / "demo")]) == 1
-    assert "synthetic_texture: failed: TrainingError" in capsys.readouterr().err
+    assert "1 of 1 categories have no results: synthetic_texture (failed)" in capsys.readouterr().err

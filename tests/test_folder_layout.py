@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SYNTH_CATEGORY, SYNTH_COUNTS, small_config, small_overrides
+from conftest import SYNTH_CATEGORY, SYNTH_COUNTS, SYNTH_IMAGE_SIZE, small_config, small_overrides
 
 from cfa_anomaly import cli
 from cfa_anomaly.config import ConfigError
@@ -107,6 +107,50 @@ def test_without_abnormal_dir_all_normals_train_and_there_is_no_test_split(synth
     assert len(dataset_samples(data, "train")) == N_TRAIN
     with pytest.raises(DatasetError, match=r"no test split: data\.abnormal_dir is not set.*--no-test"):
         dataset_samples(data, "test")
+
+
+def holdout_folder(tmp_path: Path, *images: Path, fresh: int = 2) -> Path:
+    """A data.holdout_dir: `fresh` new images (their own bytes) plus the given ones under new names."""
+    from PIL import Image
+
+    folder = tmp_path / "holdout"
+    folder.mkdir()
+    for index in range(fresh):
+        Image.new("RGB", (SYNTH_IMAGE_SIZE, SYNTH_IMAGE_SIZE), (40 * index, 90, 120)).save(folder / f"own{index}.png")
+    for index, image in enumerate(images):
+        shutil.copyfile(image, folder / f"copy{index}{image.suffix}")
+    return folder
+
+
+def test_holdout_dir_of_other_images_is_the_held_out_set(synth_root, tmp_path):
+    folder = holdout_folder(tmp_path)
+    for cfg in (small_config(synth_root, **{"data.holdout_dir": str(folder)}),
+                folder_config(make_layout(synth_root, tmp_path / "layout"), **{"data.holdout_dir": str(folder)})):
+        train, holdout = training_split(cfg)
+        assert names(holdout) == set(folder.iterdir()) and len(train) == N_TRAIN
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_holdout_dir_copy_of_a_training_or_test_image_is_refused_naming_both(synth_root, tmp_path, split):
+    """A copy under another name (MVTec layout): found by the SHA-256 of its bytes."""
+    source = sorted((synth_root / SYNTH_CATEGORY / split / "good").iterdir())[1]
+    folder = holdout_folder(tmp_path, source)
+    with pytest.raises(DatasetError) as err:
+        training_split(small_config(synth_root, **{"data.holdout_dir": str(folder)}))
+    message = str(err.value)
+    assert str(folder / "copy0.png") in message and str(source) in message
+    assert f"the {'training' if split == 'train' else 'test'} image" in message and "SHA-256" in message
+
+
+def test_holdout_dir_link_to_a_test_image_is_refused_as_the_same_file(synth_root, tmp_path):
+    """The folder layout, a symbolic link to a normal test image: the same file by its resolved path."""
+    folders = make_layout(synth_root, tmp_path)
+    target = min(folders["normal_test_dir"].iterdir())
+    folder = holdout_folder(tmp_path)
+    (folder / "linked.png").symlink_to(target)
+    with pytest.raises(DatasetError, match=r"is also a test image: .*\(the same file\)") as err:
+        training_split(folder_config(folders, **{"data.holdout_dir": str(folder)}))
+    assert str(folder / "linked.png") in str(err.value) and str(target) in str(err.value)
 
 
 # --------------------------------------------------------------------------- a run without masks

@@ -68,7 +68,7 @@ def test_one_defect_type_without_masks_gives_no_pixel_metrics_on_the_partial_set
     text = markdown_report({SYNTH_CATEGORY: report["metrics"], "grid": dict.fromkeys(report["metrics"], 0.9)},
                            "cfa")
     assert "| cfa | 0.900 | 0.900 | - |" in text
-    assert "Avg over 1 of 2 categories; undefined ('-'): Synth" in text
+    assert "Avg over 1 of 2 categories (Grid); undefined ('-'): Synth" in text
 
 
 def test_a_single_missing_mask_in_a_ground_truth_folder_is_still_an_error(synth_root, tmp_path):

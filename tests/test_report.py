@@ -13,7 +13,8 @@ from PIL import Image
 
 from cfa_anomaly import viz
 from cfa_anomaly.benchmark import run_benchmark
-from cfa_anomaly.report import average, csv_report, markdown_report, markdown_table
+from cfa_anomaly.config import MVTEC_CATEGORIES, load_config
+from cfa_anomaly.report import TABLES, average, column_title, csv_report, markdown_report, markdown_table
 from conftest import SYNTH_CATEGORY, requires_mobilenet_weights, small_overrides
 
 RESULTS = {
@@ -48,6 +49,54 @@ def test_markdown_report_has_four_tables_and_lists_problems():
     for title in ("Image-Level AUC", "Pixel-Level AUC", "Pixel F1 Score", "AUPRO"):
         assert f"### {title}" in text
     assert "screw: skipped: dataset not found" in text
+
+
+def test_every_requested_category_is_a_column_in_mvtec_order_with_dashes_where_not_run():
+    """A full MVTec AD request of which one category finished: 15 columns, '-' for the 14 others, and the
+    line under the table says the average is over Grid alone."""
+    results = {"grid": RESULTS["grid"]}
+    header, row = table_cells(markdown_table(results, "image_auroc", "cfa", categories=MVTEC_CATEGORIES))
+    assert header == ["", "Avg", *(column_title(c) for c in MVTEC_CATEGORIES)]
+    assert row[header.index("Grid")] == "0.900" == row[1]
+    assert [cell for cell in row[2:] if cell == "-"] == ["-"] * 14
+    text = markdown_report(results, "cfa", problems={"bottle": "failed: TrainingError"},
+                           categories=MVTEC_CATEGORIES)
+    others = ", ".join(column_title(c) for c in MVTEC_CATEGORIES if c != "grid")
+    assert f"Avg over 1 of 15 categories (Grid); not run or failed ('-'): {others}\n" in text
+    assert text.count("Avg over 1 of 15 categories (Grid)") == len(TABLES)
+
+
+def test_the_line_under_each_table_names_what_avg_is_over():
+    text = markdown_report(RESULTS, "cfa", categories=["grid", "bottle", "my_part", "screw"])
+    assert "Avg over 3 of 4 categories (Grid, Bottle, My Part); not run or failed ('-'): Screw" in text
+    assert ("Avg over 2 of 4 categories (Grid, My Part); not run or failed ('-'): Screw; undefined ('-'): "
+            "Bottle") in text  # AUPRO
+    assert "Avg over all 3 categories." in markdown_report(RESULTS, "cfa")
+    assert "Avg over the one category." in markdown_report({"grid": RESULTS["grid"]}, "cfa")
+
+
+def test_csv_report_has_a_row_for_every_requested_category():
+    rows = list(csv.reader(io.StringIO(csv_report(RESULTS, categories=["screw", "grid", "bottle", "my_part"]))))
+    assert [r[0] for r in rows[1:]] == ["grid", "bottle", "screw", "my_part", "average"]  # MVTec order
+    assert rows[3] == ["screw", "", "", "", ""]
+    assert float(rows[-1][1]) == pytest.approx(np.mean([0.9, 1.0, 0.5]))
+
+
+def test_benchmark_results_show_every_requested_category(tmp_path):
+    """`cfa benchmark` over all 15 MVTec AD categories where only grid is there (finished earlier): results.md
+    and results.csv still have all 15, in the original order."""
+    root, output = tmp_path / "data", tmp_path / "bench"
+    cfg = load_config(None, [f"data.root={root}", "data.category=grid"])
+    (output / "grid").mkdir(parents=True)
+    (output / "grid" / "metrics.json").write_text(json.dumps({"config": cfg.to_dict(), "metrics": RESULTS["grid"]}))
+    summary = run_benchmark(root, output, MVTEC_CATEGORIES, config_dir=None)
+    assert summary["status"]["grid"] == "reused" and len(summary["problems"]) == 14
+    tables = (output / "results.md").read_text()
+    header = tables.split("### Image-Level AUC\n\n")[1].splitlines()[0]
+    assert [c.strip() for c in header.strip("|").split("|")][2:] == [column_title(c) for c in MVTEC_CATEGORIES]
+    assert "Avg over 1 of 15 categories (Grid)" in tables
+    rows = list(csv.reader(io.StringIO((output / "results.csv").read_text())))
+    assert [r[0] for r in rows[1:]] == [*MVTEC_CATEGORIES, "average"]
 
 
 def test_csv_report_rows_and_average():

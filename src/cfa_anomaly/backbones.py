@@ -37,6 +37,7 @@ class BackboneSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     offline: bool  # weights install from the package registry
+    timm_name: str | None = None  # timm's model.tag, for the timm family: which weights file is downloaded
 
 
 # ---------------------------------------------------------------- weights
@@ -185,12 +186,23 @@ def _efficientnet_lite(index: int) -> Callable[[bool, Path | None], tuple[nn.Mod
     return build
 
 
+def _timm_spec(timm_name: str) -> BackboneSpec:
+    """A timm backbone with ImageNet normalisation; timm_name carries the weights' tag (name.tag), pinned."""
+    return BackboneSpec(_timm_builder(timm_name), IMAGENET_MEAN, IMAGENET_STD, False, timm_name=timm_name)
+
+
 BACKBONES: dict[str, BackboneSpec] = {
-    # The paper's backbones; torchvision's ImageNet weights (as the paper used) through timm.
-    "wide_resnet50_2": BackboneSpec(_timm_builder("wide_resnet50_2.tv_in1k"), IMAGENET_MEAN, IMAGENET_STD, False),
-    "resnet18": BackboneSpec(_timm_builder("resnet18.tv_in1k"), IMAGENET_MEAN, IMAGENET_STD, False),
-    "efficientnet_b5": BackboneSpec(_timm_builder("efficientnet_b5"), IMAGENET_MEAN, IMAGENET_STD, False),
-    "vgg19_bn": BackboneSpec(_timm_builder("vgg19_bn.tv_in1k"), IMAGENET_MEAN, IMAGENET_STD, False),
+    # The paper's backbones, each with its pretrained tag pinned (timm's default tag can change between
+    # timm versions). ResNets and VGG: torchvision's ImageNet-1k weights, as the paper used, through timm.
+    "wide_resnet50_2": _timm_spec("wide_resnet50_2.tv_in1k"),
+    "resnet18": _timm_spec("resnet18.tv_in1k"),
+    # EfficientNet-B5: the original code loads EfficientNet-PyTorch's 'efficientnet-b5' file
+    # (efficientnet-b5-b6417697.pth), a port of the EfficientNet authors' TensorFlow checkpoint trained on
+    # ImageNet-1k with AutoAugment. timm's port of that checkpoint is tf_efficientnet_b5.aa_in1k (TF "same"
+    # padding, as in that port; the two files were not compared byte for byte: no download here). timm's
+    # plain efficientnet_b5 has only ImageNet-12k weights (sw_in12k, and sw_in12k_ft_in1k, its default).
+    "efficientnet_b5": _timm_spec("tf_efficientnet_b5.aa_in1k"),
+    "vgg19_bn": _timm_spec("vgg19_bn.tv_in1k"),
     # Offline: weights install from the package registry.
     "mobilenet_v2": BackboneSpec(_mobilenet_v2, IMAGENET_MEAN, IMAGENET_STD, True),
     "efficientnet_lite0": BackboneSpec(_efficientnet_lite(0), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), True),

@@ -97,15 +97,16 @@ def run_benchmark(root: str | Path, output: Path, categories: Sequence[str] = MV
             log.error("[%s] failed: %s (traceback in %s)", category, err, folder / "error.txt")
             continue
         results[category], status[category] = report["metrics"], "done"
-    write_benchmark_files(output, results, problems, row_label or backbone or "cfa")
+    write_benchmark_files(output, results, problems, row_label or backbone or "cfa", categories)
     summary = {"results": results, "problems": problems, "status": status}
     atomic_write_json(output / "summary.json", summary)
     return summary
 
 
 def write_benchmark_files(output: Path, results: dict[str, dict[str, float | None]], problems: dict[str, str],
-                          row_label: str) -> None:
-    """results.md (four tables), results.csv, and each category's GIF copied to assets/<category>.gif."""
+                          row_label: str, categories: Sequence[str] | None = None) -> None:
+    """results.md (four tables), results.csv, and each category's GIF copied to assets/<category>.gif.
+    categories: the requested ones, each a column ('-' where it has no result); default: those with results."""
     assets = output / "assets"
     assets.mkdir(exist_ok=True)
     for category in results:
@@ -114,6 +115,6 @@ def write_benchmark_files(output: Path, results: dict[str, dict[str, float | Non
             shutil.copyfile(gif, assets / f"{category}.gif")
     demos = "\n".join(f"### {c}\n<p align=\"left\"><img src=\"assets/{c}.gif\" width=\"100%\" /></p>\n"
                       for c in results if (assets / f"{c}.gif").is_file())
-    atomic_write_text(output / "results.md", markdown_report(results, row_label, problems)
+    atomic_write_text(output / "results.md", markdown_report(results, row_label, problems, categories=categories)
                       + ("\n## Demo\n\n" + demos if demos else ""))
-    atomic_write_text(output / "results.csv", csv_report(results))
+    atomic_write_text(output / "results.csv", csv_report(results, categories))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import platform
 from pathlib import Path
@@ -53,11 +55,72 @@ def _loader(cfg: Config, split: Split):
 
 def training_split(cfg: Config) -> tuple[list[Sample], list[Sample]]:
     """(training images, held-out normal images for the threshold), as the config asks; in the folder layout
-    both come from normal_dir less the images it gives to the test split."""
+    both come from normal_dir less the images it gives to the test split.
+
+    Images of data.holdout_dir that are also training or test images (the same file, or a copy with the same
+    bytes) are refused with a DatasetError naming both files: a threshold taken from them would not be held
+    out."""
     samples = dataset_samples(cfg.data, "train")
     if cfg.data.holdout_dir:
-        return samples, folder_samples(cfg.data.holdout_dir)
+        holdout = folder_samples(cfg.data.holdout_dir)
+        refuse_shared_images(holdout, {"training": samples, "test": _test_samples_if_any(cfg)})
+        return samples, holdout
     return split_holdout(samples, cfg.data.holdout_fraction, cfg.train.seed)
+
+
+def _test_samples_if_any(cfg: Config) -> list[Sample]:
+    """The test split, or [] where there is none (no data.abnormal_dir, no test folder): a broken test split
+    is reported by check_data when a run tests."""
+    try:
+        return dataset_samples(cfg.data, "test")
+    except DatasetError as err:
+        log.debug("data.holdout_dir not compared with the test images: %s", err)
+        return []
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def refuse_shared_images(holdout: list[Sample], others: dict[str, list[Sample]]) -> None:
+    """A DatasetError when a held-out image is also one of `others` (split name -> samples): by resolved path,
+    or by the SHA-256 of its bytes. Only files whose size equals a held-out file's size are read and hashed."""
+    held = {sample.image.resolve(): sample.image for sample in holdout}
+    sizes: dict[int, list[Path]] = {}
+    for path in held.values():
+        with contextlib.suppress(OSError):  # an unreadable file is reported by check_data
+            sizes.setdefault(path.stat().st_size, []).append(path)
+    hashes: dict[Path, str] = {}
+
+    def digest(path: Path) -> str | None:
+        if path not in hashes:
+            try:
+                hashes[path] = _sha256(path)
+            except OSError:
+                return None
+        return hashes[path]
+
+    for split, samples in others.items():
+        for sample in samples:
+            other = sample.image
+            same_file = held.get(other.resolve())
+            if same_file is not None:
+                raise DatasetError(f"{same_file} (data.holdout_dir) is also a {split} image: {other} (the same "
+                                   "file); held-out images must be neither trained on nor tested on: remove it "
+                                   "from data.holdout_dir")
+            try:
+                size = other.stat().st_size
+            except OSError:
+                continue
+            for candidate in sizes.get(size, []):
+                if digest(candidate) is not None and digest(candidate) == digest(other):
+                    raise DatasetError(f"{candidate} (data.holdout_dir) has the same bytes (SHA-256) as the {split} "
+                                       f"image {other}; held-out images must be neither trained on nor tested on: "
+                                       "remove the copy from data.holdout_dir")
 
 
 def holdout_threshold(model: CFA, holdout: list[Sample], cfg: Config) -> dict[str, Any]:

@@ -124,7 +124,8 @@ def chosen_squared_distances(centred_points: torch.Tensor, bank: CentredBank, in
     """(N, D) float32 points minus m, (N, k) centre indices -> (N, k) float32 squared distances.
 
     |p - m|^2 - 2 (p - m).(c_j - m) + |c_j - m|^2, the dot products computed only at the chosen pairs
-    (a sampled sparse product). No gradient here: see chosen_distances_backward.
+    (a sampled sparse product), clamped at 0 against rounding (a point on a centre can come out slightly
+    negative). No gradient here: see chosen_distances_backward, which passes none through the clamped ones.
     """
     pattern = _selection(indices, torch.zeros(indices.shape, device=indices.device), bank.centred.shape[0])
     dots = torch.sparse.sampled_addmm(pattern, centred_points, bank.centred.transpose(0, 1), beta=0.0)
@@ -135,12 +136,14 @@ def chosen_squared_distances(centred_points: torch.Tensor, bank: CentredBank, in
 
 
 def chosen_distances_backward(centred_points: torch.Tensor, bank: CentredBank, indices: torch.Tensor,
-                              grad: torch.Tensor) -> torch.Tensor:
+                              grad: torch.Tensor, clamped: torch.Tensor) -> torch.Tensor:
     """Exact gradient of sum(grad * chosen distances) in the points: sum_j g_j 2 (p - c_j), (N, D) float32.
 
     Written as 2 (p - m) sum_j g_j - 2 sum_j g_j (c_j - m); the second sum is a weighted embedding bag.
+    clamped: (N, k) bool, where the forward's distance is 0 (chosen_squared_distances clamps a negative
+    rounding result there): those pairs pass no gradient, the clamp's derivative below 0.
     """
-    grad = grad.float()
+    grad = grad.float().masked_fill(clamped, 0.0)
     pulled = F.embedding_bag(indices, bank.centred, per_sample_weights=grad * -2.0, mode="sum")
     return pulled.addcmul_(centred_points, 2.0 * grad.sum(1, keepdim=True))
 
@@ -166,16 +169,18 @@ class _ChosenSquaredDistances(torch.autograd.Function):
     @staticmethod
     def forward(ctx, points: torch.Tensor, bank: CentredBank, indices: torch.Tensor) -> torch.Tensor:
         centred_points = centre_points(points, bank)
+        distances = chosen_squared_distances(centred_points, bank, indices)
         ctx.bank, ctx.dtype = bank, points.dtype
-        ctx.save_for_backward(centred_points, indices)
-        return chosen_squared_distances(centred_points, bank, indices)
+        ctx.save_for_backward(centred_points, indices, distances == 0)
+        return distances
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-        centred_points, indices = ctx.saved_tensors
+        centred_points, indices, clamped = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        return chosen_distances_backward(centred_points, ctx.bank, indices, grad).to(ctx.dtype), None, None
+        gradient = chosen_distances_backward(centred_points, ctx.bank, indices, grad, clamped)
+        return gradient.to(ctx.dtype), None, None
 
 
 def gathered_squared_distances(points: torch.Tensor, centres: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,8 @@ def has_bfloat16_matrix_units(device: torch.device) -> bool:
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """model.precision = auto -> mixed where bfloat16 is fast (equivalent results, see benchmarks/), else float32."""
+    """model.precision = auto -> mixed where bfloat16 is fast, else float32. mixed is close to float32, not
+    exact: an approximate nearest-centre search (benchmarks/README.md has how often it misses)."""
     if requested != "auto":
         return requested
     return "mixed" if has_bfloat16_matrix_units(device) else "float32"

@@ -87,15 +87,15 @@ class _DescribeAndMatch(torch.autograd.Function):
         if count > k:
             distances, indices = rerank(distances, indices, k)
         ctx.bank, ctx.grids = bank, [tuple(layer.shape[-2:]) for layer in layers]
-        ctx.save_for_backward(centred, indices, coords, *inputs)
+        ctx.save_for_backward(centred, indices, distances == 0, coords, *inputs)  # == 0: clamped, no gradient
         ctx.mark_non_differentiable(indices)
         return distances, indices
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _unused: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-        centred, indices, coords, *inputs = ctx.saved_tensors
+        centred, indices, clamped, coords, *inputs = ctx.saved_tensors
         height, width = ctx.grids[0]
-        grad_features = chosen_distances_backward(centred, ctx.bank, indices, grad)  # (B*H*W, D) float32
+        grad_features = chosen_distances_backward(centred, ctx.bank, indices, grad, clamped)  # (B*H*W, D) float32
         dimension = grad_features.shape[1]
         grad_position = grad_features.view(-1, height * width, dimension).sum(0)  # (H*W, D)
         grad_grid = grad_features.view(-1, height, width, dimension).permute(0, 3, 1, 2)
