@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,9 @@ from cfa_anomaly.config import Config, load_config
 # The tensors here are tiny: one intra-op thread is fastest, and it avoids OpenMP threads spinning against
 # each other (a 2-thread depthwise convolution ran ~400x slower than 1 thread on a busy 2-core machine).
 torch.set_num_threads(1)
+# The search layout a probe picks is remembered in a per-machine file (model/kernels.py): not in the home
+# folder of whoever runs the tests. A subprocess started by a test inherits it.
+os.environ.setdefault("CFA_ANOMALY_CACHE", tempfile.mkdtemp(prefix="cfa-anomaly-test-cache-"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

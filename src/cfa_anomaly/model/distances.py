@@ -14,6 +14,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from cfa_anomaly.model.kernels import bank_layout
+
 # CSR tensors are used only for the k-entries-per-row selection below, a well-covered case.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")  # torch 2.11
@@ -29,6 +31,7 @@ class CentredBank(NamedTuple):
     centred: torch.Tensor  # (M, D) float32: c - m
     norms: torch.Tensor  # (M,) float32: |c - m|^2
     search: torch.Tensor  # (M, D + 3) search dtype: -2 (c - m), 1, b_hi, b_lo; rows in shuffled order
+    search_t: torch.Tensor  # (D + 3, M): search transposed, a view or a contiguous copy (model/kernels.py)
     order: torch.Tensor  # (M,) the centre at each row of search
 
 
@@ -38,7 +41,8 @@ def centre_bank(centres: torch.Tensor, low_precision: bool = False) -> CentredBa
     b = |c - m|^2 is stored as two search-dtype numbers (b_hi + b_lo), so that it enters the
     product as exactly as in float32. The search rows are shuffled (a fixed permutation): torch.topk on
     CPU keeps a heap of the best so far, which is slow when the columns come in an unlucky order (e.g. best
-    last: 5x slower); in random order it is refilled seldom.
+    last: 5x slower); in random order it is refilled seldom. The transposed operand of the search product
+    is laid out as this machine's kernels run it fastest (model/kernels.py); only one copy is kept.
     """
     with torch.no_grad():
         centres32 = centres.detach().float()
@@ -51,7 +55,10 @@ def centre_bank(centres: torch.Tensor, low_precision: bool = False) -> CentredBa
         search = torch.cat((-2.0 * centred, torch.ones_like(norms)[:, None]), dim=1).to(dtype)
         search = torch.cat((search, bias_hi[:, None], bias_lo[:, None]), dim=1)
         order = torch.randperm(len(centres), generator=torch.Generator().manual_seed(0)).to(centres.device)
-        return CentredBank(offset, centred, norms, search[order], order)
+        search = search[order]
+        layout = bank_layout(search.device, dtype, default_chunk(search.device), *search.shape[::-1])
+        search_t = search.t().contiguous() if layout == "contiguous" else search.t()
+        return CentredBank(offset, centred, norms, search_t.t(), search_t, order)
 
 
 def squared_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -95,14 +102,18 @@ def candidate_centres(rows: torch.Tensor, bank: CentredBank, count: int,
     true neighbours fall outside the candidates than with the shorter key. Chunks of rows keep memory
     flat: by default 512 on a CPU (a chunk's products stay in cache), 8192 on a GPU (fewer, larger launches).
     """
-    chunk = chunk or (512 if rows.device.type == "cpu" else 8192)
-    search_t = bank.search.t()  # a transposed view: the faster product layout here
+    chunk = chunk or default_chunk(rows.device)
     found = []
     with torch.no_grad():
         for start in range(0, rows.shape[0], chunk):
-            key = torch.mm(rows[start: start + chunk], search_t)
+            key = torch.mm(rows[start: start + chunk], bank.search_t)
             found.append(torch.topk(key, count, dim=1, largest=False, sorted=True).indices)
     return bank.order[torch.cat(found)]
+
+
+def default_chunk(device: torch.device) -> int:
+    """Rows per search product: 512 on a CPU (a chunk's products stay in cache), 8192 on a GPU."""
+    return 512 if device.type == "cpu" else 8192
 
 
 def _selection(indices: torch.Tensor, values: torch.Tensor, n_centres: int) -> torch.Tensor:

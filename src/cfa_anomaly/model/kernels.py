@@ -1,0 +1,110 @@
+"""Which memory layout of the memory bank makes the nearest-centre search product fastest on this machine.
+
+The search is one (rows x (D + 3)) @ ((D + 3) x centres) product per chunk of rows. oneDNN's CPU kernels
+are sensitive to the layout of the second operand: on a Xeon with AMX, a contiguous (D + 3, centres)
+copy ran the wide_resnet50_2 shape (512 x 1795 x 3136, bfloat16) 1.6x faster than the transposed view of
+the (centres, D + 3) bank, while on the AMD EPYC the project was first tuned on the view was the faster
+(benchmarks/README.md). So on a CPU the layout is chosen by a short probe of both (tens of ms, once per
+shape), remembered per machine in a small JSON file, so that every later run on the machine (a resumed
+training too) uses the same kernels; set CFA_ANOMALY_BANK_LAYOUT=view|contiguous to fix it. On a GPU the
+view is used (cuBLAS takes transposed operands natively).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from cfa_anomaly.io_utils import atomic_write_text
+
+log = logging.getLogger(__name__)
+LAYOUTS = ("view", "contiguous")
+ENV_LAYOUT = "CFA_ANOMALY_BANK_LAYOUT"
+ENV_CACHE = "CFA_ANOMALY_CACHE"  # a folder; default ~/.cache/cfa-anomaly
+PROBE_REPEATS = 3
+MARGIN = 0.05  # the contiguous copy must be at least 5% faster to be chosen over the view
+
+
+def cache_file() -> Path:
+    folder = os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "cfa-anomaly"
+    return Path(folder) / "kernels.json"
+
+
+@cache
+def _cpu_name() -> str:
+    """The CPU as far as kernels differ: model name and number, and its matrix extensions (a VM may hide the
+    model name; AMX and AVX512-BF16 decide which oneDNN kernels exist)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    flags = set(fields.get("flags", "").split())
+    extensions = [flag for flag in ("amx_tile", "amx_bf16", "avx512_bf16", "avx512f", "avx2") if flag in flags]
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    return f"{name} (model {fields.get('model', '?')}; {' '.join(extensions) or 'no matrix extensions'})"
+
+
+def _timed(rows: torch.Tensor, operand: torch.Tensor) -> float:
+    torch.mm(rows, operand)  # warm-up: kernel generation and caches
+    best = float("inf")
+    for _ in range(PROBE_REPEATS):
+        start = time.perf_counter()
+        torch.mm(rows, operand)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def probe_layout(chunk: int, inner: int, centres: int, dtype: torch.dtype) -> tuple[str, dict[str, float]]:
+    """Time the search product with each layout on random data; the faster one (the view unless the copy
+    wins by MARGIN) and the seconds each took."""
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(chunk, inner, generator=generator).to(dtype)
+    bank = torch.randn(centres, inner, generator=generator).to(dtype)
+    seconds = {"view": _timed(rows, bank.t()), "contiguous": _timed(rows, bank.t().contiguous())}
+    best = "contiguous" if seconds["contiguous"] < (1.0 - MARGIN) * seconds["view"] else "view"
+    return best, seconds
+
+
+_chosen: dict[str, str] = {}
+
+
+def bank_layout(device: torch.device, dtype: torch.dtype, chunk: int, inner: int, centres: int) -> str:
+    """"view" or "contiguous" for a search product of this shape: fixed by CFA_ANOMALY_BANK_LAYOUT, else
+    the machine's remembered choice, else a probe (remembered in cache_file() when it can be written)."""
+    forced = os.environ.get(ENV_LAYOUT)
+    if forced:
+        if forced not in LAYOUTS:
+            raise ValueError(f"{ENV_LAYOUT}={forced!r} is invalid: use one of {', '.join(LAYOUTS)}")
+        return forced
+    if device.type != "cpu":
+        return "view"
+    key = f"{_cpu_name()} | torch {torch.__version__} | {dtype} | {chunk}x{inner}x{centres}"
+    if key in _chosen:
+        return _chosen[key]
+    path = cache_file()
+    try:
+        remembered = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        remembered = {}
+    if remembered.get(key) in LAYOUTS:
+        _chosen[key] = remembered[key]
+        return _chosen[key]
+    choice, seconds = probe_layout(chunk, inner, centres, dtype)
+    log.debug("search product %s: %s (probe: %s)", key, choice,
+              ", ".join(f"{name} {value * 1000:.2f} ms" for name, value in seconds.items()))
+    _chosen[key] = choice
+    try:
+        atomic_write_text(path, json.dumps({**remembered, key: choice}, indent=1))
+    except OSError as err:  # a read-only home: the choice then holds for this process only
+        log.debug("cannot remember the search layout in %s: %s", path, err)
+    return choice

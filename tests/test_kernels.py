@@ -1,0 +1,71 @@
+"""The search product's bank layout: chosen by a probe once per machine and shape, remembered, overridable,
+and equal in result (up to the product's own rounding) whichever layout runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cfa_anomaly.model import kernels
+from cfa_anomaly.model.distances import candidate_centres, centre_bank, centre_points, search_rows
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(kernels.ENV_CACHE, str(tmp_path))
+    monkeypatch.delenv(kernels.ENV_LAYOUT, raising=False)
+    monkeypatch.setattr(kernels, "_chosen", {})
+    return tmp_path / "kernels.json"
+
+
+def test_probe_result_is_remembered_per_machine_and_shape(fresh_cache, monkeypatch):
+    calls = []
+
+    def probe(chunk, inner, centres, dtype):
+        calls.append((chunk, inner, centres))
+        return "contiguous", {"view": 2.0, "contiguous": 1.0}
+
+    monkeypatch.setattr(kernels, "probe_layout", probe)
+    cpu = torch.device("cpu")
+    assert kernels.bank_layout(cpu, torch.bfloat16, 512, 99, 300) == "contiguous"
+    assert kernels.bank_layout(cpu, torch.bfloat16, 512, 99, 300) == "contiguous"
+    assert calls == [(512, 99, 300)]  # probed once in this process
+    saved = json.loads(fresh_cache.read_text())
+    assert list(saved.values()) == ["contiguous"] and "512x99x300" in next(iter(saved))
+    monkeypatch.setattr(kernels, "_chosen", {})  # a new process on the same machine reads the file
+    assert kernels.bank_layout(cpu, torch.bfloat16, 512, 99, 300) == "contiguous" and len(calls) == 1
+    assert kernels.bank_layout(cpu, torch.bfloat16, 512, 99, 301) == "contiguous" and len(calls) == 2
+
+
+def test_environment_fixes_the_layout_and_gpus_use_the_view(fresh_cache, monkeypatch):
+    monkeypatch.setenv(kernels.ENV_LAYOUT, "view")
+    assert kernels.bank_layout(torch.device("cpu"), torch.float32, 512, 9, 10) == "view"
+    monkeypatch.setenv(kernels.ENV_LAYOUT, "sideways")
+    with pytest.raises(ValueError, match=kernels.ENV_LAYOUT):
+        kernels.bank_layout(torch.device("cpu"), torch.float32, 512, 9, 10)
+    monkeypatch.delenv(kernels.ENV_LAYOUT)
+    assert kernels.bank_layout(torch.device("cuda"), torch.bfloat16, 8192, 9, 10) == "view"
+    assert not fresh_cache.exists()
+
+
+def test_a_real_probe_picks_a_layout_and_times_both(fresh_cache):
+    choice, seconds = kernels.probe_layout(64, 35, 200, torch.float32)
+    assert choice in kernels.LAYOUTS and set(seconds) == set(kernels.LAYOUTS)
+    assert all(value > 0 for value in seconds.values())
+
+
+@pytest.mark.parametrize("dtype_low", [False, True])
+def test_both_layouts_find_the_same_neighbours(fresh_cache, monkeypatch, dtype_low):
+    generator = torch.Generator().manual_seed(0)
+    centres, points = torch.randn(300, 96, generator=generator), torch.randn(700, 96, generator=generator)
+    found = {}
+    for layout in kernels.LAYOUTS:
+        monkeypatch.setenv(kernels.ENV_LAYOUT, layout)
+        bank = centre_bank(centres, dtype_low)
+        assert bank.search_t.is_contiguous() == (layout == "contiguous")
+        torch.testing.assert_close(bank.search_t.t(), bank.search, rtol=0, atol=0)
+        found[layout] = candidate_centres(search_rows(centre_points(points, bank), bank), bank, 6)
+    agree = (found["view"] == found["contiguous"]).all(dim=1).float().mean().item()
+    assert agree > 0.99  # equal up to near-ties rounded differently by the two kernels
