@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 LAYOUTS = ("view", "contiguous")
 ENV_LAYOUT = "CFA_ANOMALY_BANK_LAYOUT"
 ENV_CACHE = "CFA_ANOMALY_CACHE"  # a folder; default ~/.cache/cfa-anomaly
-PROBE_REPEATS = 3
+PROBE_ROUNDS = 5
 MARGIN = 0.05  # the contiguous copy must be at least 5% faster to be chosen over the view
 
 
@@ -54,23 +54,22 @@ def _cpu_name() -> str:
     return f"{name} (model {fields.get('model', '?')}; {' '.join(extensions) or 'no matrix extensions'})"
 
 
-def _timed(rows: torch.Tensor, operand: torch.Tensor) -> float:
-    torch.mm(rows, operand)  # warm-up: kernel generation and caches
-    best = float("inf")
-    for _ in range(PROBE_REPEATS):
-        start = time.perf_counter()
-        torch.mm(rows, operand)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def probe_layout(chunk: int, inner: int, centres: int, dtype: torch.dtype) -> tuple[str, dict[str, float]]:
-    """Time the search product with each layout on random data; the faster one (the view unless the copy
-    wins by MARGIN) and the seconds each took."""
+    """Time the search product with each layout on random data, alternating so that a busy machine slows
+    both alike, best of PROBE_ROUNDS each; the faster one (the view unless the copy wins by MARGIN) and the
+    seconds each took."""
     generator = torch.Generator().manual_seed(0)
     rows = torch.randn(chunk, inner, generator=generator).to(dtype)
     bank = torch.randn(centres, inner, generator=generator).to(dtype)
-    seconds = {"view": _timed(rows, bank.t()), "contiguous": _timed(rows, bank.t().contiguous())}
+    operands = {"view": bank.t(), "contiguous": bank.t().contiguous()}
+    seconds = dict.fromkeys(operands, float("inf"))
+    for operand in operands.values():
+        torch.mm(rows, operand)  # warm-up: kernel generation and caches
+    for _ in range(PROBE_ROUNDS):
+        for name, operand in operands.items():
+            start = time.perf_counter()
+            torch.mm(rows, operand)
+            seconds[name] = min(seconds[name], time.perf_counter() - start)
     best = "contiguous" if seconds["contiguous"] < (1.0 - MARGIN) * seconds["view"] else "view"
     return best, seconds
 
