@@ -29,6 +29,7 @@ LAYOUTS = ("view", "contiguous")
 ENV_LAYOUT = "CFA_ANOMALY_BANK_LAYOUT"
 ENV_CACHE = "CFA_ANOMALY_CACHE"  # a folder; default ~/.cache/cfa-anomaly
 PROBE_ROUNDS = 5
+MATRIX_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16", "avx512f", "avx2")
 MARGIN = 0.05  # the contiguous copy must be at least 5% faster to be chosen over the view
 
 
@@ -49,7 +50,7 @@ def _cpu_name() -> str:
     except OSError:
         pass
     flags = set(fields.get("flags", "").split())
-    extensions = [flag for flag in ("amx_tile", "amx_bf16", "avx512_bf16", "avx512f", "avx2") if flag in flags]
+    extensions = [flag for flag in MATRIX_FLAGS if flag in flags]
     name = fields.get("model name") or platform.processor() or platform.machine()
     return f"{name} (model {fields.get('model', '?')}; {' '.join(extensions) or 'no matrix extensions'})"
 
