@@ -50,7 +50,7 @@ def grid_root(synth_root, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ray_data")
     (root / SYNTH_CATEGORY).symlink_to(synth_root / SYNTH_CATEGORY, target_is_directory=True)
     shutil.copytree(synth_root / SYNTH_CATEGORY, root / "broken")
-    victim = sorted((root / "broken" / "test" / "good").glob("*.png"))[0]
+    victim = min((root / "broken" / "test" / "good").glob("*.png"))
     victim.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     return root
 
@@ -61,13 +61,15 @@ def tables(output: Path) -> str:
 
 
 @requires_mobilenet_weights
-def test_the_ray_grid_gives_the_local_metrics_and_reports_a_failing_cell(local_ray, grid_root, tmp_path, capsys):
+def test_the_ray_grid_gives_the_local_metrics_and_reports_a_failing_cell(local_ray, grid_root, tmp_path,
+                                                                          capsys):
     overrides = tiny_overrides(grid_root)
-    local = run_benchmark(grid_root, tmp_path / "local", [SYNTH_CATEGORY], overrides, config_dir=None, seeds=[0, 1])
+    local = run_benchmark(grid_root, tmp_path / "local", [SYNTH_CATEGORY], overrides, config_dir=None,
+                          seeds=[0, 1])
     sets = [arg for item in overrides for arg in ("--set", item)]
     code = cli.main(["benchmark", "--executor", "ray", "--root", str(grid_root), "--output",
-                     str(tmp_path / "ray"), "--config-dir", str(tmp_path), "--categories", SYNTH_CATEGORY, "broken",
-                     "--seeds", "0", "1", *sets])
+                     str(tmp_path / "ray"), "--config-dir", str(tmp_path), "--categories", SYNTH_CATEGORY,
+                     "broken", "--seeds", "0", "1", *sets])
     assert code == cli.EXIT_CATEGORIES_FAILED
     assert "2 of 4 cells" in capsys.readouterr().out
     summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
@@ -84,11 +86,12 @@ def test_the_ray_grid_gives_the_local_metrics_and_reports_a_failing_cell(local_r
     assert tables(tmp_path / "ray") == tables(tmp_path / "local")
     assert "± " in tables(tmp_path / "ray")
     assert (tmp_path / "ray" / "results.csv").read_text() == (tmp_path / "local" / "results.csv").read_text()
-    assert "- mobilenet_v2/seed-0/broken: failed: DatasetError" in (tmp_path / "ray" / "results.md").read_text()
+    listed = (tmp_path / "ray" / "results.md").read_text()
+    assert "- mobilenet_v2/seed-0/broken: failed: DatasetError" in listed
     assert (tmp_path / "ray" / "assets" / f"mobilenet_v2-{SYNTH_CATEGORY}.gif").is_file()
 
-    again = run_benchmark(grid_root, tmp_path / "ray", [SYNTH_CATEGORY], overrides, config_dir=None, seeds=[0, 1],
-                          executor=ray_executor())
+    again = run_benchmark(grid_root, tmp_path / "ray", [SYNTH_CATEGORY], overrides, config_dir=None,
+                          seeds=[0, 1], executor=ray_executor())
     assert again["status"] == dict.fromkeys(keys, "reused")  # the resume rules hold on Ray too
 
 
@@ -128,7 +131,8 @@ def test_a_killed_task_is_retried(local_ray, synth_root, tmp_path):
     summary = run_benchmark(synth_root, tmp_path / "out", [SYNTH_CATEGORY], tiny_overrides(synth_root),
                             config_dir=None, executor=ray_executor(runner=crashing_once(attempts)))
     assert attempts_of(attempts) == 2
-    assert summary["status"] == {SYNTH_CATEGORY: "done"} and summary["results"][SYNTH_CATEGORY] == FAKE_METRICS
+    assert summary["status"] == {SYNTH_CATEGORY: "done"}
+    assert summary["results"][SYNTH_CATEGORY] == FAKE_METRICS
 
 
 def test_a_failing_task_is_retried_once_then_listed_as_failed(local_ray, synth_root, tmp_path):
@@ -171,8 +175,8 @@ def same_npz(left: Path, right: Path) -> None:
 
 @requires_mobilenet_weights
 def test_ray_predict_writes_what_local_predict_writes(local_ray, checkpoint, images, tmp_path):
-    common = ["predict", "--checkpoint", str(checkpoint), "--device", "cpu", "--format", "both", "--panels", "all",
-              str(images[0].parent)]
+    common = ["predict", "--checkpoint", str(checkpoint), "--device", "cpu", "--format", "both", "--panels",
+              "all", str(images[0].parent)]
     assert cli.main([*common, "--output", str(tmp_path / "local")]) == 0
     assert cli.main([*common, "--executor", "ray", "--actors", "1", "--output", str(tmp_path / "ray")]) == 0
     for name in ("scores.csv", "scores.jsonl"):
@@ -224,8 +228,8 @@ def test_manifests_list_their_path_column(tmp_path):
 
 def test_without_ray_the_command_says_how_to_install_it(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if it were not installed
-    assert cli.main(["benchmark", "--executor", "ray", "--root", str(tmp_path), "--output", str(tmp_path / "b"),
-                     "--categories", "bottle"]) == cli.EXIT_USER_ERROR
+    assert cli.main(["benchmark", "--executor", "ray", "--root", str(tmp_path), "--output",
+                     str(tmp_path / "b"), "--categories", "bottle"]) == cli.EXIT_USER_ERROR
     assert "pip install 'cfa-anomaly[ray]'" in capsys.readouterr().err
     assert cli.main(["predict", "--executor", "ray", "--checkpoint", str(tmp_path / "x.pt"), str(tmp_path),
                      "--output", str(tmp_path / "p")]) == cli.EXIT_USER_ERROR
@@ -235,7 +239,9 @@ def test_without_ray_the_command_says_how_to_install_it(monkeypatch, tmp_path, c
 
 @requires_mobilenet_weights
 def test_predictor_spec_loads_the_checkpoint_with_its_overrides(checkpoint):
-    predictor = PredictorSpec(checkpoint=str(checkpoint), device="cpu", threshold=0.25, pixel_threshold=0.5).build()
+    spec = PredictorSpec(checkpoint=str(checkpoint), device="cpu", threshold=0.25, pixel_threshold=0.5)
+    predictor = spec.build()
     assert isinstance(predictor, Predictor)
     assert (predictor.threshold, predictor.pixel_threshold) == (0.25, 0.5)
-    assert PredictorSpec(checkpoint="run/checkpoint.pt").absolute().checkpoint == str(Path.cwd() / "run" / "checkpoint.pt")
+    relative = PredictorSpec(checkpoint="run/checkpoint.pt").absolute()
+    assert relative.checkpoint == str(Path.cwd() / "run" / "checkpoint.pt")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cfa_anomaly.cells import DONE, FAILED, REUSED, SKIPPED, Cell, CellOutcome, failure, run_cell
+from cfa_anomaly.cells import DONE, ERROR_FILE, FAILED, REUSED, SKIPPED, Cell, CellOutcome, failure, run_cell
 from cfa_anomaly.config import MVTEC_CATEGORIES, ConfigError, load_config
 from cfa_anomaly.data.samples import DatasetError, category_dir
 from cfa_anomaly.io_utils import atomic_write_json, atomic_write_text
@@ -97,21 +97,23 @@ def plan_cell(root: Path, output: Path, category: str, backbone: str | None, see
     """The cell to run, or its outcome already: reused (finished earlier with the same config), skipped
     (finished with another config, or no dataset) or failed (a config error)."""
     config_path = category_config_path(category, config_dir)
-    chosen = [*([f"model.backbone={backbone}"] if backbone else []), *([f"train.seed={seed}"] if seed is not None else [])]
+    chosen = [f"model.backbone={backbone}"] if backbone else []
+    chosen += [f"train.seed={seed}"] if seed is not None else []
     key = cell_key(category, backbone, seed, grid)
     log.debug("[%s] config: %s", key, config_path or "the defaults")
     try:
-        cfg = load_config(config_path, [*overrides, *chosen, f"data.root={root}", f"data.category={category}"])
+        cfg = load_config(config_path,
+                          [*overrides, *chosen, f"data.root={root}", f"data.category={category}"])
     except ConfigError as err:
-        return GridPoint(category, backbone or "default", "default" if seed is None else seed), \
-            CellOutcome(key, FAILED, problem=f"config error: {err}")
+        point = GridPoint(category, backbone or "default", "default" if seed is None else seed)
+        return point, CellOutcome(key, FAILED, problem=f"config error: {err}")
     key = cell_key(category, cfg.model.backbone, cfg.train.seed, grid)
     point = GridPoint(category, cfg.model.backbone, cfg.train.seed)
     cell = Cell(key, category, cfg.model.backbone, cfg.train.seed, output / key, cfg.to_dict())
     previous = None if force else finished_metrics(cell.folder)
     if previous is not None and _comparable(previous.get("config", {})) != _comparable(cell.config):
-        return point, CellOutcome(key, SKIPPED, problem=f"finished earlier in {cell.folder} with another config; "
-                                  "pass --force to redo it or use a new output folder")
+        return point, CellOutcome(key, SKIPPED, problem=f"finished earlier in {cell.folder} with another "
+                                  "config; pass --force to redo it or use a new output folder")
     if previous is not None:
         log.info("[%s] finished earlier: reusing %s", key, cell.folder / METRICS_FILE)
         return point, CellOutcome(key, REUSED, metrics=previous["metrics"])
@@ -124,7 +126,7 @@ def plan_cell(root: Path, output: Path, category: str, backbone: str | None, see
 
 def _log_outcome(outcome: CellOutcome, folder: Path | None) -> None:
     if outcome.status == FAILED:
-        where = f" (details in {folder / 'error.txt'})" if folder and (folder / "error.txt").is_file() else ""
+        where = f" (details in {folder / ERROR_FILE})" if folder and (folder / ERROR_FILE).is_file() else ""
         log.error("[%s] %s%s", outcome.key, outcome.problem, where)
     elif outcome.status == SKIPPED:
         log.warning("[%s] %s", outcome.key, outcome.problem)
@@ -170,7 +172,9 @@ def run_benchmark(root: str | Path, output: Path, categories: Sequence[str] = MV
         "results": {k: o.metrics for k, o in finished.items() if o.status in (DONE, REUSED)},
         "problems": {k: o.problem for k, o in finished.items() if o.problem},
         "status": {k: o.status for k, o in finished.items()},
-        "cells": {k: {"category": p.category, "backbone": p.backbone, "seed": p.seed} for k, p in points.items()},
+        "cells": {k: {"category": p.category, "backbone": p.backbone, "seed": p.seed,
+                      **({"seconds": outcomes[k].seconds} if outcomes[k] and outcomes[k].seconds else {})}
+                  for k, p in points.items()},
     }
     if grid:
         write_grid_files(output, summary["results"], points, summary["problems"])

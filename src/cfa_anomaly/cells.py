@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ class CellOutcome:
     status: str
     metrics: dict[str, float | None] | None = None
     problem: str | None = None
+    seconds: float | None = None  # the cell's own wall time, where it ran (train, test, figures)
 
 
 def failure(cell: Cell, reason: str, details: str | None = None) -> CellOutcome:
@@ -58,6 +60,7 @@ def run_cell(cell: Cell) -> CellOutcome:
     """
     from cfa_anomaly.pipeline import train_and_test  # heavy imports only when running
 
+    start = time.perf_counter()
     if cell.folder.exists():
         shutil.rmtree(cell.folder)
     cell.folder.mkdir(parents=True)
@@ -66,4 +69,5 @@ def run_cell(cell: Cell) -> CellOutcome:
     except Exception:
         atomic_write_text(cell.folder / ERROR_FILE, traceback.format_exc())
         raise
-    return CellOutcome(cell.key, DONE, metrics=report["metrics"])
+    seconds = round(time.perf_counter() - start, 2)
+    return CellOutcome(cell.key, DONE, metrics=report["metrics"], seconds=seconds)

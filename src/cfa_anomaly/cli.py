@@ -224,8 +224,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.executor == "ray":
         from cfa_anomaly.distributed.predict import RayPredictSettings, predict_images_ray
 
-        settings = RayPredictSettings(address=args.address, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
-                                      gpus_per_actor=args.gpus_per_actor)
+        settings = RayPredictSettings(address=args.address, actors=args.actors,
+                                      cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor)
         summary = predict_images_ray(spec, predictor, args.inputs, output, options, settings)
         engine = f"{predictor.name} in {summary.workers} Ray actor(s)"
     else:
@@ -303,7 +303,8 @@ def benchmark_executor(args: argparse.Namespace):
     from cfa_anomaly.distributed.grid import RayExecutor
 
     require_ray()  # before any work: the message says how to install it
-    return RayExecutor(address=args.address, cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task)
+    return RayExecutor(address=args.address, cpus_per_task=args.cpus_per_task,
+                       gpus_per_task=args.gpus_per_task)
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -330,8 +331,8 @@ def positive_int(text: str) -> int:
 def add_executor_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     """--executor local|ray and --address (benchmark: a Ray task per cell; predict: Ray Data actors)."""
     parser.add_argument("--executor", choices=("local", "ray"), default="local",
-                        help=f"local: in this process (default); ray: a Ray {what}, on a local Ray instance or "
-                             "the cluster at --address (extra [ray], see README.md)")
+                        help=f"local: in this process (default); ray: a Ray {what}, on a local Ray instance "
+                             "or the cluster at --address (extra [ray], see README.md)")
     parser.add_argument("--address", metavar="ADDR",
                         help="--executor ray: a running Ray cluster (auto, or <head node>:6379; default: "
                              "$RAY_ADDRESS, else a Ray instance started on this machine for the command)")
@@ -386,8 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop at the first unreadable file (default: list it in the scores file and skip it)")
     add_executor_arguments(pred, "Data pipeline (parallel decoding, model actors)")
     pred.add_argument("--actors", type=positive_int, metavar="N",
-                      help="--executor ray: model replicas, each loading the model once (default: one per GPU "
-                           "where the cluster has GPUs, else one per --cpus-per-actor CPUs less one CPU for "
+                      help="--executor ray: model replicas, each loading the model once (default: one per "
+                           "GPU where the cluster has GPUs, else one per --cpus-per-actor CPUs less one CPU for "
                            "decoding)")
     pred.add_argument("--cpus-per-actor", type=positive_int, default=1, metavar="N",
                       help="--executor ray: CPUs (and torch threads) per actor (default 1)")
@@ -423,13 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", default="runs/benchmark")
     bench.add_argument("--force", action="store_true", help="recompute categories that finished earlier")
     bench.add_argument("--backbones", nargs="+", metavar="NAME",
-                       help="a grid over these backbones (default: the config's); with more than one backbone "
-                            "or seed, cells go to <output>/<backbone>/seed-<seed>/<category>/")
+                       help="a grid over these backbones (default: the config's); with more than one "
+                            "backbone or seed, cells go to <output>/<backbone>/seed-<seed>/<category>/")
     bench.add_argument("--seeds", nargs="+", type=int, metavar="N",
                        help="a grid over these training seeds (train.seed); the tables show mean ± spread")
     add_executor_arguments(bench, "task per cell")
     bench.add_argument("--cpus-per-task", type=positive_int, default=1, metavar="N",
-                       help="--executor ray: CPUs each cell's task requests, and its torch threads (default 1)")
+                       help="--executor ray: CPUs each cell's task requests, and its torch threads "
+                            "(default 1)")
     bench.add_argument("--gpus-per-task", type=float, metavar="X",
                        help="--executor ray: GPUs each cell's task requests (default: 1 where the cluster "
                             "has GPUs, else 0; 0.5 puts two cells on a GPU)")

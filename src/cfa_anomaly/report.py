@@ -123,8 +123,8 @@ def grid_report(grid: Grid, problems: Mapping[str, str] | None = None, preamble:
     if counts and counts[-1] > 1:
         seeds = sorted({s for row in grid.values() for by_seed in row.values() for s in by_seed})
         parts += [(f"Each value is the mean ± the sample standard deviation over the seeds that finished "
-                   f"(of {', '.join(map(str, seeds))}); Avg's spread is that of the per-seed averages over the "
-                   "categories."), ""]
+                   f"(of {', '.join(map(str, seeds))}); Avg's spread is that of the per-seed averages over "
+                   "the categories."), ""]
     for metric, title in TABLES:
         parts += [f"### {title}", "", grid_table(grid, metric), ""]
         coverage = grid_coverage_lines(grid, metric)
@@ -158,7 +158,8 @@ def csv_report(results: Mapping[str, Metrics]) -> str:
     writer.writerow(["category", *metrics])
     for category in ordered(list(results)):
         writer.writerow([category, *_formatted([results[category].get(m) for m in metrics])])
-    writer.writerow(["average", *_formatted([average([results[c].get(m) for c in results]) for m in metrics])])
+    means = [average([results[c].get(m) for c in results]) for m in metrics]
+    writer.writerow(["average", *_formatted(means)])
     return buffer.getvalue()
 
 

@@ -50,8 +50,8 @@ def ray_session(address: str | None = None) -> Iterator[ModuleType]:
     try:
         ray.init(**options)
     except ConnectionError as err:
-        raise RayConnectionError(f"no Ray cluster at --address {address} ({err}); start one with "
-                                 "`ray start --head` on the head node (see README.md, \"A Ray cluster\")") from err
+        raise RayConnectionError(f"no Ray cluster at --address {address} ({err}); start one with `ray start "
+                                 "--head` on the head node (see README.md, \"A Ray cluster\")") from err
     resources = cluster_resources(ray)
     log.info("Ray: %s (%g CPUs, %g GPUs)", address or "a local instance", resources["CPU"], resources["GPU"])
     try:

@@ -59,7 +59,8 @@ class RayExecutor:
             pending = {task.options(num_cpus=self.cpus_per_task, num_gpus=gpus, max_retries=self.retries,
                                     retry_exceptions=True, name=f"cfa {cell.key}")
                        .remote(self.runner, cell, self.cpus_per_task): cell for cell in cells}
-            log.info("submitted %d cell(s) to Ray, %g CPU and %g GPU each", len(cells), self.cpus_per_task, gpus)
+            log.info("submitted %d cell(s) to Ray, %g CPU and %g GPU each", len(cells), self.cpus_per_task,
+                     gpus)
             for _ in progress(range(len(cells)), desc="cells", unit="cell"):
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
                 cell = pending.pop(ref)

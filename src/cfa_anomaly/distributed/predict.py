@@ -80,7 +80,8 @@ class ScoringActor:
         seconds = 0.0
         if readable.size:
             start = time.perf_counter()
-            maps[readable], scores[readable] = self.predictor.score_batch(torch.from_numpy(batch["image"][readable]))
+            images = torch.from_numpy(batch["image"][readable])  # a copy: the indexing gathers the rows
+            maps[readable], scores[readable] = self.predictor.score_batch(images)
             seconds = time.perf_counter() - start
         result = {"path": batch["path"], "error": errors, "score": scores, "map": maps,
                   "seconds": np.full(count, seconds / count)}
@@ -100,8 +101,10 @@ def _actor_plan(ray: ModuleType, settings: RayPredictSettings, batches: int) -> 
     if gpus is None:
         gpus = 1.0 if resources["GPU"] >= 1 else 0.0
     actors = settings.actors
-    if actors is None:
-        actors = int(resources["GPU"] // gpus) if gpus > 0 else int((resources["CPU"] - 1) // settings.cpus_per_actor)
+    if actors is None and gpus > 0:
+        actors = int(resources["GPU"] // gpus)
+    elif actors is None:
+        actors = int((resources["CPU"] - 1) // settings.cpus_per_actor)
     return max(1, min(actors, batches)), gpus
 
 

@@ -33,8 +33,9 @@ class PredictorSpec:
         """Load the model and apply the overrides."""
         if self.checkpoint:
             if self.inference_precision != "f32":
-                raise ExportError("--inference-precision applies to exported models (--model); for a checkpoint "
-                                  "use --graph plain (float32) or the precision it was trained with (default)")
+                raise ExportError("--inference-precision applies to exported models (--model); for a "
+                                  "checkpoint use --graph plain (float32) or the precision it was trained "
+                                  "with (default)")
             predictor = Predictor.from_checkpoint(self.checkpoint, device=self.device, graph=self.graph)
         elif self.model:
             predictor = Predictor.from_export(self.model, inference_precision=self.inference_precision)
@@ -45,5 +46,6 @@ class PredictorSpec:
         elif self.quantile is not None:
             predictor = predictor.with_quantile(self.quantile)
         if self.pixel_threshold is not None:
-            predictor = predictor.with_pixel_threshold(self.pixel_threshold, "--pixel-threshold on the command line")
+            predictor = predictor.with_pixel_threshold(self.pixel_threshold,
+                                                       "--pixel-threshold on the command line")
         return predictor
