@@ -1,23 +1,60 @@
-"""Train + test over a list of categories, resumable, with the result tables and the GIFs."""
+"""Train + test over a grid of categories x backbones x seeds, resumable, with the result tables and GIFs.
+
+The grid is planned here (configs resolved, finished cells reused, missing datasets skipped); the cells
+left to run go to an executor: in this process one after another (LocalExecutor, the default), or as Ray
+tasks (cfa_anomaly.distributed.RayExecutor). Both run `cells.run_cell` and give the same files.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import shutil
-import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from cfa_anomaly.cells import DONE, ERROR_FILE, FAILED, REUSED, SKIPPED, Cell, CellOutcome, failure, run_cell
 from cfa_anomaly.config import MVTEC_CATEGORIES, ConfigError, load_config
 from cfa_anomaly.data.samples import DatasetError, category_dir
 from cfa_anomaly.io_utils import atomic_write_json, atomic_write_text
-from cfa_anomaly.report import csv_report, markdown_report
+from cfa_anomaly.report import Grid, csv_report, grid_csv_report, grid_report
 
 CONFIG_DIR = Path("configs/anomaly/unsupervised/cfa")
 METRICS_FILE = "metrics.json"
 log = logging.getLogger(__name__)
+
+
+class CellExecutor(Protocol):
+    """Runs the cells left to run and yields their outcomes (in any order)."""
+
+    name: str
+
+    def run(self, cells: Sequence[Cell]) -> Iterator[CellOutcome]: ...
+
+
+class LocalExecutor:
+    """One cell after another in this process; a failing cell does not stop the others."""
+
+    name = "local"
+
+    def run(self, cells: Sequence[Cell]) -> Iterator[CellOutcome]:
+        for cell in cells:
+            log.info("[%s] training and testing (%s) -> %s", cell.key, cell.backbone, cell.folder)
+            try:
+                yield run_cell(cell)
+            except Exception as err:  # noqa: BLE001 - one failing cell must not stop the others
+                yield failure(cell, f"{type(err).__name__}: {err}")  # run_cell wrote the traceback
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """Where a cell sits in the tables: its category, backbone (the table row) and seed."""
+
+    category: str
+    backbone: str
+    seed: int | str
 
 
 def category_config_path(category: str, config_dir: Path | None) -> Path | None:
@@ -46,75 +83,155 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return trimmed
 
 
+def cell_key(category: str, backbone: str | None, seed: int | None, grid: bool) -> str:
+    """The cell's name and its folder under the output: <category> alone, or in a grid (several backbones
+    or seeds) <backbone>/seed-<seed>/<category>."""
+    if not grid:
+        return category
+    return f"{backbone or 'default'}/seed-{'default' if seed is None else seed}/{category}"
+
+
+def plan_cell(root: Path, output: Path, category: str, backbone: str | None, seed: int | None,
+              overrides: Sequence[str], config_dir: Path | None, force: bool,
+              grid: bool) -> tuple[GridPoint, Cell | CellOutcome]:
+    """The cell to run, or its outcome already: reused (finished earlier with the same config), skipped
+    (finished with another config, or no dataset) or failed (a config error)."""
+    config_path = category_config_path(category, config_dir)
+    chosen = [f"model.backbone={backbone}"] if backbone else []
+    chosen += [f"train.seed={seed}"] if seed is not None else []
+    key = cell_key(category, backbone, seed, grid)
+    log.debug("[%s] config: %s", key, config_path or "the defaults")
+    try:
+        cfg = load_config(config_path,
+                          [*overrides, *chosen, f"data.root={root}", f"data.category={category}"])
+    except ConfigError as err:
+        point = GridPoint(category, backbone or "default", "default" if seed is None else seed)
+        return point, CellOutcome(key, FAILED, problem=f"config error: {err}")
+    key = cell_key(category, cfg.model.backbone, cfg.train.seed, grid)
+    point = GridPoint(category, cfg.model.backbone, cfg.train.seed)
+    cell = Cell(key, category, cfg.model.backbone, cfg.train.seed, output / key, cfg.to_dict())
+    previous = None if force else finished_metrics(cell.folder)
+    if previous is not None and _comparable(previous.get("config", {})) != _comparable(cell.config):
+        return point, CellOutcome(key, SKIPPED, problem=f"finished earlier in {cell.folder} with another "
+                                  "config; pass --force to redo it or use a new output folder")
+    if previous is not None:
+        log.info("[%s] finished earlier: reusing %s", key, cell.folder / METRICS_FILE)
+        return point, CellOutcome(key, REUSED, metrics=previous["metrics"])
+    try:
+        category_dir(root, category)
+    except DatasetError as err:
+        return point, CellOutcome(key, SKIPPED, problem=f"skipped: {err}")
+    return point, cell
+
+
+def _log_outcome(outcome: CellOutcome, folder: Path | None) -> None:
+    if outcome.status == FAILED:
+        where = f" (details in {folder / ERROR_FILE})" if folder and (folder / ERROR_FILE).is_file() else ""
+        log.error("[%s] %s%s", outcome.key, outcome.problem, where)
+    elif outcome.status == SKIPPED:
+        log.warning("[%s] %s", outcome.key, outcome.problem)
+
+
 def run_benchmark(root: str | Path, output: Path, categories: Sequence[str] = MVTEC_CATEGORIES,
                   overrides: Sequence[str] = (), config_dir: Path | None = CONFIG_DIR,
-                  force: bool = False, row_label: str | None = None) -> dict[str, Any]:
-    """Each category into output/<category>/; finished ones are reused unless force. Returns the summary."""
-    from cfa_anomaly.pipeline import train_and_test  # heavy imports only when running
+                  force: bool = False, row_label: str | None = None, backbones: Sequence[str] = (),
+                  seeds: Sequence[int] = (), executor: CellExecutor | None = None) -> dict[str, Any]:
+    """Each (category, backbone, seed) cell into output/<category>/ (one backbone and one seed) or
+    output/<backbone>/seed-<seed>/<category>/ (a grid); finished ones are reused unless force.
 
+    backbones / seeds: empty means the config's. Returns the summary (also written to summary.json).
+    """
+    executor = executor or LocalExecutor()
+    grid = len(backbones) > 1 or len(seeds) > 1
+    root = Path(root).expanduser().absolute()  # absolute: a Ray worker may run in another folder
     output.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, float | None]] = {}
-    problems: dict[str, str] = {}
-    status: dict[str, str] = {}
-    backbone = None
-    for category in categories:
-        folder = output / category
-        config_path = category_config_path(category, config_dir)
-        log.debug("[%s] config: %s", category, config_path or "the defaults")
-        try:
-            cfg = load_config(config_path, [*overrides, f"data.root={root}", f"data.category={category}"])
-        except ConfigError as err:
-            problems[category], status[category] = f"config error: {err}", "failed"
-            log.error("[%s] %s", category, problems[category])
-            continue
-        backbone = cfg.model.backbone
-        previous = None if force else finished_metrics(folder)
-        if previous is not None and _comparable(previous.get("config", {})) != _comparable(cfg.to_dict()):
-            problems[category], status[category] = (
-                f"finished earlier in {folder} with another config; pass --force to redo it or use a new output "
-                "folder", "skipped")
-            log.warning("[%s] skipped: %s", category, problems[category])
-            continue
-        if previous is not None:
-            results[category], status[category] = previous["metrics"], "reused"
-            log.info("[%s] finished earlier: reusing %s", category, folder / METRICS_FILE)
-            continue
-        try:
-            category_dir(root, category)
-        except DatasetError as err:
-            problems[category], status[category] = f"skipped: {err}", "skipped"
-            log.warning("[%s] skipped: %s", category, err)
-            continue
-        if folder.exists():  # an unfinished earlier attempt of this benchmark: its own folder, started anew
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        log.info("[%s] training and testing (%s) -> %s", category, backbone, folder)
-        try:
-            report = train_and_test(cfg, folder)
-        except Exception as err:  # noqa: BLE001 - one failing category must not stop the others
-            problems[category], status[category] = f"failed: {type(err).__name__}: {err}", "failed"
-            atomic_write_text(folder / "error.txt", traceback.format_exc())
-            log.error("[%s] failed: %s (traceback in %s)", category, err, folder / "error.txt")
-            continue
-        results[category], status[category] = report["metrics"], "done"
-    write_benchmark_files(output, results, problems, row_label or backbone or "cfa", categories)
-    summary = {"results": results, "problems": problems, "status": status}
+    points: dict[str, GridPoint] = {}
+    outcomes: dict[str, CellOutcome | None] = {}
+    to_run: list[Cell] = []
+    for backbone in backbones or [None]:
+        for seed in seeds or [None]:
+            for category in categories:
+                point, planned = plan_cell(root, output.absolute(), category, backbone, seed, overrides,
+                                           config_dir, force, grid)
+                points[planned.key] = point
+                if isinstance(planned, Cell):
+                    to_run.append(planned)
+                    outcomes[planned.key] = None  # keeps the planned order
+                else:
+                    outcomes[planned.key] = planned
+                    _log_outcome(planned, None)
+    folders = {cell.key: cell.folder for cell in to_run}
+    if to_run:
+        log.info("%d cell(s) to train and test with the %s executor", len(to_run), executor.name)
+    for outcome in executor.run(to_run):
+        outcomes[outcome.key] = outcome
+        _log_outcome(outcome, folders.get(outcome.key))
+    finished = {key: outcome for key, outcome in outcomes.items() if outcome is not None}
+    summary = {
+        "executor": executor.name,
+        "results": {k: o.metrics for k, o in finished.items() if o.status in (DONE, REUSED)},
+        "problems": {k: o.problem for k, o in finished.items() if o.problem},
+        "status": {k: o.status for k, o in finished.items()},
+        "cells": {k: {"category": p.category, "backbone": p.backbone, "seed": p.seed,
+                      **({"seconds": outcomes[k].seconds} if outcomes[k] and outcomes[k].seconds else {})}
+                  for k, p in points.items()},
+    }
+    if grid:
+        write_grid_files(output, summary["results"], points, summary["problems"], categories)
+    else:
+        last = list(points.values())[-1].backbone if points else None
+        write_benchmark_files(output, summary["results"], summary["problems"], row_label or last or "cfa",
+                              categories)
     atomic_write_json(output / "summary.json", summary)
     return summary
 
 
+def _demo_section(gifs: dict[str, str]) -> str:
+    """The results.md section that shows the GIFs copied to assets/ (title -> file name)."""
+    if not gifs:
+        return ""
+    return "\n## Demo\n\n" + "\n".join(
+        f"### {title}\n<p align=\"left\"><img src=\"assets/{name}\" width=\"100%\" /></p>\n"
+        for title, name in gifs.items())
+
+
 def write_benchmark_files(output: Path, results: dict[str, dict[str, float | None]], problems: dict[str, str],
                           row_label: str, categories: Sequence[str] | None = None) -> None:
-    """results.md (four tables), results.csv, and each category's GIF copied to assets/<category>.gif.
-    categories: the requested ones, each a column ('-' where it has no result); default: those with results."""
+    """One backbone, one seed: results.md (four tables), results.csv, and each category's GIF copied to
+    assets/<category>.gif. categories: the requested ones, each a column ('-' where it has no result)."""
     assets = output / "assets"
     assets.mkdir(exist_ok=True)
+    gifs = {}
     for category in results:
         gif = output / category / f"{category}.gif"
         if gif.is_file():
             shutil.copyfile(gif, assets / f"{category}.gif")
-    demos = "\n".join(f"### {c}\n<p align=\"left\"><img src=\"assets/{c}.gif\" width=\"100%\" /></p>\n"
-                      for c in results if (assets / f"{c}.gif").is_file())
-    atomic_write_text(output / "results.md", markdown_report(results, row_label, problems, categories=categories)
-                      + ("\n## Demo\n\n" + demos if demos else ""))
+            gifs[category] = f"{category}.gif"
+    grid_tables: Grid = {row_label: {category: {0: metrics} for category, metrics in results.items()}}
+    atomic_write_text(output / "results.md", grid_report(grid_tables, problems, categories=categories)
+                      + _demo_section(gifs))
     atomic_write_text(output / "results.csv", csv_report(results, categories))
+
+
+def write_grid_files(output: Path, results: dict[str, dict[str, float | None]], points: dict[str, GridPoint],
+                     problems: dict[str, str], categories: Sequence[str] | None = None) -> None:
+    """A grid: results.md (a row per backbone, mean ± spread over seeds), results.csv (a row per cell, then
+    means and spreads), and per backbone and category the GIF of its lowest seed as
+    assets/<backbone>-<category>.gif."""
+    tables: dict[str, dict[str, dict[Any, dict[str, float | None]]]] = {}
+    for key, metrics in results.items():
+        point = points[key]
+        tables.setdefault(point.backbone, {}).setdefault(point.category, {})[point.seed] = metrics
+    assets = output / "assets"
+    assets.mkdir(exist_ok=True)
+    gifs = {}
+    for backbone, row in tables.items():
+        for category, by_seed in row.items():
+            seed = min(by_seed)
+            gif = output / cell_key(category, backbone, seed, True) / f"{category}.gif"
+            if gif.is_file():
+                shutil.copyfile(gif, assets / f"{backbone}-{category}.gif")
+                gifs[f"{backbone}: {category} (seed {seed})"] = f"{backbone}-{category}.gif"
+    atomic_write_text(output / "results.md", grid_report(tables, problems, categories=categories)
+                      + _demo_section(gifs))
+    atomic_write_text(output / "results.csv", grid_csv_report(tables))

@@ -14,10 +14,10 @@ from cfa_anomaly.config import MVTEC_CATEGORIES, Config, ConfigError, load_confi
 from cfa_anomaly.console import configure_logging
 from cfa_anomaly.data.samples import DatasetError
 from cfa_anomaly.errors import CfaError
-from cfa_anomaly.inference.errors import ExportError
 from cfa_anomaly.outputs import OutputExistsError, new_run_dir, prepare_output_dir
 
 if TYPE_CHECKING:
+    from cfa_anomaly.inference.spec import PredictorSpec
     from cfa_anomaly.predict import PredictOptions, PredictSummary
 
 DEMO_CATEGORY = "synthetic"
@@ -170,16 +170,20 @@ def cmd_test(args: argparse.Namespace) -> None:
     print_report(evaluate_predictor(predictor, output, data_root=args.data_root, source=source), output)
 
 
+def predictor_spec(args: argparse.Namespace) -> PredictorSpec:
+    """The model --checkpoint (with --device, --graph) or --model (with --inference-precision) names, with
+    the decision overrides of `cfa predict` (--threshold, --quantile, --pixel-threshold) where given."""
+    from cfa_anomaly.inference.spec import PredictorSpec
+
+    return PredictorSpec(checkpoint=args.checkpoint, model=args.model, device=args.device, graph=args.graph,
+                         inference_precision=args.inference_precision,
+                         threshold=getattr(args, "threshold", None), quantile=getattr(args, "quantile", None),
+                         pixel_threshold=getattr(args, "pixel_threshold", None))
+
+
 def predictor_from_args(args: argparse.Namespace):
     """The Predictor that --checkpoint (with --device, --graph) or --model (with --inference-precision) names."""
-    from cfa_anomaly.inference import Predictor
-
-    if args.checkpoint:
-        if args.inference_precision != "f32":
-            raise ExportError("--inference-precision applies to exported models (--model); for a checkpoint use "
-                              "--graph plain (float32) or the precision it was trained with (default)")
-        return Predictor.from_checkpoint(args.checkpoint, device=args.device, graph=args.graph)
-    return Predictor.from_export(args.model, inference_precision=args.inference_precision)
+    return predictor_spec(args).build()
 
 
 def predict_options(args: argparse.Namespace) -> PredictOptions:
@@ -207,19 +211,29 @@ def print_predict_summary(summary: PredictSummary, output: Path, engine: str) ->
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from cfa_anomaly.predict import predict_images
+    if args.executor == "ray":
+        from cfa_anomaly.distributed import require_ray
 
+        require_ray()  # before any work: the message says how to install it
+    elif args.address:
+        raise ConfigError("--address applies to --executor ray")
     options = predict_options(args)
-    predictor = predictor_from_args(args)
-    if args.threshold is not None:
-        predictor = predictor.with_threshold(args.threshold, "--threshold on the command line")
-    elif args.quantile is not None:
-        predictor = predictor.with_quantile(args.quantile)
-    if args.pixel_threshold is not None:
-        predictor = predictor.with_pixel_threshold(args.pixel_threshold, "--pixel-threshold on the command line")
+    spec = predictor_spec(args)
+    predictor = spec.build()  # also with --executor ray: a model that cannot load fails here, before Ray
     output = prepare_output_dir(args.output, args.overwrite)
-    summary = predict_images(predictor, args.inputs, output, options)
-    print_predict_summary(summary, output, predictor.name)
+    if args.executor == "ray":
+        from cfa_anomaly.distributed.predict import RayPredictSettings, predict_images_ray
+
+        settings = RayPredictSettings(address=args.address, actors=args.actors,
+                                      cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor)
+        summary = predict_images_ray(spec, predictor, args.inputs, output, options, settings)
+        engine = f"{predictor.name} in {summary.workers} Ray actor(s)"
+    else:
+        from cfa_anomaly.predict import predict_images
+
+        summary = predict_images(predictor, args.inputs, output, options)
+        engine = predictor.name
+    print_predict_summary(summary, output, engine)
     if summary.images and not summary.scored:
         raise DatasetError(f"none of the {summary.images} input file(s) could be read; see {output}")
 
@@ -251,18 +265,17 @@ def demo_overrides(extra: Sequence[str]) -> list[str]:
     return ["model.backbone=mobilenet_v2", "train.epochs=30", "data.holdout_fraction=0.2", *extra]
 
 
-def report_problems(summary: dict[str, Any], requested: int) -> int:
-    """Name the categories without results (failed or skipped) in one line on stderr; the exit code of the run.
-
-    Their reasons are not repeated: the benchmark logged each one when it happened, and results.md lists
-    them under "Not included"."""
+def report_problems(summary: dict[str, Any], requested: int, noun: str = "categories") -> int:
+    """Name the categories (or grid cells) without results (failed or skipped) in one line on stderr; the
+    exit code of the run. Their reasons are not repeated: the benchmark logged each one when it happened, and
+    results.md lists them under "Not included"."""
     problems = summary["problems"]
     if not problems:
         return EXIT_OK
     status = summary.get("status", {})
-    listing = ", ".join(f"{category} ({status.get(category, 'failed')})" for category in problems)
-    log.error("%d of %d categories have no results: %s; the reasons are above and in results.md",
-              len(problems), requested, listing)
+    listing = ", ".join(f"{cell} ({status.get(cell, 'failed')})" for cell in problems)
+    log.error("%d of %d %s have no results: %s; the reasons are above and in results.md",
+              len(problems), requested, noun, listing)
     return EXIT_CATEGORIES_FAILED
 
 
@@ -283,15 +296,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return report_problems(summary, len(categories))
 
 
+def benchmark_executor(args: argparse.Namespace):
+    """The executor --executor names: this process (local) or Ray tasks (ray, with --address and the
+    per-task resources)."""
+    if args.executor == "local":
+        if args.address:
+            raise ConfigError("--address applies to --executor ray")
+        return None
+    from cfa_anomaly.distributed import require_ray
+    from cfa_anomaly.distributed.grid import RayExecutor
+
+    require_ray()  # before any work: the message says how to install it
+    return RayExecutor(address=args.address, cpus_per_task=args.cpus_per_task,
+                       gpus_per_task=args.gpus_per_task)
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from cfa_anomaly.benchmark import CONFIG_DIR, run_benchmark
 
     config_dir = Path(args.config_dir) if args.config_dir else (CONFIG_DIR if CONFIG_DIR.is_dir() else None)
     output = Path(args.output)
-    summary = run_benchmark(args.root, output, args.categories, args.overrides, config_dir, force=args.force)
+    summary = run_benchmark(args.root, output, args.categories, args.overrides, config_dir, force=args.force,
+                            backbones=args.backbones or (), seeds=args.seeds or (),
+                            executor=benchmark_executor(args))
+    noun = "categories" if len(summary["status"]) == len(args.categories) else "cells"
     done = [c for c, s in summary["status"].items() if s in ("done", "reused")]
-    print(f"\n{len(done)} of {len(args.categories)} categories in {output / 'results.md'} and results.csv")
-    return report_problems(summary, len(args.categories))
+    print(f"\n{len(done)} of {len(summary['status'])} {noun} in {output / 'results.md'} and results.csv")
+    return report_problems(summary, len(summary["status"]), noun)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """--executor local|ray and --address (benchmark: a Ray task per cell; predict: Ray Data actors)."""
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help=f"local: in this process (default); ray: a Ray {what}, on a local Ray instance "
+                             "or the cluster at --address (extra [ray], see README.md)")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="--executor ray: a running Ray cluster (auto, or <head node>:6379; default: "
+                             "$RAY_ADDRESS, else a Ray instance started on this machine for the command)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -319,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred = commands.add_parser("predict", help="score images: anomaly scores and maps out")
     add_model_arguments(pred)
     pred.add_argument("inputs", nargs="+",
-                      help="image files, folders, or .txt files listing image paths (one per line)")
+                      help="image files, folders, .txt files listing image paths (one per line), or .csv / "
+                           ".jsonl manifests with a path column")
     pred.add_argument("--output", required=True)
     pred.add_argument("--overwrite", action="store_true")
     decide = pred.add_mutually_exclusive_group()
@@ -340,6 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
                            "to 200 images, else defects)")
     pred.add_argument("--strict", action="store_true",
                       help="stop at the first unreadable file (default: list it in the scores file and skip it)")
+    add_executor_arguments(pred, "Data pipeline (parallel decoding, model actors)")
+    pred.add_argument("--actors", type=positive_int, metavar="N",
+                      help="--executor ray: model replicas, each loading the model once (default: one per "
+                           "GPU where the cluster has GPUs, else one per --cpus-per-actor CPUs less one CPU for "
+                           "decoding)")
+    pred.add_argument("--cpus-per-actor", type=positive_int, default=1, metavar="N",
+                      help="--executor ray: CPUs (and torch threads) per actor (default 1)")
+    pred.add_argument("--gpus-per-actor", type=float, metavar="X",
+                      help="--executor ray: GPUs per actor (default: 1 where the cluster has GPUs, else 0)")
     pred.set_defaults(func=cmd_predict)
 
     export = commands.add_parser("export", help="export a checkpoint for ONNX Runtime, OpenVINO or TorchScript")
@@ -369,6 +427,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     bench.add_argument("--output", default="runs/benchmark")
     bench.add_argument("--force", action="store_true", help="recompute categories that finished earlier")
+    bench.add_argument("--backbones", nargs="+", metavar="NAME",
+                       help="a grid over these backbones (default: the config's); with more than one "
+                            "backbone or seed, cells go to <output>/<backbone>/seed-<seed>/<category>/")
+    bench.add_argument("--seeds", nargs="+", type=int, metavar="N",
+                       help="a grid over these training seeds (train.seed); the tables show mean ± spread")
+    add_executor_arguments(bench, "task per cell")
+    bench.add_argument("--cpus-per-task", type=positive_int, default=1, metavar="N",
+                       help="--executor ray: CPUs each cell's task requests, and its torch threads "
+                            "(default 1)")
+    bench.add_argument("--gpus-per-task", type=float, metavar="X",
+                       help="--executor ray: GPUs each cell's task requests (default: 1 where the cluster "
+                            "has GPUs, else 0; 0.5 puts two cells on a GPU)")
     bench.set_defaults(func=cmd_benchmark)
 
     demo = commands.add_parser("demo", help="generate synthetic data, train and test on it (offline)")

@@ -7,8 +7,10 @@ skipped (or stop the run with strict).
 
 from __future__ import annotations
 
+import csv
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,9 +47,37 @@ def _list_file(path: Path) -> list[Path]:
     return [Path(line) for line in lines if line and not line.startswith("#")]
 
 
+def _manifest(path: Path) -> list[Path]:
+    """The `path` column of a .csv manifest (a header row naming it) or of a .jsonl one (an object per line);
+    other columns are ignored. Relative paths are taken from the current folder, as for a .txt list."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if "path" not in (reader.fieldnames or []):
+            raise DatasetError(f"manifest {path} has no 'path' column (header: {reader.fieldnames}); add one "
+                               "naming each image file")
+        return [Path(row["path"]) for row in reader if row["path"]]
+    paths = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DatasetError(f"manifest {path}, line {number}: not JSON ({err})") from err
+        if not isinstance(record, dict) or not record.get("path"):
+            raise DatasetError(f"manifest {path}, line {number}: expected an object with a \"path\" key")
+        paths.append(Path(record["path"]))
+    return paths
+
+
+MANIFEST_SUFFIXES = (".csv", ".jsonl")
+
+
 def collect_images(inputs: Sequence[str | Path], recursive: bool = False) -> list[Path]:
-    """Files as given, folders expanded to their image files (sorted; recursive: sub-folders too), and a
-    .txt file read as a list of image paths. Listed files are not checked here: they are when read."""
+    """Files as given, folders expanded to their image files (sorted; recursive: sub-folders too), a .txt
+    file read as a list of image paths, and a .csv / .jsonl manifest as the paths of its `path` column.
+    Listed files are not checked here: they are when read."""
     paths: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -58,6 +88,8 @@ def collect_images(inputs: Sequence[str | Path], recursive: bool = False) -> lis
             paths += found
         elif item.is_file() and item.suffix.lower() == ".txt":
             paths += _list_file(item)
+        elif item.is_file() and item.suffix.lower() in MANIFEST_SUFFIXES:
+            paths += _manifest(item)
         elif item.is_file():
             paths.append(item)
         else:
@@ -94,11 +126,18 @@ class PredictSummary:
     panels: int = 0
     map_files: list[Path] = field(default_factory=list)
     score_files: list[Path] = field(default_factory=list)
-    compute_seconds: float = 0.0
+    compute_seconds: float = 0.0  # in the model, summed over the workers
+    workers: int = 1  # model replicas that scored (Ray actors; 1 in this process)
 
     @property
     def images_per_second(self) -> float:
+        """Scoring speed of one model replica (model time only)."""
         return self.scored / self.compute_seconds if self.compute_seconds > 0 else float("nan")
+
+
+def panel_wanted(panels: str, score: float, threshold: float | None) -> bool:
+    """Whether an image gets a panel: panels all, or defects and the image is decided defective."""
+    return panels == "all" or (panels == "defects" and decision_label(score, threshold) == DEFECTIVE)
 
 
 def _read(predictor: Predictor, path: Path, strict: bool) -> torch.Tensor | str:
@@ -111,8 +150,8 @@ def _read(predictor: Predictor, path: Path, strict: bool) -> torch.Tensor | str:
         return str(err)
 
 
-class _PredictionSink:
-    """Writes each scored batch right away: score rows, map shards and panels."""
+class PredictionSink:
+    """Writes each scored batch right away: score rows, map shards and panels (local and Ray predict)."""
 
     def __init__(self, predictor: Predictor, output: Path, options: PredictOptions, panels: str) -> None:
         self.threshold = predictor.threshold
@@ -129,7 +168,10 @@ class _PredictionSink:
         self.rows.write(str(path), None, "", error=reason)
         self.summary.skipped.append((str(path), reason))
 
-    def scored(self, path: Path, image: torch.Tensor, anomaly_map: np.ndarray, score: float) -> None:
+    def scored(self, path: Path | str, anomaly_map: np.ndarray, score: float,
+               picture: Callable[[], np.ndarray]) -> None:
+        """A scored image's row, map and (where wanted) panel; picture() gives the (crop, crop, 3) uint8
+        image the model saw, asked for only when a panel is drawn."""
         decision = decision_label(score, self.threshold)
         defective = decision == DEFECTIVE
         area = None if self.pixel_threshold is None else float((anomaly_map >= self.pixel_threshold).mean())
@@ -138,8 +180,8 @@ class _PredictionSink:
         self.summary.flagged += int(defective)
         if self.maps is not None:
             self.maps.add(str(path), anomaly_map, score)
-        if self.panels == "all" or (self.panels == "defects" and defective):
-            write_stream_panel(self.output / "panels", tensor_to_rgb(image), anomaly_map, score, self.threshold,
+        if panel_wanted(self.panels, score, self.threshold):
+            write_stream_panel(self.output / "panels", picture(), anomaly_map, score, self.threshold,
                                self.panel_names(path), self.pixel_threshold)
             self.summary.panels += 1
 
@@ -151,7 +193,7 @@ class _PredictionSink:
         return self.summary
 
 
-def _score_batch(predictor: Predictor, batch: list[Path], sink: _PredictionSink, strict: bool) -> None:
+def _score_batch(predictor: Predictor, batch: list[Path], sink: PredictionSink, strict: bool) -> None:
     """Read, score and write one batch of files, in input order."""
     images = {i: _read(predictor, path, strict) for i, path in enumerate(batch)}
     readable = [i for i, image in images.items() if isinstance(image, torch.Tensor)]
@@ -166,7 +208,7 @@ def _score_batch(predictor: Predictor, batch: list[Path], sink: _PredictionSink,
         if isinstance(image, str):
             sink.skip(path, image)
         else:
-            sink.scored(path, image, *results[i])
+            sink.scored(path, *results[i], picture=lambda image=image: tensor_to_rgb(image))
     sink.rows.flush()
 
 
@@ -181,7 +223,7 @@ def predict_images(predictor: Predictor, inputs: Sequence[str | Path], output: P
     options = options or PredictOptions()
     paths = collect_images(inputs, options.recursive)
     output.mkdir(parents=True, exist_ok=True)
-    sink = _PredictionSink(predictor, output, options, options.panels_for(len(paths)))
+    sink = PredictionSink(predictor, output, options, options.panels_for(len(paths)))
     sink.summary.images = len(paths)
     batches = [paths[i: i + predictor.batch_size] for i in range(0, len(paths), predictor.batch_size)]
     complete = False
