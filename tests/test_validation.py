@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import requires_mobilenet_weights, small_config
+from conftest import HAS_EFFICIENTNET_LITE0, requires_mobilenet_weights, small_config, small_overrides
 
 from cfa_anomaly.checkpoint import read_checkpoint
 from cfa_anomaly.config import ConfigError
@@ -56,17 +56,18 @@ def test_validation_set_has_every_held_out_image_clean_and_painted(synth_root):
 def test_best_validation_keeps_the_state_of_the_best_epoch(synth_root, tmp_path):
     extra = {"data.holdout_fraction": "0.4", "data.validation": "synthetic", "train.validate_every": "1",
              "train.epochs": "4"}
-    train_and_test(small_config(synth_root, **extra, **{"train.select": "best-validation"}), tmp_path / "best",
-                   run_test=False)
+    best_config = small_config(synth_root, **extra, **{"train.select": "best-validation"})
+    train_and_test(best_config, tmp_path / "best", run_test=False)
     summary = json.loads((tmp_path / "best" / "train.json").read_text())["validation"]
     history = summary["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert (tmp_path / "best" / "validation.png").is_file()
     best = max(history, key=lambda h: h["aupro"])  # the first of equal maxima
-    assert summary["selected"]["epoch"] == best["epoch"] and "test labels unused" in summary["selected"]["reason"]
+    assert summary["selected"]["epoch"] == best["epoch"]
+    assert "test labels unused" in summary["selected"]["reason"]
     # training is deterministic: the selected state is the state of a run stopped at that epoch
-    train_and_test(small_config(synth_root, **{**extra, "train.epochs": str(best["epoch"])}), tmp_path / "short",
-                   run_test=False)
+    short_config = small_config(synth_root, **{**extra, "train.epochs": str(best["epoch"])})
+    train_and_test(short_config, tmp_path / "short", run_test=False)
     selected = read_checkpoint(tmp_path / "best" / CHECKPOINT_NAME)[1]["state"]
     stopped = read_checkpoint(tmp_path / "short" / CHECKPOINT_NAME)[1]["state"]
     for key, tensor in stopped.items():
@@ -82,3 +83,31 @@ def test_best_validation_keeps_the_state_of_the_best_epoch(synth_root, tmp_path)
 def test_validation_settings_that_cannot_work_are_refused_by_key(synth_root, overrides, key):
     with pytest.raises(ConfigError, match=key):
         small_config(synth_root, **overrides)
+
+
+@requires_mobilenet_weights
+@pytest.mark.skipif(not HAS_EFFICIENTNET_LITE0,
+                    reason="efficientnet-lite0 weights not installed (extra [offline-weights])")
+def test_benchmark_selects_a_backbone_per_category_by_validation_only(synth_root, tmp_path):
+    from cfa_anomaly.benchmark import SELECTED_ROW, run_benchmark, validation_aupro
+
+    overrides = [o for o in small_overrides(synth_root, **{"train.epochs": "1"}) if not o.startswith("data.")]
+    overrides += ["data.resize=72", "data.crop=64", "data.holdout_fraction=0.4"]
+    summary = run_benchmark(synth_root, tmp_path, ["synth"], overrides, config_dir=None,
+                            backbones=["mobilenet_v2", "efficientnet_lite0"], select_by_validation=True)
+    chosen = summary["selection"]["synth"]
+    scores = {backbone: validation_aupro(tmp_path / backbone / "seed-0" / "synth")
+              for backbone in chosen["candidates"]}
+    assert all(value is not None for value in scores.values())
+    assert chosen["backbone"] == max(scores, key=scores.get)  # by validation scores, nothing else
+    report = (tmp_path / "results.md").read_text()
+    assert f"| {SELECTED_ROW} |" in report and f"synth: {chosen['backbone']}" in report
+    test_aupro = summary["results"][f"{chosen['backbone']}/seed-0/synth"]["aupro"]
+    assert f"{test_aupro:.3f}" in report.split(f"| {SELECTED_ROW} |")[-1].split("\n")[0]  # the AUPRO table
+
+
+def test_selection_needs_two_backbones(synth_root, tmp_path):
+    from cfa_anomaly.benchmark import run_benchmark
+
+    with pytest.raises(ConfigError, match="--backbones"):
+        run_benchmark(synth_root, tmp_path, ["synth"], [], config_dir=None, select_by_validation=True)

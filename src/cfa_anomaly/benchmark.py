@@ -135,12 +135,21 @@ def _log_outcome(outcome: CellOutcome, folder: Path | None) -> None:
 def run_benchmark(root: str | Path, output: Path, categories: Sequence[str] = MVTEC_CATEGORIES,
                   overrides: Sequence[str] = (), config_dir: Path | None = CONFIG_DIR,
                   force: bool = False, row_label: str | None = None, backbones: Sequence[str] = (),
-                  seeds: Sequence[int] = (), executor: CellExecutor | None = None) -> dict[str, Any]:
+                  seeds: Sequence[int] = (), executor: CellExecutor | None = None,
+                  select_by_validation: bool = False) -> dict[str, Any]:
     """Each (category, backbone, seed) cell into output/<category>/ (one backbone and one seed) or
     output/<backbone>/seed-<seed>/<category>/ (a grid); finished ones are reused unless force.
 
-    backbones / seeds: empty means the config's. Returns the summary (also written to summary.json).
+    backbones / seeds: empty means the config's. select_by_validation: over several backbones, trained with
+    data.validation=synthetic, pick per category the backbone of the best validation AUPRO (test labels
+    unused) and add its test metrics as a row "selected by synthetic validation". Returns the summary
+    (also written to summary.json).
     """
+    if select_by_validation and len(backbones) < 2:
+        raise ConfigError("--select-by validation chooses between backbones: give two or more with "
+                          "--backbones")
+    if select_by_validation:
+        overrides = [*overrides, "data.validation=synthetic"]
     executor = executor or LocalExecutor()
     grid = len(backbones) > 1 or len(seeds) > 1
     root = Path(root).expanduser().absolute()  # absolute: a Ray worker may run in another folder
@@ -176,8 +185,11 @@ def run_benchmark(root: str | Path, output: Path, categories: Sequence[str] = MV
                       **({"seconds": outcomes[k].seconds} if outcomes[k] and outcomes[k].seconds else {})}
                   for k, p in points.items()},
     }
+    if select_by_validation:
+        summary["selection"] = select_backbones(output, summary["results"], points)
     if grid:
-        write_grid_files(output, summary["results"], points, summary["problems"], categories)
+        write_grid_files(output, summary["results"], points, summary["problems"], categories,
+                         summary.get("selection"))
     else:
         last = list(points.values())[-1].backbone if points else None
         write_benchmark_files(output, summary["results"], summary["problems"], row_label or last or "cfa",
@@ -213,8 +225,41 @@ def write_benchmark_files(output: Path, results: dict[str, dict[str, float | Non
     atomic_write_text(output / "results.csv", csv_report(results, categories))
 
 
+def validation_aupro(folder: Path) -> float | None:
+    """The synthetic-validation AUPRO of a finished cell at the epoch its checkpoint holds (metrics.json)."""
+    validation = (finished_metrics(folder) or {}).get("validation") or {}
+    epoch = (validation.get("selected") or {}).get("epoch")
+    values = [h.get("aupro") for h in validation.get("history", []) if h.get("epoch") == epoch]
+    return values[0] if values else None
+
+
+def select_backbones(output: Path, results: dict[str, dict[str, float | None]],
+                     points: dict[str, GridPoint]) -> dict[str, dict[str, Any]]:
+    """Per category, the backbone with the best mean validation AUPRO over its finished seeds (the first
+    listed on a tie), by validation scores only: {category: {backbone, validation_aupro, candidates}}."""
+    scores: dict[str, dict[str, list[float]]] = {}
+    for key in results:
+        value = validation_aupro(output / key)
+        if value is not None:
+            point = points[key]
+            scores.setdefault(point.category, {}).setdefault(point.backbone, []).append(value)
+    selection = {}
+    for category, by_backbone in scores.items():
+        means = {backbone: sum(values) / len(values) for backbone, values in by_backbone.items()}
+        best = max(means, key=means.get)
+        selection[category] = {"backbone": best, "validation_aupro": round(means[best], 5),
+                               "candidates": {b: round(v, 5) for b, v in means.items()}}
+        log.info("[%s] selected by synthetic validation: %s (validation AUPRO %s)", category, best,
+                 ", ".join(f"{b} {v:.4f}" for b, v in means.items()))
+    return selection
+
+
+SELECTED_ROW = "selected by synthetic validation"
+
+
 def write_grid_files(output: Path, results: dict[str, dict[str, float | None]], points: dict[str, GridPoint],
-                     problems: dict[str, str], categories: Sequence[str] | None = None) -> None:
+                     problems: dict[str, str], categories: Sequence[str] | None = None,
+                     selection: dict[str, dict[str, Any]] | None = None) -> None:
     """A grid: results.md (a row per backbone, mean ± spread over seeds), results.csv (a row per cell, then
     means and spreads), and per backbone and category the GIF of its lowest seed as
     assets/<backbone>-<category>.gif."""
@@ -222,16 +267,27 @@ def write_grid_files(output: Path, results: dict[str, dict[str, float | None]], 
     for key, metrics in results.items():
         point = points[key]
         tables.setdefault(point.backbone, {}).setdefault(point.category, {})[point.seed] = metrics
+    if selection:  # a row of the chosen backbones' test metrics, chosen without test labels
+        tables[SELECTED_ROW] = {category: dict(tables[chosen["backbone"]][category])
+                                for category, chosen in selection.items()}
     assets = output / "assets"
     assets.mkdir(exist_ok=True)
     gifs = {}
     for backbone, row in tables.items():
+        if backbone == SELECTED_ROW:
+            continue
         for category, by_seed in row.items():
             seed = min(by_seed)
             gif = output / cell_key(category, backbone, seed, True) / f"{category}.gif"
             if gif.is_file():
                 shutil.copyfile(gif, assets / f"{backbone}-{category}.gif")
                 gifs[f"{backbone}: {category} (seed {seed})"] = f"{backbone}-{category}.gif"
-    atomic_write_text(output / "results.md", grid_report(tables, problems, categories=categories)
+    preamble = ""
+    if selection:
+        chosen = ", ".join(f"{category}: {c['backbone']}" for category, c in sorted(selection.items()))
+        preamble = (f"Row \"{SELECTED_ROW}\": per category, the backbone with the best AUPRO on synthetic "
+                    "defects painted onto held-out normal images (test labels unused; see "
+                    f"benchmarks/README.md for how far that ranking can be trusted): {chosen}.")
+    atomic_write_text(output / "results.md", grid_report(tables, problems, preamble, categories)
                       + _demo_section(gifs))
     atomic_write_text(output / "results.csv", grid_csv_report(tables))

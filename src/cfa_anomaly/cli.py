@@ -318,7 +318,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     output = Path(args.output)
     summary = run_benchmark(args.root, output, args.categories, args.overrides, config_dir, force=args.force,
                             backbones=args.backbones or (), seeds=args.seeds or (),
-                            executor=benchmark_executor(args))
+                            executor=benchmark_executor(args),
+                            select_by_validation=args.select_by == "validation")
     noun = "categories" if len(summary["status"]) == len(args.categories) else "cells"
     done = [c for c, s in summary["status"].items() if s in ("done", "reused")]
     print(f"\n{len(done)} of {len(summary['status'])} {noun} in {output / 'results.md'} and results.csv")
@@ -432,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "backbone or seed, cells go to <output>/<backbone>/seed-<seed>/<category>/")
     bench.add_argument("--seeds", nargs="+", type=int, metavar="N",
                        help="a grid over these training seeds (train.seed); the tables show mean ± spread")
+    bench.add_argument("--select-by", choices=("validation",),
+                       help="validation: train with data.validation=synthetic and add a row of, per category, "
+                            "the --backbones choice with the best validation AUPRO (test labels unused)")
     add_executor_arguments(bench, "task per cell")
     bench.add_argument("--cpus-per-task", type=positive_int, default=1, metavar="N",
                        help="--executor ray: CPUs each cell's task requests, and its torch threads "
