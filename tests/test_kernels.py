@@ -69,3 +69,26 @@ def test_both_layouts_find_the_same_neighbours(fresh_cache, monkeypatch, dtype_l
         found[layout] = candidate_centres(search_rows(centre_points(points, bank), bank), bank, 6)
     agree = (found["view"] == found["contiguous"]).all(dim=1).float().mean().item()
     assert agree > 0.99  # equal up to near-ties rounded differently by the two kernels
+
+
+@pytest.mark.parametrize(("seconds", "expected"), [({"float32": 5.0, "bfloat16": 1.0}, "mixed"),
+                                                   ({"float32": 1.0, "bfloat16": 0.9}, "float32")])
+def test_auto_precision_is_mixed_only_where_bfloat16_measurably_pays(fresh_cache, monkeypatch, seconds,
+                                                                     expected):
+    from cfa_anomaly.model import factory
+
+    calls = []
+    monkeypatch.setattr(factory, "has_bfloat16_matrix_units", lambda device: True)
+    monkeypatch.setattr(kernels, "probe_bfloat16", lambda *shape: calls.append(shape) or seconds)
+    cpu = torch.device("cpu")
+    assert factory.resolve_precision("auto", cpu) == expected
+    assert factory.resolve_precision("auto", cpu) == expected and len(calls) == 1  # probed once
+    assert factory.resolve_precision("float32", cpu) == "float32"  # an explicit choice is kept
+    monkeypatch.setattr(factory, "has_bfloat16_matrix_units", lambda device: False)
+    assert factory.resolve_precision("auto", cpu) == "float32"  # no bfloat16 units: no probe needed
+    assert len(calls) == 1
+
+
+def test_a_real_bfloat16_probe_times_both(fresh_cache):
+    seconds = kernels.probe_bfloat16(32, 35, 64)
+    assert set(seconds) == {"float32", "bfloat16"} and all(v > 0 for v in seconds.values())

@@ -8,6 +8,7 @@ from cfa_anomaly.backbones import FeatureExtractor
 from cfa_anomaly.config import Config
 from cfa_anomaly.errors import CfaError
 from cfa_anomaly.model.cfa import CFA
+from cfa_anomaly.model.kernels import bfloat16_pays
 from cfa_anomaly.runtime import reuse_freed_memory
 
 
@@ -34,11 +35,15 @@ def has_bfloat16_matrix_units(device: torch.device) -> bool:
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """model.precision = auto -> mixed where bfloat16 is fast, else float32. mixed is close to float32, not
-    exact: an approximate nearest-centre search (benchmarks/README.md has how often it misses)."""
+    """model.precision = auto -> mixed where bfloat16 is fast, else float32: on a CPU, where the flags
+    announce bfloat16 units and a probe of the search product (model/kernels.py, once per machine) finds
+    bfloat16 faster. mixed is close to float32, not exact: an approximate nearest-centre search
+    (benchmarks/README.md has how often it misses)."""
     if requested != "auto":
         return requested
-    return "mixed" if has_bfloat16_matrix_units(device) else "float32"
+    if not has_bfloat16_matrix_units(device):
+        return "float32"
+    return "mixed" if device.type != "cpu" or bfloat16_pays() else "float32"
 
 
 def build_model(cfg: Config, device: torch.device, precision: str | None = None) -> CFA:
