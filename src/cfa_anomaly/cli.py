@@ -340,7 +340,8 @@ def add_executor_arguments(parser: argparse.ArgumentParser, what: str) -> None:
                              "or the cluster at --address (extra [ray], see README.md)")
     parser.add_argument("--address", metavar="ADDR",
                         help="--executor ray: a running Ray cluster (auto, or <head node>:6379; default: "
-                             "$RAY_ADDRESS, else a Ray instance started on this machine for the command)")
+                             "$RAY_ADDRESS, else the cluster this machine runs (ray start), else a Ray instance "
+                             "started on this machine for the command)")
 
 
 def build_parser() -> argparse.ArgumentParser:

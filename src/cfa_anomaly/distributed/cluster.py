@@ -40,8 +40,9 @@ def cluster_resources(ray: ModuleType) -> dict[str, float]:
 @contextmanager
 def ray_session(address: str | None = None) -> Iterator[ModuleType]:
     """Ray connected for the duration: an instance already initialised in this process is used as it is;
-    otherwise connect to `address` (e.g. "auto" or "head-node:6379"; None: $RAY_ADDRESS, else start a
-    local instance on this machine), and disconnect at the end."""
+    otherwise connect to `address` (e.g. "auto" or "head-node:6379"; None: $RAY_ADDRESS, else the cluster
+    this machine runs with `ray start`, else a Ray instance started on this machine for the duration), and
+    disconnect at the end."""
     ray = require_ray()
     if ray.is_initialized():
         yield ray
@@ -53,7 +54,8 @@ def ray_session(address: str | None = None) -> Iterator[ModuleType]:
         raise RayConnectionError(f"no Ray cluster at --address {address} ({err}); start one with `ray start "
                                  "--head` on the head node (see README.md, \"A Ray cluster\")") from err
     resources = cluster_resources(ray)
-    log.info("Ray: %s (%g CPUs, %g GPUs)", address or "a local instance", resources["CPU"], resources["GPU"])
+    log.info("Ray at %s: %g CPUs, %g GPUs", ray.get_runtime_context().gcs_address, resources["CPU"],
+             resources["GPU"])
     try:
         yield ray
     finally:
