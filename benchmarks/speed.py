@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -227,8 +227,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    print(f"{time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}  torch {torch.__version__}  "
-          f"threads {torch.get_num_threads()}  device {device_description(args.device)}")
+    print(f"{machine_line()}  device {device_description(args.device)}")
     if not args.skip_timing:
         print_timing(args)
     if args.skip_accuracy:

@@ -11,6 +11,10 @@ threads. This project runs `benchmarks/speed.py --single <precision>` with the p
 `model.precision=auto` resolves to on this machine; anomalib runs `benchmarks/anomalib_cfa.py` (its torch
 model and loss, its optimizer settings). Each run is its own process (peak RSS is its own); the two sides
 alternate, --repeats times, and each figure is its side's best run (a shared machine's speed varies).
+Before each run the script waits (up to --wait seconds) until other processes use under --quiet of the
+CPUs, and it prints the share of the CPUs that other processes used during each run: on 2 cores one other
+busy thread slows a 2-thread torch run several-fold (its threads wait for each other), so a run with a
+large share is not a reading of this code.
 
 What "training" means on each side: anomalib runs the frozen backbone in every training step; this
 project runs it once and caches the pooled maps, so its one-time cost (feature pass + memory bank) is
@@ -23,8 +27,10 @@ import argparse
 import importlib.metadata
 import json
 import os
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -61,17 +67,48 @@ def anomalib_python() -> Path:
     return python
 
 
-def run_json(command: list[str]) -> dict:
-    """Run a child that prints one JSON line last; its result, with the load average before it started."""
-    load = os.getloadavg()[0]
+def cpu_seconds() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine since boot, CPU seconds of this process's finished children)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(value) for value in stat.readline().split()[1:]]
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return busy / os.sysconf("SC_CLK_TCK"), children.ru_utime + children.ru_stime
+
+
+def others_share(start: tuple[float, float], seconds: float) -> float:
+    """The share of all CPUs that processes other than our children used since `start`."""
+    busy, children = cpu_seconds()
+    return max(0.0, (busy - start[0]) - (children - start[1])) / (seconds * os.cpu_count())
+
+
+def wait_until_quiet(quiet: float, wait: float) -> float:
+    """Sample 2 s at a time until other processes use under `quiet` of the CPUs, or `wait` seconds passed;
+    the last share seen."""
+    deadline = time.monotonic() + wait
+    while True:
+        start = cpu_seconds()
+        time.sleep(2.0)
+        share = others_share(start, 2.0)
+        if share < quiet or time.monotonic() > deadline:
+            return share
+        time.sleep(10.0)
+
+
+def run_json(command: list[str], quiet: float, wait: float) -> dict:
+    """Run a child that prints one JSON line last, once the machine is quiet; its result, with the others'
+    CPU share before and during the run."""
+    before = wait_until_quiet(quiet, wait)
+    start, clock = cpu_seconds(), time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return {**json.loads(done.stdout.strip().splitlines()[-1]), "load_before": load}
+    during = others_share(start, time.monotonic() - clock)
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "others_before": before, "others_during": during}
 
 
 def best(runs: list[dict]) -> dict:
-    keys = [k for k, v in runs[0].items() if isinstance(v, float) and k != "load_before"]
+    keys = [k for k, v in runs[0].items() if isinstance(v, float) and not k.startswith("others_")]
     return {k: (min if k in LOWER_IS_BETTER else max)(run[k] for run in runs) for k in keys}
 
 
@@ -87,6 +124,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--quiet", type=float, default=0.05,
+                        help="start a run once other processes use under this share of the CPUs")
+    parser.add_argument("--wait", type=float, default=600, help="seconds to wait for that before each run")
     args = parser.parse_args()
     python = anomalib_python()
     precision = resolve_precision("auto", torch.device("cpu"))
@@ -103,11 +143,12 @@ def main() -> None:
     for repeat in range(args.repeats):
         order = list(commands) if repeat % 2 == 0 else list(commands)[::-1]  # neither side always first
         for name in order:
-            result = run_json(commands[name])
+            result = run_json(commands[name], args.quiet, args.wait)
             runs[name].append(result)
             print(f"  run {repeat + 1} {name:12} train {result['train_ms_per_image_epoch']:7.1f} ms/img/epoch  "
                   f"infer {result['inference_images_per_second']:6.2f} img/s  "
-                  f"RSS {result['peak_rss_gib']:.2f} GiB  (load before {result['load_before']:.2f})", flush=True)
+                  f"RSS {result['peak_rss_gib']:.2f} GiB  (other processes: {100 * result['others_before']:.0f}% "
+                  f"of the CPUs before, {100 * result['others_during']:.0f}% during)", flush=True)
     theirs, ours = best(runs["anomalib"]), best(runs["cfa-anomaly"])
     version = runs["anomalib"][0]["anomalib_version"]
     print(f"{'':24} {'one-time ms/img':>16} {'train ms/img/epoch':>19} {'infer img/s':>12} {'peak RSS GiB':>13}")
