@@ -212,6 +212,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (timing and accuracy runs)")
     parser.add_argument("--single", choices=VARIANTS, help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args()
+    unknown = [name for name in args.variants if name not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}: use some of {', '.join(VARIANTS)}")
     if args.profile:
         profile_run(args.profile, args.backbone, args.batch)
         return
