@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -40,6 +40,7 @@ from cfa_anomaly.runtime import synchronize  # noqa: E402
 from cfa_anomaly.train import fit  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
+CONFIGS = REPO / "configs" / "anomaly" / "unsupervised" / "cfa"
 REAL_SETS = {"grid": (SHARED / "mvtec_ad", "grid"), "hazelnut": (SHARED / "hazelnut_toy", "hazelnut")}
 # The paths compared: name -> config overrides. "plain" is the reference: float32, and the maps resized
 # and concatenated before the descriptor (the literal order); the others apply it per layer.
@@ -52,8 +53,8 @@ VARIANTS = {
 REFERENCE = "plain"
 
 
-def fast_variants() -> list[str]:
-    return [name for name in VARIANTS if name != REFERENCE]
+def fast_variants(chosen: list[str] | None = None) -> list[str]:
+    return [name for name in (chosen or VARIANTS) if name != REFERENCE]
 
 
 def timing_run(variant: str, backbone: str, images: int, epochs: int, batch: int, device_name: str) -> dict:
@@ -162,17 +163,21 @@ def neighbour_run(name: str, backbone: str, epochs: int) -> dict:
             "missed": {k: (missed / patches, worst) for k, (missed, worst) in counts.items()}}
 
 
-def accuracy_run(name: str, backbone: str, epochs: int, device_name: str) -> dict:
-    """Train + test one real set with each variant; metric deltas and map correlation against plain."""
+def accuracy_run(name: str, backbone: str, epochs: int, device_name: str,
+                 variants: list[str] | None = None) -> dict:
+    """Train + test one real set with plain and each variant (default: all), from the category's config
+    (configs/anomaly/unsupervised/cfa); metric deltas and map correlation against plain."""
     from cfa_anomaly.pipeline import train_and_test
 
     root, category = REAL_SETS[name]
     out: dict = {"data": name, "backbone": backbone}
     maps = {}
+    chosen = [REFERENCE, *fast_variants(variants)]
     with tempfile.TemporaryDirectory() as tmp:
-        for variant, overrides in VARIANTS.items():
-            cfg = load_config(None, [f"data.root={root}", f"data.category={category}", f"model.backbone={backbone}",
-                                     *overrides, f"train.epochs={epochs}", f"train.device={device_name}"])
+        for variant in chosen:
+            cfg = load_config(CONFIGS / f"{category}.yaml",
+                              [f"data.root={root}", f"data.category={category}", f"model.backbone={backbone}",
+                               *VARIANTS[variant], f"train.epochs={epochs}", f"train.device={device_name}"])
             folder = Path(tmp) / variant
             folder.mkdir()
             report = train_and_test(cfg, folder)
@@ -180,7 +185,7 @@ def accuracy_run(name: str, backbone: str, epochs: int, device_name: str) -> dic
             out[f"{variant}_train_seconds"] = report["train"]["train_seconds"]
             maps[variant] = np.load(folder / "maps.npz")["maps"].astype(np.float64)
     plain = out[REFERENCE]
-    for variant in fast_variants():
+    for variant in fast_variants(chosen):
         out[f"{variant}_max_metric_delta"] = max(abs(out[variant][k] - plain[k]) for k in plain
                                                  if plain[k] is not None)
         correlation = np.corrcoef(maps[REFERENCE].ravel(), maps[variant].ravel())[0, 1]
@@ -197,6 +202,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timing runs per variant; the best is shown")
     parser.add_argument("--accuracy-backbone", default="mobilenet_v2")
     parser.add_argument("--accuracy-epochs", type=int, default=30)
+    parser.add_argument("--variants", type=lambda text: text.split(","), default=list(VARIANTS),
+                        help="comma-separated variants to time and compare (accuracy always adds plain)")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--profile", choices=VARIANTS, help="print where the time of one variant goes")
@@ -205,6 +212,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (timing and accuracy runs)")
     parser.add_argument("--single", choices=VARIANTS, help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args()
+    unknown = [name for name in args.variants if name not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}: use some of {', '.join(VARIANTS)}")
     if args.profile:
         profile_run(args.profile, args.backbone, args.batch)
         return
@@ -220,8 +230,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    print(f"{time.strftime('%Y-%m-%d')}  {platform.processor() or platform.machine()}  torch {torch.__version__}  "
-          f"threads {torch.get_num_threads()}  device {device_description(args.device)}")
+    print(f"{machine_line()}  device {device_description(args.device)}")
     if not args.skip_timing:
         print_timing(args)
     if args.skip_accuracy:
@@ -231,11 +240,11 @@ def main() -> None:
         return
     print(f"accuracy: {args.accuracy_backbone} (ImageNet), {args.accuracy_epochs} epochs, variants vs plain")
     for name in REAL_SETS:
-        result = accuracy_run(name, args.accuracy_backbone, args.accuracy_epochs, args.device)
-        for variant in VARIANTS:
+        result = accuracy_run(name, args.accuracy_backbone, args.accuracy_epochs, args.device, args.variants)
+        for variant in (REFERENCE, *fast_variants(args.variants)):
             metrics = " ".join(f"{k}={v:.4f}" for k, v in result[variant].items() if v is not None)
             print(f"  {name:9} {variant:9} {metrics}  train {result[f'{variant}_train_seconds']:.1f}s")
-        for variant in fast_variants():
+        for variant in fast_variants(args.variants):
             print(f"  {name:9} {variant:9} max metric delta {result[f'{variant}_max_metric_delta']:.4f}, "
                   f"map correlation {result[f'{variant}_map_correlation']:.5f}")
 
@@ -247,18 +256,19 @@ def device_description(name: str) -> str:
 def print_timing(args: argparse.Namespace) -> None:
     print(f"timing: {args.backbone} (random weights), {args.images} images 224 px, {args.epochs} epochs, "
           f"batch {args.batch}, best of {args.repeats} runs")
-    rows = {}
-    for variant in VARIANTS:
-        command = [sys.executable, __file__, "--single", variant, "--backbone", args.backbone,
-                   "--images", str(args.images), "--epochs", str(args.epochs), "--batch", str(args.batch),
-                   "--device", args.device]
-        runs = []
-        for _ in range(args.repeats):  # a shared machine's speed varies: keep each figure's best run
+    runs: dict[str, list[dict]] = {variant: [] for variant in args.variants}
+    for _ in range(args.repeats):  # the variants take turns, so that a slow spell of a shared machine
+        for variant in args.variants:  # hits them alike; each figure is the variant's best run
+            command = [sys.executable, __file__, "--single", variant, "--backbone", args.backbone,
+                       "--images", str(args.images), "--epochs", str(args.epochs), "--batch", str(args.batch),
+                       "--device", args.device]
             done = subprocess.run(command, capture_output=True, text=True, check=True)
-            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        rows[variant] = {key: (max if key == "inference_images_per_second" else min)(run[key] for run in runs)
-                         for key in runs[0] if key != "variant" and runs[0][key] is not None}
-    gpu = "peak_gpu_gib" in rows[REFERENCE]
+            runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    rows = {variant: {key: (max if key == "inference_images_per_second" else min)(run[key] for run in done_runs)
+                      for key in done_runs[0] if key != "variant" and done_runs[0][key] is not None}
+            for variant, done_runs in runs.items()}
+    base = REFERENCE if REFERENCE in rows else args.variants[0]  # speed-ups are relative to it
+    gpu = "peak_gpu_gib" in rows[base]
     print(f"{'':10} {'feature ms/img':>15} {'bank ms/img':>12} {'train ms/img/epoch':>19} {'infer img/s':>12} "
           f"{'peak RSS GiB':>13}" + (f" {'peak GPU GiB':>13}" if gpu else ""))
     for variant, row in rows.items():
@@ -266,12 +276,13 @@ def print_timing(args: argparse.Namespace) -> None:
               f"{row['train_ms_per_image_epoch']:19.1f} "
               f"{row['inference_images_per_second']:12.2f} {row['peak_rss_gib']:13.2f}"
               + (f" {row['peak_gpu_gib']:13.2f}" if gpu else ""))
-    plain = rows[REFERENCE]
-    for variant in fast_variants():
+    slow = rows[base]
+    for variant in (name for name in args.variants if name != base):
         fast = rows[variant]
-        print(f"speed-up of {variant}: training x"
-              f"{plain['train_ms_per_image_epoch'] / fast['train_ms_per_image_epoch']:.2f}, inference x"
-              f"{fast['inference_images_per_second'] / plain['inference_images_per_second']:.2f}")
+        print(f"speed-up of {variant} over {base}: feature pass x"
+              f"{slow['feature_ms_per_image'] / fast['feature_ms_per_image']:.2f}, training x"
+              f"{slow['train_ms_per_image_epoch'] / fast['train_ms_per_image_epoch']:.2f}, inference x"
+              f"{fast['inference_images_per_second'] / slow['inference_images_per_second']:.2f}")
 
 
 if __name__ == "__main__":
