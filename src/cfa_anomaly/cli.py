@@ -291,7 +291,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         log.info("generating a synthetic %s dataset in %s", kind, data_root / category)
         generate_dataset(data_root, category=category, kind=kind, seed=seed)
     summary = run_benchmark(data_root, output, categories, demo_overrides(args.overrides), config_dir=None)
-    print((output / "results.md").read_text().split("Avg is the mean")[0])
+    print((output / "results.md").read_text().split("'-' is a category")[0].rstrip() + "\n")
     print(f"results, panels, GIFs and plots in {output} (tables: {output / 'results.md'})")
     return report_problems(summary, len(categories))
 
