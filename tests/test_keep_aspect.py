@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, requires_mobilenet_weights, small_config
+from PIL import Image
 
 from cfa_anomaly.data.images import (
     image_to_tensor,
@@ -21,8 +23,6 @@ from cfa_anomaly.data.samples import list_images
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.inference.export import export_checkpoint
 from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test
-
-from conftest import SHARED_DATA, requires_mobilenet_weights, small_config
 
 HAZELNUT = SHARED_DATA / "hazelnut_toy" / "hazelnut" / "train" / "good"
 
@@ -94,3 +94,9 @@ def test_a_keep_aspect_model_predicts_and_exports_with_its_geometry(synth_root, 
     exported = Predictor.from_export(tmp_path / "model")
     assert exported.card.keep_aspect
     np.testing.assert_allclose(exported.predict(image).scores, result.scores, rtol=1e-4)
+    from cfa_anomaly.distributed.predict import decode_batch  # Ray predict's decoding tasks (no Ray needed)
+
+    path = tmp_path / "wide.png"
+    Image.fromarray(image).save(path)
+    decoded = decode_batch({"path": np.asarray([str(path)]), "file": np.asarray([str(path)])}, predictor.card)
+    np.testing.assert_array_equal(decoded["image"][0], predictor.preprocess(image).numpy())

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from cfa_anomaly.console import PACKAGE_LOGGER, progress
-from cfa_anomaly.data.images import image_to_tensor, read_rgb, tensor_to_rgb
+from cfa_anomaly.data.images import read_rgb, tensor_to_rgb
 from cfa_anomaly.data.samples import DatasetError
 from cfa_anomaly.distributed.cluster import cluster_resources, ray_session
-from cfa_anomaly.inference import Predictor
+from cfa_anomaly.inference import ModelCard, Predictor
 from cfa_anomaly.inference.spec import PredictorSpec
 from cfa_anomaly.predict import PredictionSink, PredictOptions, PredictSummary, collect_images, panel_wanted
 
@@ -48,15 +48,15 @@ class RayPredictSettings:
     gpus_per_actor: float | None = None  # None: 1 where the cluster has GPUs, else 0
 
 
-def decode_batch(batch: Batch, resize: int, crop: int) -> Batch:
+def decode_batch(batch: Batch, card: ModelCard) -> Batch:
     """Read and preprocess files: image (n, 3, crop, crop) float32 in 0..1 (zeros where unreadable) and
-    error ("" where read, else why not), as Predictor.read and .preprocess do."""
+    error ("" where read, else why not), as Predictor.read and .preprocess do (ModelCard.preprocess)."""
     files = batch["file"]
-    images = np.zeros((len(files), 3, crop, crop), np.float32)
+    images = np.zeros((len(files), 3, card.crop, card.crop), np.float32)
     errors = []
     for k, file in enumerate(files):
         try:
-            images[k] = image_to_tensor(read_rgb(Path(str(file))), resize, crop).numpy()
+            images[k] = card.preprocess(read_rgb(Path(str(file)))).numpy()
             errors.append("")
         except DatasetError as err:
             errors.append(str(err))
@@ -137,7 +137,7 @@ def _pipeline(ray: ModuleType, spec: PredictorSpec, predictor: Predictor, paths:
     actors, gpus = _actor_plan(ray, settings, math.ceil(len(paths) / predictor.batch_size))
     dataset = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / DECODE_BLOCK))
     decoded = dataset.map_batches(decode_batch, batch_format="numpy", batch_size=None, num_cpus=DECODE_CPUS,
-                                  fn_kwargs={"resize": predictor.card.resize, "crop": predictor.crop})
+                                  fn_kwargs={"card": predictor.card})
     scored = decoded.map_batches(ScoringActor, batch_format="numpy", batch_size=predictor.batch_size,
                                  fn_constructor_kwargs={"spec": spec, "panels": panels,
                                                         "threads": settings.cpus_per_actor},

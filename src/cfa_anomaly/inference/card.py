@@ -6,7 +6,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
+
 from cfa_anomaly.config import Config, config_from_dict
+from cfa_anomaly.data.images import image_to_tensor
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,10 @@ class ModelCard:
                              f"unknown {sorted(given - names)}")
         scores = values.get("holdout_scores")
         return cls(**{**values, "holdout_scores": None if scores is None else tuple(scores)})
+
+    def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (3, crop, crop) float32 in 0..1, the geometry the model was trained with."""
+        return image_to_tensor(rgb, self.resize, self.crop, self.keep_aspect)
 
     def training_config(self) -> Config:
         """The training config as a Config (validated)."""

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from cfa_anomaly.config import Config, ConfigError
-from cfa_anomaly.data.images import array_to_rgb, image_to_tensor, map_to_input_size, pil_to_rgb, read_rgb
+from cfa_anomaly.data.images import array_to_rgb, map_to_input_size, pil_to_rgb, read_rgb
 from cfa_anomaly.inference.card import ModelCard
 from cfa_anomaly.inference.result import InferenceResult
 
@@ -152,7 +152,7 @@ class Predictor:
 
     def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (3, crop, crop) float32 in 0..1, the geometry the model was trained with."""
-        return image_to_tensor(rgb, self.card.resize, self.card.crop, self.card.keep_aspect)
+        return self.card.preprocess(rgb)
 
     def score_batch(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Preprocessed images (N, 3, crop, crop) in 0..1 -> (maps (N, crop, crop), scores (N,)) float32."""
