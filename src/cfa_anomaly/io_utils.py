@@ -1,13 +1,24 @@
-"""Atomic file writes: a temporary file in the same folder, then a rename, so a crash never leaves half a file."""
+"""Atomic file writes (a temporary file in the same folder, then a rename, so a crash never leaves half a
+file), and file hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _umask() -> int:

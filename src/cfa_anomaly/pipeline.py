@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import platform
 from pathlib import Path
@@ -21,7 +20,7 @@ from cfa_anomaly.data.images import unreadable
 from cfa_anomaly.data.samples import DatasetError, Sample, Split, folder_samples, split_holdout
 from cfa_anomaly.evaluate import Predictions, compute_test_metrics, predict
 from cfa_anomaly.inference import Predictor
-from cfa_anomaly.io_utils import atomic_write_json
+from cfa_anomaly.io_utils import atomic_write_json, file_sha256
 from cfa_anomaly.model import CFA
 from cfa_anomaly.model.factory import build_model, resolve_device
 from cfa_anomaly.outputs import format_metrics_table, write_maps, write_scores_csv, write_visuals
@@ -45,8 +44,8 @@ def _environment(predictor: Predictor | None = None) -> dict[str, Any]:
 
 
 def _loader_of(samples, cfg: Config):
-    return make_loader(AnomalyDataset(samples, cfg.data.resize, cfg.data.crop, cfg.data.keep_aspect), cfg.data.batch_size,
-                       cfg.data.num_workers)
+    dataset = AnomalyDataset(samples, cfg.data.resize, cfg.data.crop, cfg.data.keep_aspect)
+    return make_loader(dataset, cfg.data.batch_size, cfg.data.num_workers)
 
 
 def _loader(cfg: Config, split: Split):
@@ -78,14 +77,6 @@ def _test_samples_if_any(cfg: Config) -> list[Sample]:
         return []
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def refuse_shared_images(holdout: list[Sample], others: dict[str, list[Sample]]) -> None:
     """A DatasetError when a held-out image is also one of `others` (split name -> samples): by resolved path,
     or by the SHA-256 of its bytes. Only files whose size equals a held-out file's size are read and hashed."""
@@ -99,7 +90,7 @@ def refuse_shared_images(holdout: list[Sample], others: dict[str, list[Sample]])
     def digest(path: Path) -> str | None:
         if path not in hashes:
             try:
-                hashes[path] = _sha256(path)
+                hashes[path] = file_sha256(path)
             except OSError:
                 return None
         return hashes[path]

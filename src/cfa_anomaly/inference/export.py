@@ -29,9 +29,8 @@ from cfa_anomaly.inference.runtimes import (
     METADATA_NAME,
     MODEL_FILES,
     OUTPUT_NAMES,
-    file_sha256,
 )
-from cfa_anomaly.io_utils import atomic_write_text
+from cfa_anomaly.io_utils import atomic_write_text, file_sha256
 from cfa_anomaly.model.plain import PlainCFA
 
 FORMATS = tuple(MODEL_FILES)

@@ -6,7 +6,6 @@ preprocessing (data/images.py) and the model folder that `cfa export` wrote.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -16,20 +15,13 @@ import torch
 
 from cfa_anomaly.inference.card import ModelCard
 from cfa_anomaly.inference.errors import ExportError
+from cfa_anomaly.io_utils import file_sha256
 
 EXPORT_FORMAT = "cfa-anomaly-export-v1"
 METADATA_NAME = "model.json"
 MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml", "torchscript": "model.pt"}
 INPUT_NAME, OUTPUT_NAMES = "images", ("maps", "scores")
 INFERENCE_PRECISIONS = ("f32", "bf16")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _metadata_path(path: Path) -> Path:

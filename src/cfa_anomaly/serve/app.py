@@ -89,7 +89,8 @@ class ModelInfo:
 def describe_model(path: str | Path, predictor: Predictor, source: str) -> ModelInfo:
     """The id of a checkpoint (source "checkpoint": its file's SHA-256) or of an exported model ("export": its
     model file's, from model.json)."""
-    from cfa_anomaly.inference.runtimes import MODEL_FILES, file_sha256, read_metadata
+    from cfa_anomaly.inference.runtimes import MODEL_FILES, read_metadata
+    from cfa_anomaly.io_utils import file_sha256
 
     path = Path(path)
     if source == "checkpoint":
