@@ -86,7 +86,8 @@ def _map_arrays(maps: np.ndarray, scores: np.ndarray, paths: list[str], pixel_th
                 masks: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """What a maps file holds: maps (float16, crop grid), scores, paths, and with a pixel threshold the
     defect masks (float32 maps >= pixel_threshold: given, or taken from maps) and the threshold itself."""
-    arrays = {"maps": maps.astype(np.float16), "scores": np.asarray(scores, np.float32), "paths": np.asarray(paths)}
+    arrays = {"maps": maps.astype(np.float16), "scores": np.asarray(scores, np.float32),
+              "paths": np.asarray(paths)}
     if pixel_threshold is not None:
         arrays.update(defect_masks=maps >= pixel_threshold if masks is None else masks,
                       pixel_threshold=np.float32(pixel_threshold))
@@ -111,8 +112,8 @@ def panel_name(path: str | Path) -> str:
 
 
 def write_visuals(output: Path, predictions: Predictions, preprocess: Callable[[np.ndarray], torch.Tensor],
-                  threshold: float | None,
-                  evaluation: EvaluationConfig, title: str, pixel_threshold: float | None = None) -> dict[str, str]:
+                  threshold: float | None, evaluation: EvaluationConfig, title: str,
+                  pixel_threshold: float | None = None) -> dict[str, str]:
     """Panels (one per image; outlines at pixel_threshold), and for labelled data a GIF, ROC curves and a
     score histogram.
 
@@ -183,7 +184,8 @@ class ScoreRowWriter:
             else:
                 record = {"path": path, "score": None if score is None else float(f"{score:.6g}"),
                           "decision": decision or None,
-                          "defect_area": None if area is None else float(f"{area:.4g}"), "error": error or None}
+                          "defect_area": None if area is None else float(f"{area:.4g}"),
+                          "error": error or None}
                 handle.write(json.dumps(record) + "\n")
 
     def flush(self) -> None:
@@ -222,12 +224,13 @@ class MapShardWriter:
         self._paths: list[str] = []
         self._scores: list[float] = []
 
-    def add(self, path: str, anomaly_map: np.ndarray, score: float) -> None:
+    def add(self, path: str, anomaly_map: np.ndarray, score: float, mask: np.ndarray | None = None) -> None:
+        """mask: the map >= the pixel threshold, when the caller has it already (else taken here)."""
         if len(self._maps) == self.shard_size:  # lazily, so that exactly shard_size maps stay one maps.npz
             self._write(self.output / "maps" / f"shard-{len(self.written):05d}.npz")
         self._maps.append(np.asarray(anomaly_map, dtype=np.float16))
         if self.pixel_threshold is not None:
-            self._masks.append(np.asarray(anomaly_map) >= self.pixel_threshold)
+            self._masks.append(np.asarray(anomaly_map) >= self.pixel_threshold if mask is None else mask)
         self._paths.append(path)
         self._scores.append(float(score))
 
@@ -240,8 +243,8 @@ class MapShardWriter:
 
     def _write(self, path: Path) -> None:
         masks = np.stack(self._masks) if self._masks else None
-        arrays = _map_arrays(np.stack(self._maps), np.asarray(self._scores), self._paths, self.pixel_threshold,
-                             masks)
+        arrays = _map_arrays(np.stack(self._maps), np.asarray(self._scores), self._paths,
+                             self.pixel_threshold, masks)
         atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
         self.written.append(path)
         self._maps, self._masks, self._paths, self._scores = [], [], [], []

@@ -174,12 +174,12 @@ class PredictionSink:
         image the model saw, asked for only when a panel is drawn."""
         decision = decision_label(score, self.threshold)
         defective = decision == DEFECTIVE
-        area = None if self.pixel_threshold is None else float((anomaly_map >= self.pixel_threshold).mean())
-        self.rows.write(str(path), score, decision or "", area)
+        mask = None if self.pixel_threshold is None else anomaly_map >= self.pixel_threshold
+        self.rows.write(str(path), score, decision or "", None if mask is None else float(mask.mean()))
         self.summary.scored += 1
         self.summary.flagged += int(defective)
         if self.maps is not None:
-            self.maps.add(str(path), anomaly_map, score)
+            self.maps.add(str(path), anomaly_map, score, mask)
         if panel_wanted(self.panels, score, self.threshold):
             write_stream_panel(self.output / "panels", picture(), anomaly_map, score, self.threshold,
                                self.panel_names(path), self.pixel_threshold)
