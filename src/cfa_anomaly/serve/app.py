@@ -212,13 +212,14 @@ class Service:
         threshold, pixel_threshold = self.predictor.threshold, self.predictor.pixel_threshold
         decision = decision_label(scored.score, threshold)
         anomaly_map = np.asarray(scored.anomaly_map, dtype=np.float32)
+        defect = None if pixel_threshold is None else anomaly_map >= pixel_threshold
         answer: dict[str, Any] = {
             "score": scored.score,
             "decision": decision,
             "is_defective": None if decision is None else decision == DEFECTIVE,
             "threshold": threshold,
             "pixel_threshold": pixel_threshold,
-            "defect_area": None if pixel_threshold is None else float((anomaly_map >= pixel_threshold).mean()),
+            "defect_area": None if defect is None else float(defect.mean()),
             "model_id": self.info.model_id,
             "width": prepared.width,
             "height": prepared.height,
@@ -234,8 +235,8 @@ class Service:
                                  "meaning": "pixel = 255 * clip((value - low) / (high - low), 0, 1)"}
             if with_overlay:
                 overlay = heat_overlay(tensor_to_rgb(prepared.image), pixels)
-                if pixel_threshold is not None:  # the predicted defect's outline, as in the panels
-                    overlay = draw_outline(overlay, anomaly_map >= pixel_threshold, PREDICTED_COLOUR)
+                if defect is not None:  # the predicted defect's outline, as in the panels
+                    overlay = draw_outline(overlay, defect, PREDICTED_COLOUR)
                 answer["overlay"] = {"png_base64": png_base64(overlay), **size, "scaling": scale.method}
         answer["elapsed_ms"] = round((time.perf_counter() - started) * 1000.0, 3)
         return answer
