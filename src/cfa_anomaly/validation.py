@@ -26,6 +26,7 @@ from cfa_anomaly.data.samples import Sample
 from cfa_anomaly.data.synthetic import PAINTED_DEFECTS, paint_defect
 from cfa_anomaly.model import CFA
 from cfa_anomaly.model.cfa import Layers
+from cfa_anomaly.train import cache_features, select_images
 
 log = logging.getLogger(__name__)
 SELECTION_METRIC = "aupro"
@@ -42,8 +43,10 @@ class ValidationSet:
 
 
 def synthetic_validation_set(holdout: list[Sample], cfg: Config) -> ValidationSet:
-    """Each held-out normal image, clean and with one painted defect of every kind (seeded by train.seed)."""
-    crops = [tensor_to_rgb(image_to_tensor(read_rgb(s.image), cfg.data.resize, cfg.data.crop, cfg.data.keep_aspect))
+    """Each held-out normal image, clean and with one painted defect of every kind (seeded by
+    train.seed)."""
+    data = cfg.data
+    crops = [tensor_to_rgb(image_to_tensor(read_rgb(s.image), data.resize, data.crop, data.keep_aspect))
              for s in holdout]
     images, labels, masks, kinds = [], [], [], []
     for index, rgb in enumerate(crops):
@@ -63,14 +66,15 @@ def synthetic_validation_set(holdout: list[Sample], cfg: Config) -> ValidationSe
     return ValidationSet(tensor, np.asarray(labels), np.stack(masks), kinds)
 
 
-def score_validation(model: CFA, cached: Layers, validation: ValidationSet, batch_size: int) -> dict[str, float]:
+def score_validation(model: CFA, cached: Layers, validation: ValidationSet,
+                     batch_size: int) -> dict[str, float | None]:
     """Image AUROC, pixel AUROC and AUPRO of the model on the validation set (its backbone maps cached)."""
     size = tuple(validation.images.shape[-2:])
     maps, scores = [], []
     with torch.no_grad():
         for start in range(0, len(validation.labels), batch_size):
-            batch_maps, batch_scores = model.score_aggregated([grid[start: start + batch_size] for grid in cached],
-                                                              size)
+            layers = select_images(cached, slice(start, start + batch_size))
+            batch_maps, batch_scores = model.score_aggregated(layers, size)
             maps.append(batch_maps.float().cpu().numpy())
             scores.append(batch_scores.float().cpu().numpy())
     all_maps, all_scores = np.concatenate(maps), np.concatenate(scores)
@@ -98,10 +102,10 @@ class ValidationTracker:
         if epoch % self.every and epoch != self.epochs:
             return
         if self._cached is None:  # the backbone is frozen: its maps of the validation images never change
-            device = self.model.memory_bank.device
-            parts = [self.model.aggregate(self.validation.images[i: i + self.batch_size].to(device))
-                     for i in range(0, len(self.validation.labels), self.batch_size)]
-            self._cached = [torch.cat(layer) for layer in zip(*parts)]
+            images = self.validation.images
+            step = self.batch_size
+            batches = [{"image": images[i: i + step]} for i in range(0, len(images), step)]
+            self._cached = cache_features(self.model, batches, self.model.memory_bank.device)
         was_training = self.model.descriptor.training
         self.model.eval()
         scores = score_validation(self.model, self._cached, self.validation, self.batch_size)
@@ -110,7 +114,8 @@ class ValidationTracker:
                              **{k: None if v is None else round(v, 5) for k, v in scores.items()}})
         log.debug("epoch %d validation: %s", epoch, scores)
         value = scores[SELECTION_METRIC]
-        if self.select_best and value is not None and (self.best is None or value > self.best[SELECTION_METRIC]):
+        better = value is not None and (self.best is None or value > self.best[SELECTION_METRIC])
+        if self.select_best and better:
             state = {k: v.detach().cpu().clone() for k, v in self.model.learned_state().items()}
             self.best = {"epoch": epoch, SELECTION_METRIC: value, "state": state}
 
@@ -122,11 +127,13 @@ class ValidationTracker:
         self.history, self.best = list(state.get("history", [])), state.get("best")
 
     def summary(self) -> dict[str, Any]:
-        """For train.json / metrics.json: the history and which epoch's state the checkpoint holds, and why."""
+        """For train.json / metrics.json: the history and which epoch's state the checkpoint holds, and
+        why."""
         if self.select_best and self.best is not None:
+            best = self.best[SELECTION_METRIC]
             selected = {"epoch": self.best["epoch"],
-                        "reason": f"best validation {SELECTION_METRIC} ({self.best[SELECTION_METRIC]:.4f}) on "
-                                  "synthetic defects painted onto held-out normal images; test labels unused"}
+                        "reason": f"best validation {SELECTION_METRIC} ({best:.4f}) on synthetic defects "
+                                  "painted onto held-out normal images; test labels unused"}
         else:
             selected = {"epoch": self.epochs, "reason": "train.select = final: the last epoch's state"}
         return {"images": len(self.validation.labels), "defective": int(self.validation.labels.sum()),
@@ -139,4 +146,5 @@ def plot_validation(path: Path, history: list[dict[str, Any]], selected_epoch: i
 
     viz.plot_curves(path, [h["epoch"] for h in history],
                     {key: [h[key] for h in history] for key in ("image_auroc", "pixel_auroc", "aupro")},
-                    marker=selected_epoch, title=title, xlabel="epoch", ylabel="validation (synthetic defects)")
+                    marker=selected_epoch, title=title, xlabel="epoch",
+                    ylabel="validation (synthetic defects)")
