@@ -36,6 +36,7 @@ ENV_CACHE = "CFA_ANOMALY_CACHE"  # a folder; default ~/.cache/cfa-anomaly
 PROBE_ROUNDS = 5
 MATRIX_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16", "avx512f", "avx2")
 MARGIN = 0.05  # the contiguous copy must be at least 5% faster to be chosen over the view
+Products = list[tuple[torch.Tensor, torch.Tensor]]  # (left, right) operands of torch.mm
 
 
 def cache_file() -> Path:
@@ -60,22 +61,34 @@ def _cpu_name() -> str:
     return f"{name} (model {fields.get('model', '?')}; {' '.join(extensions) or 'no matrix extensions'})"
 
 
-def probe_layout(chunk: int, inner: int, centres: int, dtype: torch.dtype) -> tuple[str, dict[str, float]]:
-    """Time the search product with each layout on random data, alternating so that a busy machine slows
-    both alike, best of PROBE_ROUNDS each; the faster one (the view unless the copy wins by MARGIN) and the
-    seconds each took."""
+def _search_operands(chunk: int, inner: int, centres: int, dtype: torch.dtype) -> dict[str, Products]:
+    """Random rows and bank of the search product's shape in dtype: the bank as each layout."""
     generator = torch.Generator().manual_seed(0)
     rows = torch.randn(chunk, inner, generator=generator).to(dtype)
     bank = torch.randn(centres, inner, generator=generator).to(dtype)
-    operands = {"view": bank.t(), "contiguous": bank.t().contiguous()}
-    seconds = dict.fromkeys(operands, float("inf"))
-    for operand in operands.values():
-        torch.mm(rows, operand)  # warm-up: kernel generation and caches
+    return {"view": [(rows, bank.t())], "contiguous": [(rows, bank.t().contiguous())]}
+
+
+def _best_seconds(candidates: dict[str, Products]) -> dict[str, float]:
+    """Seconds of the fastest product of each candidate, timed alternately (a busy machine slows all alike),
+    best of PROBE_ROUNDS, after one warm-up each (kernel generation and caches)."""
+    for products in candidates.values():
+        for left, right in products:
+            torch.mm(left, right)
+    seconds = dict.fromkeys(candidates, float("inf"))
     for _ in range(PROBE_ROUNDS):
-        for name, operand in operands.items():
-            start = time.perf_counter()
-            torch.mm(rows, operand)
-            seconds[name] = min(seconds[name], time.perf_counter() - start)
+        for name, products in candidates.items():
+            for left, right in products:
+                start = time.perf_counter()
+                torch.mm(left, right)
+                seconds[name] = min(seconds[name], time.perf_counter() - start)
+    return seconds
+
+
+def probe_layout(chunk: int, inner: int, centres: int, dtype: torch.dtype) -> tuple[str, dict[str, float]]:
+    """Time the search product with each layout on random data; the faster one (the view unless the copy
+    wins by MARGIN) and the seconds each took."""
+    seconds = _best_seconds(_search_operands(chunk, inner, centres, dtype))
     best = "contiguous" if seconds["contiguous"] < (1.0 - MARGIN) * seconds["view"] else "view"
     return best, seconds
 
@@ -131,26 +144,13 @@ BFLOAT16_GAIN = 1.25  # bfloat16 products must be at least this much faster for 
 
 
 def probe_bfloat16(chunk: int, inner: int, centres: int) -> dict[str, float]:
-    """Seconds of the search product in float32 and in bfloat16 (alternating, best of PROBE_ROUNDS each,
-    each in its faster layout)."""
-    generator = torch.Generator().manual_seed(0)
-    rows = torch.randn(chunk, inner, generator=generator)
-    bank = torch.randn(centres, inner, generator=generator)
-    operands = {}
+    """Seconds of the search product in float32 and in bfloat16, each in its faster layout."""
+    candidates = {}
     for dtype in (torch.float32, torch.bfloat16):
-        low = bank.to(dtype)
-        operands[str(dtype).split(".")[-1]] = (rows.to(dtype), low.t(), low.t().contiguous())
-    seconds = dict.fromkeys(operands, float("inf"))
-    for left, *rights in operands.values():
-        for right in rights:
-            torch.mm(left, right)  # warm-up
-    for _ in range(PROBE_ROUNDS):
-        for name, (left, *rights) in operands.items():
-            for right in rights:
-                start = time.perf_counter()
-                torch.mm(left, right)
-                seconds[name] = min(seconds[name], time.perf_counter() - start)
-    return seconds
+        layouts = _search_operands(chunk, inner, centres, dtype)
+        name = str(dtype).split(".")[-1]
+        candidates[name] = [product for products in layouts.values() for product in products]
+    return _best_seconds(candidates)
 
 
 def bfloat16_pays() -> bool:
