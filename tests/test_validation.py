@@ -99,10 +99,10 @@ def test_benchmark_selects_a_backbone_per_category_by_validation_only(synth_root
     scores = {backbone: validation_aupro(tmp_path / backbone / "seed-0" / "synth")
               for backbone in chosen["candidates"]}
     assert all(value is not None for value in scores.values())
-    assert chosen["backbone"] == max(scores, key=scores.get)  # by validation scores, nothing else
+    assert chosen["setting"] == max(scores, key=scores.get)  # by validation scores, nothing else
     report = (tmp_path / "results.md").read_text()
-    assert f"| {SELECTED_ROW} |" in report and f"synth: {chosen['backbone']}" in report
-    test_aupro = summary["results"][f"{chosen['backbone']}/seed-0/synth"]["aupro"]
+    assert f"| {SELECTED_ROW} |" in report and f"synth: {chosen['setting']}" in report
+    test_aupro = summary["results"][f"{chosen['setting']}/seed-0/synth"]["aupro"]
     assert f"{test_aupro:.3f}" in report.split(f"| {SELECTED_ROW} |")[-1].split("\n")[0]  # the AUPRO table
 
 

@@ -1,4 +1,5 @@
-"""Train + test over a grid of categories x backbones x seeds, resumable, with the result tables and GIFs.
+"""Train + test over a grid of categories x settings (backbones, any config key) x seeds, resumable, with the
+result tables and GIFs.
 
 The grid is planned here (configs resolved, finished cells reused, missing datasets skipped); the cells
 left to run go to an executor: in this process one after another (LocalExecutor, the default), or as Ray
@@ -20,6 +21,7 @@ from cfa_anomaly.config import MVTEC_CATEGORIES, ConfigError, load_config
 from cfa_anomaly.data.samples import DatasetError, category_dir
 from cfa_anomaly.io_utils import atomic_write_json, atomic_write_text
 from cfa_anomaly.report import Grid, csv_report, grid_csv_report, grid_report
+from cfa_anomaly.sweep import BACKBONE_KEY, Setting, parse_axes, setting_row, settings_grid
 
 CONFIG_DIR = Path("configs/anomaly/unsupervised/cfa")
 METRICS_FILE = "metrics.json"
@@ -50,11 +52,14 @@ class LocalExecutor:
 
 @dataclass(frozen=True)
 class GridPoint:
-    """Where a cell sits in the tables: its category, backbone (the table row) and seed."""
+    """Where a cell sits in the tables: its category, row (its setting's label), seed, and the setting's
+    folder and the backbone its config resolved to (None after a config error)."""
 
     category: str
-    backbone: str
+    row: str
     seed: int | str
+    folder: str
+    backbone: str | None
 
 
 def category_config_path(category: str, config_dir: Path | None) -> Path | None:
@@ -83,32 +88,33 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return trimmed
 
 
-def cell_key(category: str, backbone: str | None, seed: int | None, grid: bool) -> str:
-    """The cell's name and its folder under the output: <category> alone, or in a grid (several backbones
-    or seeds) <backbone>/seed-<seed>/<category>."""
+def cell_key(category: str, folder: str | None, seed: int | None, grid: bool) -> str:
+    """The cell's name and its folder under the output: <category> alone, or in a grid (several settings
+    or seeds) <setting folder>/seed-<seed>/<category>."""
     if not grid:
         return category
-    return f"{backbone or 'default'}/seed-{'default' if seed is None else seed}/{category}"
+    return f"{folder or 'default'}/seed-{'default' if seed is None else seed}/{category}"
 
 
-def plan_cell(root: Path, output: Path, category: str, backbone: str | None, seed: int | None,
+def plan_cell(root: Path, output: Path, category: str, setting: Setting, seed: int | None,
               overrides: Sequence[str], config_dir: Path | None, force: bool,
               grid: bool) -> tuple[GridPoint, Cell | CellOutcome]:
     """The cell to run, or its outcome already: reused (finished earlier with the same config), skipped
     (finished with another config, or no dataset) or failed (a config error)."""
     config_path = category_config_path(category, config_dir)
-    chosen = [f"model.backbone={backbone}"] if backbone else []
-    chosen += [f"train.seed={seed}"] if seed is not None else []
-    key = cell_key(category, backbone, seed, grid)
+    chosen = [*setting.as_overrides(), *([f"train.seed={seed}"] if seed is not None else [])]
+    key = cell_key(category, setting.folder, seed, grid)
     log.debug("[%s] config: %s", key, config_path or "the defaults")
     try:
         cfg = load_config(config_path,
                           [*overrides, *chosen, f"data.root={root}", f"data.category={category}"])
     except ConfigError as err:
-        point = GridPoint(category, backbone or "default", "default" if seed is None else seed)
+        point = GridPoint(category, setting_row(setting, None), "default" if seed is None else seed,
+                          setting.folder, None)
         return point, CellOutcome(key, FAILED, problem=f"config error: {err}")
-    key = cell_key(category, cfg.model.backbone, cfg.train.seed, grid)
-    point = GridPoint(category, cfg.model.backbone, cfg.train.seed)
+    folder = setting.folder or cfg.model.backbone
+    key = cell_key(category, folder, cfg.train.seed, grid)
+    point = GridPoint(category, setting_row(setting, cfg), cfg.train.seed, folder, cfg.model.backbone)
     cell = Cell(key, category, cfg.model.backbone, cfg.train.seed, output / key, cfg.to_dict())
     previous = None if force else finished_metrics(cell.folder)
     if previous is not None and _comparable(previous.get("config", {})) != _comparable(cell.config):
@@ -132,36 +138,44 @@ def _log_outcome(outcome: CellOutcome, folder: Path | None) -> None:
         log.warning("[%s] %s", outcome.key, outcome.problem)
 
 
+def benchmark_settings(backbones: Sequence[str] = (), grid: Sequence[str] = ()) -> list[Setting]:
+    """The settings to sweep: --backbones a b is --grid model.backbone=a,b, put first."""
+    items = [f"{BACKBONE_KEY}={','.join(backbones)}", *grid] if backbones else list(grid)
+    return settings_grid(parse_axes(items))
+
+
 def run_benchmark(root: str | Path, output: Path, categories: Sequence[str] = MVTEC_CATEGORIES,
                   overrides: Sequence[str] = (), config_dir: Path | None = CONFIG_DIR,
                   force: bool = False, row_label: str | None = None, backbones: Sequence[str] = (),
                   seeds: Sequence[int] = (), executor: CellExecutor | None = None,
-                  select_by_validation: bool = False) -> dict[str, Any]:
-    """Each (category, backbone, seed) cell into output/<category>/ (one backbone and one seed) or
-    output/<backbone>/seed-<seed>/<category>/ (a grid); finished ones are reused unless force.
+                  select_by_validation: bool = False, grid: Sequence[str] = ()) -> dict[str, Any]:
+    """Each (category, setting, seed) cell into output/<category>/ (one setting and one seed) or
+    output/<setting>/seed-<seed>/<category>/ (a grid); finished ones are reused unless force.
 
-    backbones / seeds: empty means the config's. select_by_validation: over several backbones, trained with
-    data.validation=synthetic, pick per category the backbone of the best validation AUPRO (test labels
-    unused) and add its test metrics as a row "selected by synthetic validation". Returns the summary
-    (also written to summary.json).
+    grid: ["section.key=a,b", ...], swept as their product; backbones: ["a", "b"] is
+    "model.backbone=a,b" (empty: the config's). seeds: empty means the config's. select_by_validation: over
+    two or more settings, trained with data.validation=synthetic, pick per category the setting of the best
+    validation AUPRO (test labels unused) and add its test metrics as a row "selected by synthetic
+    validation". Returns the summary (also written to summary.json).
     """
-    if select_by_validation and len(backbones) < 2:
-        raise ConfigError("--select-by validation chooses between backbones: give two or more with "
-                          "--backbones")
+    settings = benchmark_settings(backbones, grid)
+    if select_by_validation and len(settings) < 2:
+        raise ConfigError("--select-by validation chooses between settings: give two or more with "
+                          "--backbones or --grid")
     if select_by_validation:
         overrides = [*overrides, "data.validation=synthetic"]
     executor = executor or LocalExecutor()
-    grid = len(backbones) > 1 or len(seeds) > 1
+    is_grid = len(settings) > 1 or len(seeds) > 1
     root = Path(root).expanduser().absolute()  # absolute: a Ray worker may run in another folder
     output.mkdir(parents=True, exist_ok=True)
     points: dict[str, GridPoint] = {}
     outcomes: dict[str, CellOutcome | None] = {}
     to_run: list[Cell] = []
-    for backbone in backbones or [None]:
+    for setting in settings:
         for seed in seeds or [None]:
             for category in categories:
-                point, planned = plan_cell(root, output.absolute(), category, backbone, seed, overrides,
-                                           config_dir, force, grid)
+                point, planned = plan_cell(root, output.absolute(), category, setting, seed, overrides,
+                                           config_dir, force, is_grid)
                 points[planned.key] = point
                 if isinstance(planned, Cell):
                     to_run.append(planned)
@@ -176,22 +190,24 @@ def run_benchmark(root: str | Path, output: Path, categories: Sequence[str] = MV
         outcomes[outcome.key] = outcome
         _log_outcome(outcome, folders.get(outcome.key))
     finished = {key: outcome for key, outcome in outcomes.items() if outcome is not None}
+    overrides_of = {setting.folder: dict(setting.overrides) for setting in settings}
     summary = {
         "executor": executor.name,
         "results": {k: o.metrics for k, o in finished.items() if o.status in (DONE, REUSED)},
         "problems": {k: o.problem for k, o in finished.items() if o.problem},
         "status": {k: o.status for k, o in finished.items()},
-        "cells": {k: {"category": p.category, "backbone": p.backbone, "seed": p.seed,
+        "cells": {k: {"category": p.category, "row": p.row, "setting": overrides_of.get(p.folder, {}),
+                      "backbone": p.backbone, "seed": p.seed,
                       **({"seconds": outcomes[k].seconds} if outcomes[k] and outcomes[k].seconds else {})}
                   for k, p in points.items()},
     }
     if select_by_validation:
-        summary["selection"] = select_backbones(output, summary["results"], points)
-    if grid:
+        summary["selection"] = select_settings(output, summary["results"], points)
+    if is_grid:
         write_grid_files(output, summary["results"], points, summary["problems"], categories,
                          summary.get("selection"))
     else:
-        last = list(points.values())[-1].backbone if points else None
+        last = list(points.values())[-1].row if points else None
         write_benchmark_files(output, summary["results"], summary["problems"], row_label or last or "cfa",
                               categories)
     atomic_write_json(output / "summary.json", summary)
@@ -233,24 +249,24 @@ def validation_aupro(folder: Path) -> float | None:
     return values[0] if values else None
 
 
-def select_backbones(output: Path, results: dict[str, dict[str, float | None]],
-                     points: dict[str, GridPoint]) -> dict[str, dict[str, Any]]:
-    """Per category, the backbone with the best mean validation AUPRO over its finished seeds (the first
-    listed on a tie), by validation scores only: {category: {backbone, validation_aupro, candidates}}."""
+def select_settings(output: Path, results: dict[str, dict[str, float | None]],
+                    points: dict[str, GridPoint]) -> dict[str, dict[str, Any]]:
+    """Per category, the setting (row) with the best mean validation AUPRO over its finished seeds (the
+    first listed on a tie), by validation scores only: {category: {setting, validation_aupro, candidates}}."""
     scores: dict[str, dict[str, list[float]]] = {}
     for key in results:
         value = validation_aupro(output / key)
         if value is not None:
             point = points[key]
-            scores.setdefault(point.category, {}).setdefault(point.backbone, []).append(value)
+            scores.setdefault(point.category, {}).setdefault(point.row, []).append(value)
     selection = {}
-    for category, by_backbone in scores.items():
-        means = {backbone: sum(values) / len(values) for backbone, values in by_backbone.items()}
+    for category, by_row in scores.items():
+        means = {row: sum(values) / len(values) for row, values in by_row.items()}
         best = max(means, key=means.get)
-        selection[category] = {"backbone": best, "validation_aupro": round(means[best], 5),
-                               "candidates": {b: round(v, 5) for b, v in means.items()}}
+        selection[category] = {"setting": best, "validation_aupro": round(means[best], 5),
+                               "candidates": {row: round(v, 5) for row, v in means.items()}}
         log.info("[%s] selected by synthetic validation: %s (validation AUPRO %s)", category, best,
-                 ", ".join(f"{b} {v:.4f}" for b, v in means.items()))
+                 "; ".join(f"{row} {v:.4f}" for row, v in means.items()))
     return selection
 
 
@@ -260,32 +276,33 @@ SELECTED_ROW = "selected by synthetic validation"
 def write_grid_files(output: Path, results: dict[str, dict[str, float | None]], points: dict[str, GridPoint],
                      problems: dict[str, str], categories: Sequence[str] | None = None,
                      selection: dict[str, dict[str, Any]] | None = None) -> None:
-    """A grid: results.md (a row per backbone, mean ± spread over seeds), results.csv (a row per cell, then
-    means and spreads), and per backbone and category the GIF of its lowest seed as
-    assets/<backbone>-<category>.gif."""
+    """A grid: results.md (a row per setting, mean ± spread over seeds), results.csv (a row per cell, then
+    means and spreads), and per setting and category the GIF of its lowest seed as
+    assets/<setting folder>-<category>.gif."""
     tables: dict[str, dict[str, dict[Any, dict[str, float | None]]]] = {}
+    lowest: dict[tuple[str, str], str] = {}  # (row, category) -> the key of its lowest seed's cell
     for key, metrics in results.items():
         point = points[key]
-        tables.setdefault(point.backbone, {}).setdefault(point.category, {})[point.seed] = metrics
-    if selection:  # a row of the chosen backbones' test metrics, chosen without test labels
-        tables[SELECTED_ROW] = {category: dict(tables[chosen["backbone"]][category])
+        tables.setdefault(point.row, {}).setdefault(point.category, {})[point.seed] = metrics
+        first = lowest.get((point.row, point.category))
+        if first is None or point.seed < points[first].seed:  # finished cells have integer seeds
+            lowest[(point.row, point.category)] = key
+    if selection:  # a row of the chosen settings' test metrics, chosen without test labels
+        tables[SELECTED_ROW] = {category: dict(tables[chosen["setting"]][category])
                                 for category, chosen in selection.items()}
     assets = output / "assets"
     assets.mkdir(exist_ok=True)
     gifs = {}
-    for backbone, row in tables.items():
-        if backbone == SELECTED_ROW:
-            continue
-        for category, by_seed in row.items():
-            seed = min(by_seed)
-            gif = output / cell_key(category, backbone, seed, True) / f"{category}.gif"
-            if gif.is_file():
-                shutil.copyfile(gif, assets / f"{backbone}-{category}.gif")
-                gifs[f"{backbone}: {category} (seed {seed})"] = f"{backbone}-{category}.gif"
+    for (row, category), key in lowest.items():
+        point = points[key]
+        gif = output / key / f"{category}.gif"
+        if gif.is_file():
+            shutil.copyfile(gif, assets / f"{point.folder}-{category}.gif")
+            gifs[f"{row}: {category} (seed {point.seed})"] = f"{point.folder}-{category}.gif"
     preamble = ""
     if selection:
-        chosen = ", ".join(f"{category}: {c['backbone']}" for category, c in sorted(selection.items()))
-        preamble = (f"Row \"{SELECTED_ROW}\": per category, the backbone with the best AUPRO on synthetic "
+        chosen = ", ".join(f"{category}: {c['setting']}" for category, c in sorted(selection.items()))
+        preamble = (f"Row \"{SELECTED_ROW}\": per category, the setting with the best AUPRO on synthetic "
                     "defects painted onto held-out normal images (test labels unused; see "
                     f"benchmarks/README.md for how far that ranking can be trusted): {chosen}.")
     atomic_write_text(output / "results.md", grid_report(tables, problems, preamble, categories)

@@ -318,7 +318,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     output = Path(args.output)
     summary = run_benchmark(args.root, output, args.categories, args.overrides, config_dir, force=args.force,
                             backbones=args.backbones or (), seeds=args.seeds or (),
-                            executor=benchmark_executor(args),
+                            grid=args.grid or (), executor=benchmark_executor(args),
                             select_by_validation=args.select_by == "validation")
     noun = "categories" if len(summary["status"]) == len(args.categories) else "cells"
     done = [c for c, s in summary["status"].items() if s in ("done", "reused")]
@@ -430,13 +430,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", default="runs/benchmark")
     bench.add_argument("--force", action="store_true", help="recompute categories that finished earlier")
     bench.add_argument("--backbones", nargs="+", metavar="NAME",
-                       help="a grid over these backbones (default: the config's); with more than one "
-                            "backbone or seed, cells go to <output>/<backbone>/seed-<seed>/<category>/")
+                       help="a grid over these backbones (default: the config's); the same as "
+                            "--grid model.backbone=NAME,NAME")
+    bench.add_argument("--grid", nargs="+", metavar="KEY=A,B",
+                       help="a grid over config values, e.g. --grid data.crop=224,320 train.epochs=10,30 "
+                            "(every combination); with more than one setting or seed, cells go to "
+                            "<output>/<setting>/seed-<seed>/<category>/")
     bench.add_argument("--seeds", nargs="+", type=int, metavar="N",
                        help="a grid over these training seeds (train.seed); the tables show mean ± spread")
     bench.add_argument("--select-by", choices=("validation",),
                        help="validation: train with data.validation=synthetic and add a row of, per category, "
-                            "the --backbones choice with the best validation AUPRO (test labels unused)")
+                            "the setting (--backbones / --grid) with the best validation AUPRO (test labels "
+                            "unused)")
     add_executor_arguments(bench, "task per cell")
     bench.add_argument("--cpus-per-task", type=positive_int, default=1, metavar="N",
                        help="--executor ray: CPUs each cell's task requests, and its torch threads "

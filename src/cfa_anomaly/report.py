@@ -1,8 +1,8 @@
 """Result tables over categories: Markdown in the original project's format, and CSV.
 
-One row per backbone; with several seeds a cell shows the mean and the spread (sample standard deviation)
-over the seeds. `markdown_report` / `csv_report` are the one-backbone, one-seed case of `grid_report` /
-`grid_csv_report`.
+One row per setting (a backbone, or a combination of swept config values); with several seeds a cell shows
+the mean and the spread (sample standard deviation) over the seeds. `markdown_report` / `csv_report` are
+the one-setting, one-seed case of `grid_report` / `grid_csv_report`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ TABLES: tuple[tuple[str, str], ...] = (
     ("aupro", "AUPRO (FPR <= 0.3)"),
 )
 Metrics = Mapping[str, float | None]
-Grid = Mapping[str, Mapping[str, Mapping[int, Metrics]]]  # row (backbone) -> category -> seed -> metrics
+Grid = Mapping[str, Mapping[str, Mapping[int, Metrics]]]  # row (setting) -> category -> seed -> metrics
 
 
 def column_title(category: str) -> str:
@@ -74,8 +74,8 @@ def _cell(value: float | None, deviation: float | None = None) -> str:
 
 
 def grid_table(grid: Grid, metric: str, categories: Sequence[str] | None = None) -> str:
-    """One table: a row per backbone, a column per category (every requested one: '-' where it has no
-    result) plus the average of the defined ones."""
+    """One table: a row per setting, a column per category (every requested one: '-' where it has no result)
+    plus the average of the defined ones."""
     categories = _categories(grid, categories)
     header = "| | Avg | " + " | ".join(column_title(c) for c in categories) + " |"
     rule = "| --- | :---: | " + " | ".join(":---:" for _ in categories) + " |"
@@ -180,12 +180,12 @@ def csv_report(results: Mapping[str, Metrics], categories: Sequence[str] | None 
 
 
 def grid_csv_report(grid: Grid) -> str:
-    """backbone, seed, category, metrics: one row per cell; then per backbone and category the rows
+    """setting, seed, category, metrics: one row per cell; then per setting and category the rows
     seed=mean and seed=std over its seeds; then category=average rows: per seed, and their mean and std."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     metrics = [metric for metric, _ in TABLES]
-    writer.writerow(["backbone", "seed", "category", *metrics])
+    writer.writerow(["setting", "seed", "category", *metrics])
     for label, row in grid.items():
         categories = ordered(list(row))
         for category in categories:
