@@ -95,6 +95,21 @@ def test_strict_stops_at_the_first_unreadable_file(checkpoint, sources, tmp_path
     assert not (tmp_path / "out" / "scores.csv").exists()  # only scores.csv.partial: visibly unfinished
 
 
+def test_reading_ahead_in_threads_writes_what_reading_in_line_writes(checkpoint, sources, tmp_path):
+    copy_images(sources, tmp_path / "in", 13)
+    (tmp_path / "in" / "good_001z-corrupt.png").write_bytes(b"not an image")
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    for workers in (0, 3):
+        summary = predict_images(predictor, [tmp_path / "in"], tmp_path / f"out{workers}",
+                                 PredictOptions(read_workers=workers, panels="none", shard_size=5))
+        assert (summary.scored, len(summary.skipped)) == (13, 1)
+    assert read_rows(tmp_path / "out0" / "scores.csv") == read_rows(tmp_path / "out3" / "scores.csv")
+    for shard in sorted((tmp_path / "out0" / "maps").glob("*.npz")):
+        with np.load(shard) as inline, np.load(tmp_path / "out3" / "maps" / shard.name) as ahead:
+            assert list(inline["paths"]) == list(ahead["paths"])
+            np.testing.assert_array_equal(inline["maps"], ahead["maps"])
+
+
 def test_recursive_and_list_file_inputs(checkpoint, sources, tmp_path):
     top = copy_images(sources[:2], tmp_path / "in")
     nested = copy_images(sources[2:4], tmp_path / "in" / "line2" / "cam1")

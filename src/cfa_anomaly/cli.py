@@ -192,7 +192,7 @@ def predict_options(args: argparse.Namespace) -> PredictOptions:
 
     formats = ("csv", "jsonl") if args.format == "both" else (args.format,)
     return PredictOptions(formats=formats, maps=args.maps, panels=args.panels, strict=args.strict,
-                          recursive=args.recursive)
+                          recursive=args.recursive, read_workers=args.read_workers)
 
 
 def print_predict_summary(summary: PredictSummary, output: Path, engine: str) -> None:
@@ -326,11 +326,23 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return report_problems(summary, len(summary["status"]), noun)
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+def whole_number(text: str, least: int) -> int:
+    """text as an int of at least `least`, or argparse's error saying so."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least {least}, got {text}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return whole_number(text, 0)
 
 
 def add_executor_arguments(parser: argparse.ArgumentParser, what: str) -> None:
@@ -391,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "to 200 images, else defects)")
     pred.add_argument("--strict", action="store_true",
                       help="stop at the first unreadable file (default: list it in the scores file and skip it)")
+    pred.add_argument("--read-workers", type=non_negative_int, default=1, metavar="N",
+                      help="threads that read and resize the next batches while the model scores (default 1; "
+                           "0: read each batch in line); more help on slow or network disks")
     add_executor_arguments(pred, "Data pipeline (parallel decoding, model actors)")
     pred.add_argument("--actors", type=positive_int, metavar="N",
                       help="--executor ray: model replicas, each loading the model once (default: one per "

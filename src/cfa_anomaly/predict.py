@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,6 +112,9 @@ class PredictOptions:
     strict: bool = False  # stop at the first unreadable file instead of listing and skipping it
     recursive: bool = False
     shard_size: int = MAPS_SHARD_SIZE
+    # Threads that read and preprocess the next batches while the model scores the current one (0: read
+    # each batch in line, before it is scored). Memory: at most READ_AHEAD batches of images beyond it.
+    read_workers: int = 1
 
     def panels_for(self, count: int) -> str:
         return self.panels or ("all" if count <= PANELS_ALL_UP_TO else "defects")
@@ -193,10 +198,38 @@ class PredictionSink:
         return self.summary
 
 
-def _score_batch(predictor: Predictor, batch: list[Path], sink: PredictionSink, strict: bool) -> None:
-    """Read, score and write one batch of files, in input order."""
-    images = {i: _read(predictor, path, strict) for i, path in enumerate(batch)}
-    readable = [i for i, image in images.items() if isinstance(image, torch.Tensor)]
+READ_AHEAD = 2  # batches read ahead of the one being scored, when read_workers > 0
+
+
+def read_batches(predictor: Predictor, batches: Sequence[list[Path]], strict: bool,
+                 workers: int) -> Iterator[tuple[list[Path], list[torch.Tensor | str]]]:
+    """Each batch with its files read (a tensor, or why the file cannot be read), in input order; with
+    workers > 0 the next READ_AHEAD batches are read by that many threads meanwhile. With strict, the first
+    unreadable file raises here, in order."""
+    if workers == 0:
+        for batch in batches:
+            yield batch, [_read(predictor, path, strict) for path in batch]
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="cfa-read")
+    pending: deque[tuple[list[Path], list[Future]]] = deque()
+    upcoming = iter(batches)
+    try:
+        for batch in upcoming:
+            pending.append((batch, [pool.submit(_read, predictor, path, strict) for path in batch]))
+            if len(pending) > READ_AHEAD:
+                done, futures = pending.popleft()
+                yield done, [future.result() for future in futures]
+        while pending:
+            done, futures = pending.popleft()
+            yield done, [future.result() for future in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _score_batch(predictor: Predictor, batch: list[Path], images: list[torch.Tensor | str],
+                 sink: PredictionSink) -> None:
+    """Score one batch of read files and write its results, in input order."""
+    readable = [i for i, image in enumerate(images) if isinstance(image, torch.Tensor)]
     results: dict[int, tuple[np.ndarray, float]] = {}
     if readable:
         start = time.perf_counter()
@@ -227,10 +260,12 @@ def predict_images(predictor: Predictor, inputs: Sequence[str | Path], output: P
     sink.summary.images = len(paths)
     batches = [paths[i: i + predictor.batch_size] for i in range(0, len(paths), predictor.batch_size)]
     complete = False
+    read = read_batches(predictor, batches, options.strict, options.read_workers)
     try:
-        for batch in progress(batches, desc="predict", unit="batch"):
-            _score_batch(predictor, batch, sink, options.strict)
+        for batch, images in progress(read, desc="predict", unit="batch", total=len(batches)):
+            _score_batch(predictor, batch, images, sink)
         complete = True
     finally:
+        read.close()  # stops the reading threads, also when scoring or writing failed
         summary = sink.close(complete)
     return summary
