@@ -42,6 +42,9 @@ def test_values_that_are_not_folder_names_get_distinct_safe_folders():
     settings = settings_grid(parse_axes(["data.holdout_dir=/data/a b,/data/a_b"]))
     folders = [s.folder for s in settings]
     assert len(set(folders)) == 2 and not any("/" in f or " " in f for f in folders)
+    many = settings_grid(parse_axes([f"model.{key}=1,2" for key in ("K", "J", "gamma_c", "gamma_d")]
+                                    + ["data.holdout_dir=" + "/very/long/folder" * 12]))
+    assert all(len(s.folder) <= 120 for s in many) and len({s.folder for s in many}) == len(many) == 16
     assert settings_grid([]) == [settings_grid([])[0]] and settings_grid([])[0].as_overrides() == []
 
 

@@ -111,8 +111,18 @@ def settings_grid(axes: Sequence[Axis]) -> list[Setting]:
             settings.append(Setting(pairs, name, _UNSAFE.sub("_", name)))
         else:
             settings.append(Setting(pairs, ", ".join(f"{k}={v}" for k, v in pairs),
-                                    "+".join(_folder_part(k, v) for k, v in pairs)))
+                                    _short("+".join(_folder_part(k, v) for k, v in pairs))))
     return settings
+
+
+MAX_FOLDER = 120  # file systems allow 255 bytes per name: long combinations are cut and get a hash
+
+
+def _short(folder: str) -> str:
+    """folder itself, or when too long its start and a hash of the whole (still one per setting)."""
+    if len(folder) <= MAX_FOLDER:
+        return folder
+    return f"{folder[:MAX_FOLDER - 9]}-{hashlib.sha1(folder.encode()).hexdigest()[:8]}"
 
 
 def setting_row(setting: Setting, cfg: Config | None) -> str:
