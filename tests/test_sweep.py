@@ -75,6 +75,17 @@ def test_the_command_refuses_a_bad_grid_before_any_work(synth_root, tmp_path, ca
     assert not (tmp_path / "out" / "summary.json").exists()
 
 
+def test_a_setting_that_makes_a_config_unusable_is_refused_before_any_training(synth_root, tmp_path, capsys):
+    code = cli.main(["benchmark", "--root", str(synth_root), "--categories", SYNTH_CATEGORY, "--output",
+                     str(tmp_path / "out"), "--set", "data.resize=72", "--grid", "data.crop=64,96"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"[data.crop=96/seed-default/{SYNTH_CATEGORY}] config error: data.crop = 96" in err
+    assert "data.resize (72)" in err and "tied" in err and err.count("data.crop = 96") == 1
+    assert f"data.crop=64/seed-default/{SYNTH_CATEGORY}" not in err
+    assert not (tmp_path / "out" / "data.crop=64").exists()  # the usable setting was not trained either
+
+
 @requires_mobilenet_weights
 def test_a_grid_over_a_config_key_trains_each_setting_selects_by_validation_and_resumes(synth_root, tmp_path):
     from cfa_anomaly.benchmark import SELECTED_ROW, run_benchmark, validation_aupro

@@ -144,6 +144,19 @@ def benchmark_settings(backbones: Sequence[str] = (), grid: Sequence[str] = ()) 
     return settings_grid(parse_axes(items))
 
 
+def refuse_unusable_settings(settings: Sequence[Setting], outcomes: dict[str, CellOutcome | None]) -> None:
+    """A swept setting that makes a config unusable (e.g. data.crop above data.resize) is refused before
+    any training, naming every such cell, rather than left to fail cell by cell."""
+    if not any(setting.overrides for setting in settings):
+        return  # no sweep: a category's bad YAML fails its own cell only, the others run
+    unusable = [f"[{key}] {outcome.problem}" for key, outcome in outcomes.items()
+                if outcome is not None and outcome.status == FAILED]
+    if unusable:
+        raise ConfigError(f"{len(unusable)} cell(s) of the grid have a config that cannot be used; nothing "
+                          "was trained:\n  " + "\n  ".join(unusable) + "\nkeys that must change together "
+                          "can be tied, e.g. --grid data.resize+data.crop=256+224,366+320")
+
+
 def run_benchmark(root: str | Path, output: Path, categories: Sequence[str] = MVTEC_CATEGORIES,
                   overrides: Sequence[str] = (), config_dir: Path | None = CONFIG_DIR,
                   force: bool = False, row_label: str | None = None, backbones: Sequence[str] = (),
@@ -182,7 +195,10 @@ def run_benchmark(root: str | Path, output: Path, categories: Sequence[str] = MV
                     outcomes[planned.key] = None  # keeps the planned order
                 else:
                     outcomes[planned.key] = planned
-                    _log_outcome(planned, None)
+    refuse_unusable_settings(settings, outcomes)
+    for outcome in outcomes.values():
+        if outcome is not None:
+            _log_outcome(outcome, None)
     folders = {cell.key: cell.folder for cell in to_run}
     if to_run:
         log.info("%d cell(s) to train and test with the %s executor", len(to_run), executor.name)
