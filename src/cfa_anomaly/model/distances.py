@@ -85,10 +85,17 @@ def search_rows(centred_points: torch.Tensor, bank: CentredBank, point_norms: to
                 ) -> torch.Tensor:
     """(N, D) float32 p - m (and their squared norms) -> the (N, D + 3) rows that candidate_centres
     searches with."""
+    norms = squared_norms(centred_points) if point_norms is None else point_norms
+    return extended_rows(centred_points, norms, bank.search.dtype)
+
+
+def extended_rows(centred_points: torch.Tensor, point_norms: torch.Tensor,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """(N, D) float32 p - m and (N,) |p - m|^2 -> the (N, D + 3) search rows in the search dtype."""
     count, dimension = centred_points.shape
-    rows = centred_points.new_empty(count, dimension + SEARCH_COLUMNS, dtype=bank.search.dtype)
+    rows = centred_points.new_empty(count, dimension + SEARCH_COLUMNS, dtype=dtype)
     rows[:, :dimension] = centred_points
-    return fill_search_columns(rows, squared_norms(centred_points) if point_norms is None else point_norms)
+    return fill_search_columns(rows, point_norms)
 
 
 def candidate_centres(rows: torch.Tensor, bank: CentredBank, count: int,
@@ -154,9 +161,17 @@ def chosen_distances_backward(centred_points: torch.Tensor, bank: CentredBank, i
     clamped: (N, k) bool, where the forward's distance is 0 (chosen_squared_distances clamps a negative
     rounding result there): those pairs pass no gradient, the clamp's derivative below 0.
     """
+    pulled, coefficient = pulled_centres(bank, indices, grad, clamped)
+    return pulled.addcmul_(centred_points, coefficient)
+
+
+def pulled_centres(bank: CentredBank, indices: torch.Tensor, grad: torch.Tensor, clamped: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two parts of chosen_distances_backward's gradient -2 sum_j g_j (c_j - m) + c (p - m): the
+    (N, D) first term and the (N, 1) coefficient c = 2 sum_j g_j of the points."""
     grad = grad.float().masked_fill(clamped, 0.0)
     pulled = F.embedding_bag(indices, bank.centred, per_sample_weights=grad * -2.0, mode="sum")
-    return pulled.addcmul_(centred_points, 2.0 * grad.sum(1, keepdim=True))
+    return pulled, 2.0 * grad.sum(1, keepdim=True)
 
 
 def rerank(distances: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
