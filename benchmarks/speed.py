@@ -45,10 +45,12 @@ REAL_SETS = {"grid": (SHARED / "mvtec_ad", "grid"), "hazelnut": (SHARED / "hazel
 # The paths compared: name -> config overrides. "plain" is the reference: float32, and the maps resized
 # and concatenated before the descriptor (the literal order); the others apply it per layer.
 VARIANTS = {
-    "plain": ["model.precision=float32", "model.per_layer_projection=false"],
+    "plain": ["model.precision=float32", "model.per_layer_projection=false", "model.compile=off"],
     "float32": ["model.precision=float32"],
     "mixed": ["model.precision=mixed"],
     "bfloat16": ["model.precision=bfloat16"],
+    "mixed-eager": ["model.precision=mixed", "model.compile=off"],  # mixed without torch.compile
+    "mixed-compiled": ["model.precision=mixed", "model.compile=on"],  # compiled at any size (small backbones)
 }
 REFERENCE = "plain"
 
@@ -71,8 +73,10 @@ def timing_run(variant: str, backbone: str, images: int, epochs: int, batch: int
     model.eval()
     data = data.to(device)  # decoding and the transfer to the device are not timed
     with torch.inference_mode():
-        model(data[:batch])  # warm-up
+        start = time.perf_counter()
+        model(data[:batch])  # warm-up (and torch.compile's one-time cost for scoring, model.compile)
         synchronize(device)
+        first_seconds = time.perf_counter() - start
         start = time.perf_counter()
         for i in range(0, images, batch):
             model(data[i: i + batch])
@@ -83,6 +87,8 @@ def timing_run(variant: str, backbone: str, images: int, epochs: int, batch: int
         "variant": variant,
         "feature_ms_per_image": 1000 * result.feature_seconds / images,
         "bank_ms_per_image": 1000 * result.bank_seconds / images,
+        "compile_seconds": result.compile_seconds,
+        "first_inference_batch_seconds": first_seconds,
         "train_ms_per_image_epoch": 1000 * result.train_seconds / (images * max(epochs, 1)),
         "inference_images_per_second": images / infer_seconds,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -103,6 +109,7 @@ def profile_run(variant: str, backbone: str, batch: int) -> None:
     loader = [{"image": images[i: i + batch]} for i in range(0, len(images), batch)]
     cached = cache_features(model, loader, torch.device("cpu"))
     init_memory_bank(model, cached, batch, cfg)
+    model.warm_up(select_images(cached, slice(0, batch)))  # model.compile: compiled before profiling
     optimizer = torch.optim.AdamW(list(model.descriptor.parameters()) + list(model.loss_fn.parameters()))
 
     def step(part: list[torch.Tensor]) -> None:
@@ -269,11 +276,13 @@ def print_timing(args: argparse.Namespace) -> None:
             for variant, done_runs in runs.items()}
     base = REFERENCE if REFERENCE in rows else args.variants[0]  # speed-ups are relative to it
     gpu = "peak_gpu_gib" in rows[base]
-    print(f"{'':10} {'feature ms/img':>15} {'bank ms/img':>12} {'train ms/img/epoch':>19} {'infer img/s':>12} "
-          f"{'peak RSS GiB':>13}" + (f" {'peak GPU GiB':>13}" if gpu else ""))
+    print(f"{'':11} {'feature ms/img':>15} {'bank ms/img':>12} {'compile s':>10} {'train ms/img/epoch':>19} "
+          f"{'1st infer s':>12} {'infer img/s':>12} {'peak RSS GiB':>13}"
+          + (f" {'peak GPU GiB':>13}" if gpu else ""))
     for variant, row in rows.items():
-        print(f"{variant:10} {row['feature_ms_per_image']:15.1f} {row['bank_ms_per_image']:12.1f} "
-              f"{row['train_ms_per_image_epoch']:19.1f} "
+        print(f"{variant:11} {row['feature_ms_per_image']:15.1f} {row['bank_ms_per_image']:12.1f} "
+              f"{row['compile_seconds']:10.1f} {row['train_ms_per_image_epoch']:19.1f} "
+              f"{row['first_inference_batch_seconds']:12.2f} "
               f"{row['inference_images_per_second']:12.2f} {row['peak_rss_gib']:13.2f}"
               + (f" {row['peak_gpu_gib']:13.2f}" if gpu else ""))
     slow = rows[base]

@@ -5,10 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-
-from cfa_anomaly.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, BackboneError, FeatureExtractor
-
 from conftest import HAS_EFFICIENTNET_LITE0, HAS_MOBILENET_WEIGHTS
+
+from cfa_anomaly.backbones import (
+    BACKBONES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BackboneError,
+    FeatureExtractor,
+    fold_batch_norms,
+)
 
 CASES = [
     pytest.param("resnet18", False, id="resnet18-random"),
@@ -202,3 +208,45 @@ def test_timm_backbones_pin_an_imagenet_1k_tag_and_ask_for_it(monkeypatch, name,
     with pytest.raises(BackboneError, match=timm_name.replace(".", r"\.")):
         FeatureExtractor(name, pretrained=True)
     assert asked == [timm_name]
+
+
+@pytest.mark.parametrize("name, pretrained", CASES)
+def test_folded_batch_norms_give_the_unfolded_maps_and_leave_the_weights_alone(extractors, name, pretrained):
+    extractor = extractors(name, pretrained)
+    extractor.fold = True
+    weights_hash = extractor.weights_hash()
+    keys = list(extractor.state_dict())
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        folded = extractor(images)
+        cpu = torch.device("cpu")
+        extractor.__dict__["_folded"] = (cpu, extractor.model, extractor.blocks)  # the network as built
+        unfolded = extractor(images)
+        extractor.__dict__.pop("_folded")
+        extractor.fold = False
+    for a, b in zip(folded, unfolded):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert list(extractor.state_dict()) == keys
+    assert extractor._compute_weights_hash() == weights_hash
+
+
+def test_batch_norms_are_folded_into_the_convolutions():
+    extractor = FeatureExtractor("resnet18", pretrained=False)
+    extractor.fold = True
+    model, _ = extractor._folded_network(torch.device("cpu"))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in extractor.modules())  # the original keeps them
+
+
+def test_a_network_that_cannot_be_traced_is_used_unfolded():
+    class Untraceable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bn(self.conv(x)) if x.sum() > 0 else x  # data-dependent: fx cannot trace it
+
+    block = Untraceable().eval()
+    _, blocks = fold_batch_norms(None, nn.ModuleList([block]))
+    assert blocks[0] is block

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from cfa_anomaly.model.descriptor import CoordConv1x1, align_maps
-from cfa_anomaly.model.distances import candidate_centres, centre_bank, centre_points, search_rows
+from cfa_anomaly.model.distances import (
+    candidate_centres,
+    centre_bank,
+    centre_points,
+    search_rows,
+    smallest_columns,
+)
 from cfa_anomaly.model.matching import describe_and_match, described_rows
 from cfa_anomaly.runtime import reuse_freed_memory
 
@@ -151,3 +157,21 @@ def test_search_product_of_extended_rows_is_the_squared_distance(low_precision):
     bias = bank.norms[bank.order]
     split = bank.search[:, -2].float() + bank.search[:, -1].float()
     assert torch.all((split - bias).abs() <= 2.0**-15 * bias.abs())
+
+
+@pytest.mark.parametrize("columns", [3136, 4096, 100], ids=["3136", "4096", "not-grouped"])
+@pytest.mark.parametrize("count", [3, 7, 10])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bfloat16", "float32"])
+def test_grouped_smallest_columns_find_the_values_topk_finds(columns, count, dtype):
+    key = torch.randn(64, columns, generator=torch.Generator().manual_seed(count)).to(dtype)
+    expected = torch.topk(key, count, dim=1, largest=False, sorted=True).indices
+    found = smallest_columns(key, count)
+    assert torch.equal(key.gather(1, found), key.gather(1, expected))  # same values, ascending
+
+
+def test_grouped_smallest_columns_with_many_ties_give_distinct_columns():
+    key = torch.randint(0, 5, (64, 3136), generator=torch.Generator().manual_seed(0)).bfloat16()
+    found = smallest_columns(key, 10)
+    expected = torch.topk(key, 10, dim=1, largest=False, sorted=True).indices
+    assert torch.equal(key.gather(1, found), key.gather(1, expected))
+    assert (found.sort(dim=1).values.diff(dim=1) > 0).all()

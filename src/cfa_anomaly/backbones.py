@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import torch
 import torch.nn as nn
 
 from cfa_anomaly.errors import CfaError
+
+log = logging.getLogger(__name__)
 
 TARGET_STRIDES: tuple[int, ...] = (4, 8, 16)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -226,6 +229,30 @@ def _probe_block_taps(blocks: list[nn.Module], probe_size: int = 64) -> list[int
     return [last_at_stride[s] for s in TARGET_STRIDES]
 
 
+def _exporting() -> bool:
+    """Inside torch.jit.trace, torch.onnx.export, torch.export or torch.compile."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
+def fold_batch_norms(model: nn.Module | None, blocks: nn.ModuleList | None
+                     ) -> tuple[nn.Module | None, nn.ModuleList | None]:
+    """Copies of the frozen network (a whole model, or a list of blocks) with every eval-mode batch norm
+    that follows a convolution folded into its weights (torch.fx); the originals where tracing fails."""
+    from torch.fx.experimental.optimization import fuse
+
+    def fold(module: nn.Module) -> nn.Module:
+        try:
+            with torch.no_grad(), torch.inference_mode(False):
+                return fuse(module, inplace=False).to(memory_format=torch.channels_last)
+        except Exception as err:  # noqa: BLE001 - fx tracing fails in many ways on dynamic code
+            log.debug("batch norms not folded for %s: %s", type(module).__name__, err)
+            return module
+
+    if blocks is None:
+        return fold(model), None
+    return None, nn.ModuleList(fold(block) for block in blocks)
+
+
 class FeatureExtractor(nn.Module):
     """Frozen backbone: (B,3,H,W) images in 0..1 -> three maps at strides 4, 8, 16 (normalisation inside)."""
 
@@ -236,6 +263,7 @@ class FeatureExtractor(nn.Module):
         spec = BACKBONES[name]
         self.name = name
         self._weights_hash: str | None = None
+        self.fold = False  # run with batch norms folded into convolutions (CFA sets it from model.compile)
         model, blocks = spec.builder(pretrained, Path(weights).expanduser() if weights else None)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
@@ -283,11 +311,38 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        if self.blocks is None:
-            return list(self.model(x))
+        model, blocks = self._folded_network(x.device)
+        if blocks is None:
+            return list(model(x))
         outputs = []
-        for index, block in enumerate(self.blocks):
+        for index, block in enumerate(blocks):
             x = block(x)
             if index in self.taps:
                 outputs.append(x)
         return outputs
+
+    def _folded_network(self, device: torch.device) -> tuple[nn.Module | None, nn.ModuleList | None]:
+        """The network with each batch norm folded into the convolution before it (one pass fewer per layer;
+        equal up to float32 rounding), made on first use per device; the unfolded one if folding fails.
+
+        The folded copy is kept outside the module's state, so the state dict and the weights hash stay those
+        of the original weights.
+        """
+        if not self.fold or _exporting():  # exporters get the network as built (their runtimes fold it)
+            return self.model, self.blocks
+        folded = self.__dict__.get("_folded")
+        if folded is None or folded[0] != device:
+            folded = (device, *fold_batch_norms(self.model, self.blocks))
+            self.__dict__["_folded"] = folded
+        return folded[1], folded[2]
+
+    def __getstate__(self) -> dict:
+        """Pickles and deep copies leave the folded copy out (it is made again on first use)."""
+        state = self.__dict__.copy()
+        state.pop("_folded", None)
+        return state
+
+    def _apply(self, fn: Callable, *args: object, **kwargs: object) -> FeatureExtractor:
+        """Moving or converting the weights (.to(), .float()) drops the folded copy: it is made again."""
+        self.__dict__.pop("_folded", None)
+        return super()._apply(fn, *args, **kwargs)

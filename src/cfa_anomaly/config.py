@@ -20,6 +20,7 @@ MVTEC_CATEGORIES: tuple[str, ...] = (
 
 
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "mixed", "bfloat16")
+COMPILE_SETTINGS: tuple[str, ...] = ("auto", "on", "off")
 VALIDATIONS: tuple[str, ...] = ("synthetic",)
 SELECTIONS: tuple[str, ...] = ("final", "best-validation")
 LAYOUTS: tuple[str, ...] = ("mvtec", "folder")
@@ -95,6 +96,14 @@ class ModelConfig:
     # wide_resnet50_2). false: the maps are resized and concatenated first, the paper's literal order;
     # with precision float32 this is the plain reference path.
     per_layer_projection: bool = True
+    # Graph optimisations that keep the arithmetic (equal up to float32 rounding): auto and on fold the
+    # frozen backbone's batch norms into its convolutions, and torch.compile (inductor) the descriptor
+    # step's memory-bound part (resize, sums, norms, search rows) into a few fused loops. auto compiles
+    # the training batch shape, where it can (a CPU with a C++ compiler; GPUs run eagerly) and the step is
+    # large (wide backbones); other shapes (a last partial batch, scoring in a new process) run eagerly.
+    # on: every shape, or fail; off: neither (the plain eager path). Compiling costs seconds once per
+    # process and shape (benchmarks/README.md); when it fails the step runs eagerly and a warning says why.
+    compile: str = "auto"
 
 
 @dataclass
@@ -188,6 +197,12 @@ class Config:
         if self.model.precision not in PRECISIONS:
             raise ConfigError(f"model.precision = {self.model.precision!r} is invalid: use one of "
                               f"{', '.join(PRECISIONS)}")
+        # YAML reads a bare on/off as a boolean, which arrives here as "True"/"False"
+        compile_setting = self.model.compile
+        self.model.compile = {"true": "on", "false": "off"}.get(compile_setting.lower(), compile_setting)
+        if self.model.compile not in COMPILE_SETTINGS:
+            raise ConfigError(f"model.compile = {self.model.compile!r} is invalid: use one of "
+                              f"{', '.join(COMPILE_SETTINGS)}")
         device = self.train.device
         if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
             raise ConfigError(f"train.device = {device!r} is invalid: use auto, cpu, cuda or cuda:N")

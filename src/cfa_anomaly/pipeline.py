@@ -203,6 +203,7 @@ def _train_summary(result: TrainResult, epochs: int) -> dict[str, Any]:
                       "loss_per_epoch": [round(v, 6) for v in result.losses], "radius": result.radius,
                       "feature_seconds": round(result.feature_seconds, 2),
                       "bank_seconds": round(result.bank_seconds, 2),
+                      "compile_seconds": round(result.compile_seconds, 2),
                       "train_seconds": round(result.train_seconds, 2)}}
 
 

@@ -31,6 +31,7 @@ class TrainResult:
     radius: float = 0.0
     feature_seconds: float = 0.0  # the one-time frozen-backbone pass
     bank_seconds: float = 0.0  # the one-time memory-bank initialisation
+    compile_seconds: float = 0.0  # the one-time torch.compile of the step (model.compile), 0 when eager
     train_seconds: float = 0.0  # the epochs
     images: int = 0
 
@@ -151,6 +152,9 @@ def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device, state
         if observer is not None:
             observer.load_state_dict(resume.get("observer") or {})
     result.bank_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    model.warm_up(select_images(cached, slice(0, cfg.data.batch_size)))
+    result.compile_seconds = time.perf_counter() - start
     start = time.perf_counter()
     model.descriptor.train()
     bar = progress(range(first_epoch, cfg.train.epochs), desc="train", unit="epoch", initial=first_epoch,

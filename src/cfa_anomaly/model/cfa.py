@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from cfa_anomaly.backbones import FeatureExtractor
 from cfa_anomaly.config import ModelConfig
+from cfa_anomaly.model.compiled import compile_enabled
 from cfa_anomaly.model.descriptor import PatchDescriptor, align_maps, pool_maps
 from cfa_anomaly.model.distances import CentredBank, centre_bank
 from cfa_anomaly.model.loss import CoupledHypersphereLoss
@@ -31,6 +32,7 @@ class CFA(nn.Module):
         self.cfg = cfg
         self.precision = precision or (cfg.precision if cfg.precision != "auto" else "float32")
         self.extractor = extractor
+        extractor.fold = cfg.compile != "off"  # batch norms folded: model.compile
         self.descriptor = PatchDescriptor(sum(extractor.channels), cfg.gamma_d)
         self.low_precision = self.precision in ("mixed", "bfloat16")  # descriptor and search
         self.low_precision_backbone = self.precision == "bfloat16"
@@ -38,6 +40,7 @@ class CFA(nn.Module):
         self.loss_fn = CoupledHypersphereLoss(cfg.K, cfg.J, cfg.nu, cfg.alpha, cfg.radius_init)
         self.register_buffer("memory_bank", torch.zeros(0, self.descriptor.out_channels))
         self._prepared: tuple[torch.Tensor, int, CentredBank] | None = None
+        self._compiled_shape: tuple[int, ...] | None = None  # the batch shape model.compile=auto compiled
 
     def autocast(self, enabled: bool) -> torch.autocast:
         """bfloat16 autocast for the matrix products when enabled; a no-op otherwise."""
@@ -76,9 +79,33 @@ class CFA(nn.Module):
             self._prepared = (bank, bank._version, centre_bank(bank, self.low_precision))
         return self._prepared[2]
 
+    def compiles(self, layers: Layers) -> bool:
+        """Whether the descriptor step's front runs through torch.compile for these maps (model.compile,
+        model/compiled.py). on: always. auto: only for the batch shape compiled by warm_up (training's full
+        batches, and scoring batches of that shape in the same process): one compile per process, and no
+        compile for a few images to score."""
+        if self.cfg.compile == "on":
+            return compile_enabled("on", self.memory_bank.device)
+        return self.cfg.compile == "auto" and tuple(layers[0].shape) == self._compiled_shape
+
     def nearest(self, layers: Layers, k: int) -> torch.Tensor:
         """Pooled maps -> (B*h*w, k) squared distances of the described patches to their k nearest centres."""
-        return describe_and_match(self.descriptor.projection, layers, self.prepared_bank(), k)[0]
+        bank = self.prepared_bank()
+        return describe_and_match(self.descriptor.projection, layers, bank, k, self.compiles(layers))[0]
+
+    def warm_up(self, layers: Layers) -> None:
+        """Compile the step for this batch shape now (model.compile), so that its one-time cost is not
+        counted as training time. auto compiles where it can and the step is large (wide backbones); a
+        no-op when the step runs eagerly."""
+        batch, _, height, width = layers[0].shape
+        elements = batch * height * width * self.descriptor.out_channels
+        if self.cfg.compile == "auto" and compile_enabled("auto", self.memory_bank.device, elements):
+            self._compiled_shape = tuple(layers[0].shape)
+        if self.compiles(layers):  # forward and backward, without touching the parameters' .grad
+            projection = self.descriptor.projection
+            count = self.cfg.K + self.cfg.J
+            distances, _ = describe_and_match(projection, layers, self.prepared_bank(), count, compiled=True)
+            torch.autograd.grad(distances.sum(), [projection.conv.weight])
 
     def loss(self, layers: Layers) -> torch.Tensor:
         return self.loss_fn.from_distances(self.nearest(layers, self.cfg.K + self.cfg.J))

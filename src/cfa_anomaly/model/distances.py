@@ -85,10 +85,17 @@ def search_rows(centred_points: torch.Tensor, bank: CentredBank, point_norms: to
                 ) -> torch.Tensor:
     """(N, D) float32 p - m (and their squared norms) -> the (N, D + 3) rows that candidate_centres
     searches with."""
+    norms = squared_norms(centred_points) if point_norms is None else point_norms
+    return extended_rows(centred_points, norms, bank.search.dtype)
+
+
+def extended_rows(centred_points: torch.Tensor, point_norms: torch.Tensor,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """(N, D) float32 p - m and (N,) |p - m|^2 -> the (N, D + 3) search rows in the search dtype."""
     count, dimension = centred_points.shape
-    rows = centred_points.new_empty(count, dimension + SEARCH_COLUMNS, dtype=bank.search.dtype)
+    rows = centred_points.new_empty(count, dimension + SEARCH_COLUMNS, dtype=dtype)
     rows[:, :dimension] = centred_points
-    return fill_search_columns(rows, squared_norms(centred_points) if point_norms is None else point_norms)
+    return fill_search_columns(rows, point_norms)
 
 
 def candidate_centres(rows: torch.Tensor, bank: CentredBank, count: int,
@@ -107,8 +114,33 @@ def candidate_centres(rows: torch.Tensor, bank: CentredBank, count: int,
     with torch.no_grad():
         for start in range(0, rows.shape[0], chunk):
             key = torch.mm(rows[start: start + chunk], bank.search_t)
-            found.append(torch.topk(key, count, dim=1, largest=False, sorted=True).indices)
+            found.append(smallest_columns(key, count))
     return bank.order[torch.cat(found)]
+
+
+GROUP_SIZE = 16  # columns per group in smallest_columns
+
+
+def smallest_columns(key: torch.Tensor, count: int) -> torch.Tensor:
+    """(N, M) -> (N, count) column indices of each row's `count` smallest values, ascending by value: the
+    values torch.topk(largest=False) finds (which of tied values can differ).
+
+    On a CPU, in two steps when M splits into groups of GROUP_SIZE columns: each group's minimum (column g,
+    g + M/16, g + 2M/16, ... form group g, so the minimum is an elementwise min of 16 row slices), the
+    `count` groups with the smallest minima, then topk over just their columns. Exact: a value among the
+    `count` smallest lies in a group whose minimum is at most the count-th smallest value, and fewer than
+    `count` groups have a smaller minimum. torch.topk scans every column with a heap (~1 ns per value
+    here); this reads them once, vectorised, and sorts 1/16 of them.
+    """
+    rows, columns = key.shape
+    groups = columns // GROUP_SIZE
+    if key.device.type != "cpu" or columns % GROUP_SIZE or 4 * count > groups:
+        return torch.topk(key, count, dim=1, largest=False, sorted=True).indices
+    blocks = key.view(rows, GROUP_SIZE, groups)
+    chosen = torch.topk(blocks.amin(1), count, dim=1, largest=False, sorted=False).indices  # (N, count) groups
+    values = blocks.gather(2, chosen.unsqueeze(1).expand(-1, GROUP_SIZE, -1)).view(rows, -1)
+    picked = torch.topk(values, count, dim=1, largest=False, sorted=True).indices  # (N, count) of 16 * count
+    return torch.div(picked, count, rounding_mode="floor") * groups + chosen.gather(1, picked % count)
 
 
 def default_chunk(device: torch.device) -> int:
@@ -154,9 +186,17 @@ def chosen_distances_backward(centred_points: torch.Tensor, bank: CentredBank, i
     clamped: (N, k) bool, where the forward's distance is 0 (chosen_squared_distances clamps a negative
     rounding result there): those pairs pass no gradient, the clamp's derivative below 0.
     """
+    pulled, coefficient = pulled_centres(bank, indices, grad, clamped)
+    return pulled.addcmul_(centred_points, coefficient)
+
+
+def pulled_centres(bank: CentredBank, indices: torch.Tensor, grad: torch.Tensor, clamped: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two parts of chosen_distances_backward's gradient -2 sum_j g_j (c_j - m) + c (p - m): the
+    (N, D) first term and the (N, 1) coefficient c = 2 sum_j g_j of the points."""
     grad = grad.float().masked_fill(clamped, 0.0)
     pulled = F.embedding_bag(indices, bank.centred, per_sample_weights=grad * -2.0, mode="sum")
-    return pulled.addcmul_(centred_points, 2.0 * grad.sum(1, keepdim=True))
+    return pulled, 2.0 * grad.sum(1, keepdim=True)
 
 
 def rerank(distances: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

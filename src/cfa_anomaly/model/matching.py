@@ -16,21 +16,24 @@ shrinks the same way with the adjoint of R: dW_l = (R^T dy)^T x_l.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
+from cfa_anomaly.model.compiled import Compiled
 from cfa_anomaly.model.descriptor import CoordConv1x1, resize_map
 from cfa_anomaly.model.distances import (
     CentredBank,
     candidate_centres,
-    chosen_distances_backward,
     chosen_squared_distances,
+    extended_rows,
+    pulled_centres,
     rerank,
     search_count,
-    search_rows,
     squared_norms,
 )
+
+Front = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def grid_rows(grid: torch.Tensor) -> torch.Tensor:
@@ -46,6 +49,20 @@ def resize_adjoint(grad: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.ops.aten.upsample_bilinear2d_backward(grad, list(grad.shape[-2:]), input_size, False)
 
 
+def layer_inputs(layers: Sequence[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """Each layer's (B*h_l*w_l, C_l) input rows in dtype: views of channels-last maps already in dtype."""
+    return [grid_rows(layer).to(dtype) for layer in layers]
+
+
+def position_term(bias: torch.Tensor, coords: torch.Tensor, weight_xy: torch.Tensor) -> torch.Tensor:
+    """(H*W, D) W_xy xy + b: one product eagerly; compiled, written elementwise so that it fuses with the
+    sums (a product with an inner size of 2 is an extern call that writes the whole term)."""
+    if torch.compiler.is_compiling():
+        term = torch.addcmul(bias, coords[:, :1], weight_xy[:, 0])
+        return torch.addcmul(term, coords[:, 1:], weight_xy[:, 1])
+    return torch.addmm(bias, coords, weight_xy.t())
+
+
 def project_layers(weight: torch.Tensor, bias: torch.Tensor, coords: torch.Tensor,
                    layers: Sequence[torch.Tensor], dtype: torch.dtype,
                    offset: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -55,11 +72,11 @@ def project_layers(weight: torch.Tensor, bias: torch.Tensor, coords: torch.Tenso
     dimension = weight.shape[0]
     channels = [layer.shape[1] for layer in layers]
     blocks = weight[:, : sum(channels)].to(dtype).split(channels, dim=1)
-    inputs = [grid_rows(layer).to(dtype) for layer in layers]
+    inputs = layer_inputs(layers, dtype)
     first = torch.mm(inputs[0], blocks[0].t()).view(batch, height, width, dimension)
     # the position term W_xy xy + b (the same for every image) minus the offset, then the resized products
     # of the coarser layers, all summed in float32
-    shift = torch.addmm(bias, coords, weight[:, sum(channels):].t())
+    shift = position_term(bias, coords, weight[:, sum(channels):])
     shift = (shift if offset is None else shift - offset).view(1, height, width, dimension)
     total = None
     for rows, block, layer in zip(inputs[1:], blocks[1:], layers[1:]):
@@ -70,23 +87,55 @@ def project_layers(weight: torch.Tensor, bias: torch.Tensor, coords: torch.Tenso
     return total.view(-1, dimension), inputs
 
 
+def describe_front(weight: torch.Tensor, bias: torch.Tensor, coords: torch.Tensor,
+                   layers: Sequence[torch.Tensor], dtype: torch.dtype,
+                   offset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The memory-bound front of the step: (B*H*W, D) float32 features minus offset, their float32 squared
+    norms, and the (B*H*W, D + 3) search rows in dtype. Pure, so torch.compile can fuse it (model.compile)."""
+    centred, _ = project_layers(weight, bias, coords, layers, dtype, offset)
+    point_norms = squared_norms(centred)
+    return centred, point_norms, extended_rows(centred, point_norms, dtype)
+
+
+def gradient_rows(pulled: torch.Tensor, centred: torch.Tensor, coefficient: torch.Tensor, dtype: torch.dtype,
+                  positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The features' gradient dL/dy = pulled + coefficient (y - m) (distances.pulled_centres) -> its (H*W, D)
+    float32 sum over the batch (the position term's gradient) and itself in dtype, the products' dtype,
+    in which the resize adjoints and weight products take it. Pure, so torch.compile can fuse it."""
+    grad = pulled.addcmul(centred, coefficient)
+    return grad.view(-1, positions, grad.shape[1]).sum(0), grad.to(dtype)
+
+
+COMPILED_FRONT = Compiled(describe_front, "describe_front")
+COMPILED_BACK = Compiled(gradient_rows, "gradient_rows")
+
+
+def front_for(compiled: bool) -> Front:
+    """The descriptor front to run: compiled by inductor (model.compile) or eager."""
+    return COMPILED_FRONT if compiled else describe_front
+
+
+def back_for(front: Front) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """The backward's gradient_rows, compiled when the front is."""
+    return COMPILED_BACK if front is COMPILED_FRONT else gradient_rows
+
+
 class _DescribeAndMatch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight: torch.Tensor, bias: torch.Tensor, coords: torch.Tensor,
                 layers: tuple[torch.Tensor, ...], bank: CentredBank,
-                k: int) -> tuple[torch.Tensor, torch.Tensor]:
+                k: int, front: Front) -> tuple[torch.Tensor, torch.Tensor]:
         """weight (D, C + 2), bias (D,), coords (H*W, 2), layers (B, C_l, h_l, w_l) with the first on the
         output grid (H, W) and sum C_l = C -> (B*H*W, k) distances and indices."""
         dtype = bank.search.dtype  # bfloat16 when the model runs at low precision, else float32
-        centred, inputs = project_layers(weight, bias, coords, layers, dtype, bank.offset)  # p - m, float32
-        point_norms = squared_norms(centred)
-        extended = search_rows(centred, bank, point_norms)
+        centred, point_norms, extended = front(weight, bias, coords, layers, dtype, bank.offset)  # p - m
+        inputs = layer_inputs(layers, dtype)
         count = search_count(k, bank.centred.shape[0], dtype != torch.float32)
         indices = candidate_centres(extended, bank, count)
         distances = chosen_squared_distances(centred, bank, indices, point_norms)
         if count > k:
             distances, indices = rerank(distances, indices, k)
-        ctx.bank, ctx.grids = bank, [tuple(layer.shape[-2:]) for layer in layers]
+        ctx.bank, ctx.grids, ctx.back = bank, [tuple(layer.shape[-2:]) for layer in layers], back_for(front)
         ctx.save_for_backward(centred, indices, distances == 0, coords, *inputs)  # == 0: clamped, no gradient
         ctx.mark_non_differentiable(indices)
         return distances, indices
@@ -95,16 +144,16 @@ class _DescribeAndMatch(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor, _unused: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         centred, indices, clamped, coords, *inputs = ctx.saved_tensors
         height, width = ctx.grids[0]
-        grad_features = chosen_distances_backward(centred, ctx.bank, indices, grad, clamped)  # (B*H*W, D) float32
+        pulled, coefficient = pulled_centres(ctx.bank, indices, grad, clamped)
+        grad_position, grad_features = ctx.back(pulled, centred, coefficient, inputs[0].dtype, height * width)
         dimension = grad_features.shape[1]
-        grad_position = grad_features.view(-1, height * width, dimension).sum(0)  # (H*W, D)
         grad_grid = grad_features.view(-1, height, width, dimension).permute(0, 3, 1, 2)
         parts = []
         for rows, size in zip(inputs, ctx.grids):
             grad_rows = grid_rows(resize_adjoint(grad_grid, size)).to(rows.dtype)
             parts.append(torch.mm(grad_rows.t(), rows).float())  # (D, C_l)
         grad_weight = torch.cat((*parts, (coords.t() @ grad_position).t()), dim=1)
-        return grad_weight, grad_position.sum(0), None, None, None, None
+        return grad_weight, grad_position.sum(0), None, None, None, None, None
 
 
 def _layers_and_coordinates(layer: CoordConv1x1, maps: torch.Tensor | Sequence[torch.Tensor]
@@ -116,18 +165,20 @@ def _layers_and_coordinates(layer: CoordConv1x1, maps: torch.Tensor | Sequence[t
 
 
 def describe_and_match(layer: CoordConv1x1, maps: torch.Tensor | Sequence[torch.Tensor], bank: CentredBank,
-                       k: int) -> tuple[torch.Tensor, torch.Tensor]:
+                       k: int, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Aggregated maps (B, C, H, W), or the pooled maps of each backbone layer (the first on the output grid)
     -> float32 squared distances (B*H*W, k), ascending, and centre indices.
 
     Differentiable in the layer's weight and bias. The products run in the bank's search dtype: bfloat16
     (the candidates then re-ranked by exact float32 distances) or float32. Same features as
-    layer(aggregated), or layer(align_maps(maps)) up to rounding.
+    layer(aggregated), or layer(align_maps(maps)) up to rounding. compiled: the memory-bound front through
+    torch.compile (model/compiled.py), equal up to float32 rounding.
     """
     layers, coords = _layers_and_coordinates(layer, maps)
     if any(grid.requires_grad for grid in layers):
         raise ValueError("describe_and_match treats the aggregated maps as frozen; detach them first")
-    return _DescribeAndMatch.apply(layer.conv.weight.flatten(1), layer.conv.bias, coords, layers, bank, k)
+    return _DescribeAndMatch.apply(layer.conv.weight.flatten(1), layer.conv.bias, coords, layers, bank, k,
+                                   front_for(compiled))
 
 
 def described_rows(layer: CoordConv1x1, maps: torch.Tensor | Sequence[torch.Tensor],
