@@ -159,6 +159,12 @@ def test_benchmark_writes_tables_gifs_and_resumes(synth_root, tmp_path):
     assert metrics_path.stat().st_mtime_ns == stamp
     assert again["results"][SYNTH_CATEGORY] == report["metrics"]
 
+    del report["config"]["model"]["compile"]  # as written before the key existed: its default applies
+    metrics_path.write_text(json.dumps(report))
+    stamp = metrics_path.stat().st_mtime_ns
+    older = run_benchmark(synth_root, output, [SYNTH_CATEGORY], overrides, config_dir=None)
+    assert older["status"] == {SYNTH_CATEGORY: "reused"}
+
     changed = run_benchmark(synth_root, output, [SYNTH_CATEGORY], [*overrides, "model.K=2"], config_dir=None)
     assert changed["status"] == {SYNTH_CATEGORY: "skipped"}  # another config: not silently reused
     assert metrics_path.stat().st_mtime_ns == stamp

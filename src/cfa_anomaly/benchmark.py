@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cfa_anomaly.cells import DONE, ERROR_FILE, FAILED, REUSED, SKIPPED, Cell, CellOutcome, failure, run_cell
-from cfa_anomaly.config import MVTEC_CATEGORIES, ConfigError, load_config
+from cfa_anomaly.config import MVTEC_CATEGORIES, ConfigError, config_from_dict, load_config
 from cfa_anomaly.data.samples import DatasetError, category_dir
 from cfa_anomaly.io_utils import atomic_write_json, atomic_write_text
 from cfa_anomaly.report import Grid, csv_report, grid_csv_report, grid_report
@@ -81,8 +81,13 @@ def finished_metrics(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """A config without the entries that do not change results (where data and outputs live)."""
+def _comparable(config: dict[str, Any]) -> dict[str, Any] | None:
+    """A config with the keys added since it was saved at their defaults, without the entries that do not
+    change results (where data and outputs live); None when it is not a usable config."""
+    try:
+        config = config_from_dict(config).to_dict()
+    except ConfigError:
+        return None
     trimmed = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items() if k != "output_dir"}
     trimmed.get("data", {}).pop("root", None)
     return trimmed
@@ -117,7 +122,7 @@ def plan_cell(root: Path, output: Path, category: str, setting: Setting, seed: i
     point = GridPoint(category, setting_row(setting, cfg), cfg.train.seed, folder, cfg.model.backbone)
     cell = Cell(key, category, cfg.model.backbone, cfg.train.seed, output / key, cfg.to_dict())
     previous = None if force else finished_metrics(cell.folder)
-    if previous is not None and _comparable(previous.get("config", {})) != _comparable(cell.config):
+    if previous is not None and _comparable(previous.get("config") or {}) != _comparable(cell.config):
         return point, CellOutcome(key, SKIPPED, problem=f"finished earlier in {cell.folder} with another "
                                   "config; pass --force to redo it or use a new output folder")
     if previous is not None:
