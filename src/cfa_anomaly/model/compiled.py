@@ -67,11 +67,22 @@ class Compiled:
     def __init__(self, fn: Callable[..., Any], name: str) -> None:
         self.fn = fn
         self.name = name
-        self.compiled: Callable[..., Any] | None = torch.compile(fn, dynamic=False)
+        self._compiled: Callable[..., Any] | None = None  # made on first use: importing dynamo costs ~0.4 GiB
         self.failure: str | None = None
 
+    @property
+    def compiled(self) -> Callable[..., Any] | None:
+        """The torch.compile wrapper (made on first use), or None after a failed compile."""
+        if self._compiled is None and self.failure is None:
+            self._compiled = torch.compile(self.fn, dynamic=False)
+        return self._compiled
+
+    @compiled.setter
+    def compiled(self, value: Callable[..., Any] | None) -> None:
+        self._compiled = value
+
     def __call__(self, *args: Any) -> Any:
-        if self.compiled is None or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() or self.compiled is None:
             return self.fn(*args)
         try:
             return self.compiled(*args)
