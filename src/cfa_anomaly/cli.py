@@ -403,9 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "to 200 images, else defects)")
     pred.add_argument("--strict", action="store_true",
                       help="stop at the first unreadable file (default: list it in the scores file and skip it)")
-    pred.add_argument("--read-workers", type=non_negative_int, default=1, metavar="N",
-                      help="threads that read and resize the next batches while the model scores (default 1; "
-                           "0: read each batch in line); more help on slow or network disks")
+    pred.add_argument("--read-workers", type=non_negative_int, default=0, metavar="N",
+                      help="threads that read and resize the next batches while the model scores (default 0: "
+                           "each batch in line); for slow or network disks and GPUs, where the CPU would wait")
     add_executor_arguments(pred, "Data pipeline (parallel decoding, model actors)")
     pred.add_argument("--actors", type=positive_int, metavar="N",
                       help="--executor ray: model replicas, each loading the model once (default: one per "

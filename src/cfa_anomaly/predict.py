@@ -114,7 +114,9 @@ class PredictOptions:
     shard_size: int = MAPS_SHARD_SIZE
     # Threads that read and preprocess the next batches while the model scores the current one (0: read
     # each batch in line, before it is scored). Memory: at most READ_AHEAD batches of images beyond it.
-    read_workers: int = 1
+    # Off by default: on a 2-core CPU, where the model takes both cores, it changed speed by x0.93-1.04
+    # (benchmarks/read_ahead.py); it is for slow disks and GPUs, where the CPU waits otherwise.
+    read_workers: int = 0
 
     def panels_for(self, count: int) -> str:
         return self.panels or ("all" if count <= PANELS_ALL_UP_TO else "defects")
