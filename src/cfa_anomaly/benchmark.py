@@ -322,7 +322,7 @@ def write_grid_files(output: Path, results: dict[str, dict[str, float | None]], 
             gifs[f"{row}: {category} (seed {point.seed})"] = f"{point.folder}-{category}.gif"
     preamble = ""
     if selection:
-        chosen = ", ".join(f"{category}: {c['setting']}" for category, c in sorted(selection.items()))
+        chosen = "; ".join(f"{category}: {c['setting']}" for category, c in sorted(selection.items()))
         preamble = (f"Row \"{SELECTED_ROW}\": per category, the setting with the best AUPRO on synthetic "
                     "defects painted onto held-out normal images (test labels unused; see "
                     f"benchmarks/README.md for how far that ranking can be trusted): {chosen}.")
