@@ -66,17 +66,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Which trained model scores (`cfa test`, `cfa predict`): a checkpoint or an exported model."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a checkpoint (torch)")
-    source.add_argument("--model", help="an exported model: its folder or model file (ONNX, OpenVINO, TorchScript)")
-    parser.add_argument("--device", default="auto", help="checkpoints: auto (GPU when there is one), cpu, cuda or cuda:N")
+    source.add_argument("--model", help="an exported model: its folder or model file (ONNX, OpenVINO, "
+                                        "TorchScript)")
+    parser.add_argument("--device", default="auto", help="checkpoints: auto (GPU when there is one), cpu, "
+                                                         "cuda or cuda:N")
     parser.add_argument("--graph", choices=("fast", "plain"), default="fast",
-                        help="checkpoints: fast (the trained precision, default) or plain (exact float32 graph)")
+                        help="checkpoints: fast (the trained precision, default) or plain (exact float32 "
+                             "graph)")
     parser.add_argument("--inference-precision", choices=("f32", "bf16"), default="f32",
-                        help="exported OpenVINO models: f32 (default, equal to the checkpoint) or bf16 (faster "
-                             "on CPUs with bf16 units, see benchmarks/README.md)")
+                        help="exported OpenVINO models: f32 (default, equal to the checkpoint) or bf16 "
+                             "(faster on CPUs with bf16 units, see benchmarks/README.md)")
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", help="output folder (default: a new <output_dir>/<category>/<time> folder)")
+    parser.add_argument("--output", help="output folder (default: a new <output_dir>/<category>/<time> "
+                                         "folder)")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output")
 
 
@@ -164,7 +168,8 @@ def cmd_test(args: argparse.Namespace) -> None:
     elif args.checkpoint:
         output = Path(args.checkpoint).parent / "test"
     else:
-        raise OutputExistsError("--output is needed with --model: results are not written into a model folder")
+        raise OutputExistsError("--output is needed with --model: results are not written into a model "
+                                "folder")
     output = prepare_output_dir(output, args.overwrite)
     source = args.checkpoint or args.model
     print_report(evaluate_predictor(predictor, output, data_root=args.data_root, source=source), output)
@@ -182,7 +187,8 @@ def predictor_spec(args: argparse.Namespace) -> PredictorSpec:
 
 
 def predictor_from_args(args: argparse.Namespace):
-    """The Predictor that --checkpoint (with --device, --graph) or --model (with --inference-precision) names."""
+    """The Predictor that --checkpoint (with --device, --graph) or --model (with --inference-precision)
+    names."""
     return predictor_spec(args).build()
 
 
@@ -251,12 +257,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
     try:
         from cfa_anomaly.serve import ServeSettings, describe_model, run_server
     except ImportError as err:
-        raise ConfigError(f"cfa serve needs FastAPI and uvicorn: pip install 'cfa-anomaly[serve]' ({err})") from err
+        raise ConfigError("cfa serve needs FastAPI and uvicorn: pip install 'cfa-anomaly[serve]' "
+                          f"({err})") from err
 
     settings = ServeSettings(max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                              timeout_s=args.timeout_s, max_batch=args.max_batch, max_files=args.max_files)
     predictor = predictor_from_args(args)
-    info = describe_model(args.checkpoint or args.model, predictor, "checkpoint" if args.checkpoint else "export")
+    info = describe_model(args.checkpoint or args.model, predictor,
+                          "checkpoint" if args.checkpoint else "export")
     run_server(predictor, settings, info, host=args.host, port=args.port, access_log=not args.no_access_log)
 
 
@@ -352,8 +360,8 @@ def add_executor_arguments(parser: argparse.ArgumentParser, what: str) -> None:
                              "or the cluster at --address (extra [ray], see README.md)")
     parser.add_argument("--address", metavar="ADDR",
                         help="--executor ray: a running Ray cluster (auto, or <head node>:6379; default: "
-                             "$RAY_ADDRESS, else the cluster this machine runs (ray start), else a Ray instance "
-                             "started on this machine for the command)")
+                             "$RAY_ADDRESS, else the cluster this machine runs (ray start), else a Ray "
+                             "instance started on this machine for the command)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -370,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(train)
     train.set_defaults(func=cmd_train)
 
-    test = commands.add_parser("test", help="evaluate a checkpoint or an exported model on its category's test split")
+    test = commands.add_parser("test", help="evaluate a checkpoint or an exported model on its category's "
+                                            "test split")
     add_model_arguments(test)
     test.add_argument("--data_root", "--data-root", dest="data_root",
                       help="override the data root (MVTec layout; a folder-layout model tests on its own "
@@ -387,60 +396,73 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--overwrite", action="store_true")
     decide = pred.add_mutually_exclusive_group()
     decide.add_argument("--threshold", type=float,
-                        help="decide with this image-score threshold instead of the held-out one the model stores")
+                        help="decide with this image-score threshold instead of the held-out one the model "
+                             "stores")
     decide.add_argument("--quantile", type=float, metavar="Q",
-                        help="decide at this quantile (0..1] of the held-out normal images' scores the model stores "
-                             "(default: the training's evaluation.threshold_quantile, 0.99)")
+                        help="decide at this quantile (0..1] of the held-out normal images' scores the model "
+                             "stores (default: the training's evaluation.threshold_quantile, 0.99)")
     pred.add_argument("--pixel-threshold", type=float, metavar="X",
-                      help="outline (and mask) pixels from this map value instead of the stored pixel threshold")
+                      help="outline (and mask) pixels from this map value instead of the stored pixel "
+                           "threshold")
     pred.add_argument("--recursive", action="store_true", help="search folders' sub-folders for images too")
     pred.add_argument("--format", choices=("csv", "jsonl", "both"), default="csv",
                       help="score rows as scores.csv (default), scores.jsonl or both")
     pred.add_argument("--maps", choices=("npz", "none"), default="npz",
-                      help="npz (default): maps.npz, or maps/shard-NNNNN.npz of 256 maps each for more images")
+                      help="npz (default): maps.npz, or maps/shard-NNNNN.npz of 256 maps each for more "
+                           "images")
     pred.add_argument("--panels", choices=("all", "defects", "none"),
-                      help="picture per image: all, only those decided defective, or none (default: all for up "
-                           "to 200 images, else defects)")
+                      help="picture per image: all, only those decided defective, or none (default: all for "
+                           "up to 200 images, else defects)")
     pred.add_argument("--strict", action="store_true",
-                      help="stop at the first unreadable file (default: list it in the scores file and skip it)")
+                      help="stop at the first unreadable file (default: list it in the scores file and skip "
+                           "it)")
     pred.add_argument("--read-workers", type=non_negative_int, default=0, metavar="N",
-                      help="threads that read and resize the next batches while the model scores (default 0: "
-                           "each batch in line); for slow or network disks and GPUs, where the CPU would wait")
+                      help="threads that read and resize the next batches while the model scores (default "
+                           "0: each batch in line); for slow or network disks and GPUs, where the CPU would "
+                           "wait")
     add_executor_arguments(pred, "Data pipeline (parallel decoding, model actors)")
     pred.add_argument("--actors", type=positive_int, metavar="N",
                       help="--executor ray: model replicas, each loading the model once (default: one per "
-                           "GPU where the cluster has GPUs, else one per --cpus-per-actor CPUs less one CPU for "
-                           "decoding)")
+                           "GPU where the cluster has GPUs, else one per --cpus-per-actor CPUs less one CPU "
+                           "for decoding)")
     pred.add_argument("--cpus-per-actor", type=positive_int, default=1, metavar="N",
                       help="--executor ray: CPUs (and torch threads) per actor (default 1)")
     pred.add_argument("--gpus-per-actor", type=float, metavar="X",
                       help="--executor ray: GPUs per actor (default: 1 where the cluster has GPUs, else 0)")
     pred.set_defaults(func=cmd_predict)
 
-    export = commands.add_parser("export", help="export a checkpoint for ONNX Runtime, OpenVINO or TorchScript")
+    export = commands.add_parser("export", help="export a checkpoint for ONNX Runtime, OpenVINO or "
+                                                "TorchScript")
     export.add_argument("--checkpoint", required=True)
     export.add_argument("--format", required=True, choices=("onnx", "openvino", "torchscript"))
     export.add_argument("--output", required=True, help="folder for the model file(s) and model.json")
     export.add_argument("--overwrite", action="store_true", help="replace an export already in --output")
     export.set_defaults(func=cmd_export)
 
-    serve = commands.add_parser("serve", help="score images sent over HTTP (FastAPI + uvicorn; extra [serve])")
+    serve = commands.add_parser("serve",
+                                help="score images sent over HTTP (FastAPI + uvicorn; extra [serve])")
     add_model_arguments(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
+                                                           "machine)")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image file accepted (413 above)")
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, help="largest image file accepted (413 "
+                                                                         "above)")
     serve.add_argument("--max-pixels", type=int, default=50_000_000,
-                       help="largest width x height accepted, read from the header before decoding (413 above)")
-    serve.add_argument("--timeout-s", type=float, default=30.0, help="seconds an image may wait for its result (504)")
+                       help="largest width x height accepted, read from the header before decoding (413 "
+                            "above)")
+    serve.add_argument("--timeout-s", type=float, default=30.0, help="seconds an image may wait for its "
+                                                                     "result (504)")
     serve.add_argument("--max-batch", type=int, default=8, help="images scored together in one model call")
-    serve.add_argument("--max-files", type=int, default=16, help="files per /predict/batch request (413 above)")
+    serve.add_argument("--max-files", type=int, default=16, help="files per /predict/batch request (413 "
+                                                                 "above)")
     serve.add_argument("--no-access-log", action="store_true", help="do not log every request")
     serve.set_defaults(func=cmd_serve)
 
     bench = commands.add_parser("benchmark", help="train + test over categories; tables, CSV and GIFs")
     bench.add_argument("--root", required=True, help="folder holding the category folders (e.g. MVTec AD)")
     bench.add_argument("--categories", nargs="+", default=list(MVTEC_CATEGORIES))
-    bench.add_argument("--config-dir", help="folder of <category>.yaml (default: ./configs/anomaly/unsupervised/cfa when present)")
+    bench.add_argument("--config-dir", help="folder of <category>.yaml (default: "
+                                            "./configs/anomaly/unsupervised/cfa when present)")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     bench.add_argument("--output", default="runs/benchmark")
     bench.add_argument("--force", action="store_true", help="recompute categories that finished earlier")
@@ -454,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", nargs="+", type=int, metavar="N",
                        help="a grid over these training seeds (train.seed); the tables show mean ± spread")
     bench.add_argument("--select-by", choices=("validation",),
-                       help="validation: train with data.validation=synthetic and add a row of, per category, "
+                       help="validation: train with data.validation=synthetic and add a row of, per "
+                            "category, "
                             "the setting (--backbones / --grid) with the best validation AUPRO (test labels "
                             "unused)")
     add_executor_arguments(bench, "task per cell")
@@ -488,7 +511,8 @@ def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted; a training run continues with `cfa train --resume <its run folder>`", file=sys.stderr)
+        print("interrupted; a training run continues with `cfa train --resume <its run folder>`",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
     return code or EXIT_OK
 
