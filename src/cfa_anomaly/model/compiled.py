@@ -67,24 +67,15 @@ class Compiled:
     def __init__(self, fn: Callable[..., Any], name: str) -> None:
         self.fn = fn
         self.name = name
-        self._compiled: Callable[..., Any] | None = None  # made on first use: importing dynamo costs ~0.4 GiB
+        self.compiled: Callable[..., Any] | None = None  # made on first use: importing dynamo costs ~0.2 GB
         self.failure: str | None = None
 
-    @property
-    def compiled(self) -> Callable[..., Any] | None:
-        """The torch.compile wrapper (made on first use), or None after a failed compile."""
-        if self._compiled is None and self.failure is None:
-            self._compiled = torch.compile(self.fn, dynamic=False)
-        return self._compiled
-
-    @compiled.setter
-    def compiled(self, value: Callable[..., Any] | None) -> None:
-        self._compiled = value
-
     def __call__(self, *args: Any) -> Any:
-        if torch.compiler.is_compiling() or torch.jit.is_tracing() or self.compiled is None:
+        if self.failure is not None or torch.compiler.is_compiling() or torch.jit.is_tracing():
             return self.fn(*args)
         try:
+            if self.compiled is None:
+                self.compiled = torch.compile(self.fn, dynamic=False)
             return self.compiled(*args)
         except Exception as err:  # noqa: BLE001 - dynamo and inductor raise many types
             self.failure = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
