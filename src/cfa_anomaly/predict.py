@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from cfa_anomaly.console import progress
-from cfa_anomaly.data.images import tensor_to_rgb
+from cfa_anomaly.data.images import read_rgb, tensor_to_rgb
 from cfa_anomaly.data.samples import IMAGE_EXTENSIONS, DatasetError, list_images
-from cfa_anomaly.inference import Predictor
+from cfa_anomaly.inference import ModelCard, Predictor
 from cfa_anomaly.inference.result import DEFECTIVE, decision_label
 from cfa_anomaly.outputs import (
     MAPS_SHARD_SIZE,
@@ -147,13 +147,24 @@ def panel_wanted(panels: str, score: float, threshold: float | None) -> bool:
     return panels == "all" or (panels == "defects" and decision_label(score, threshold) == DEFECTIVE)
 
 
+def read_for_model(card: ModelCard, path: Path) -> torch.Tensor:
+    """An image file read and preprocessed with the model's geometry (local and Ray predict); a DatasetError
+    naming the file when it cannot be read."""
+    return card.preprocess(read_rgb(path))
+
+
+def strict_stop(reason: str) -> DatasetError:
+    """The error --strict stops with at the first unreadable file."""
+    return DatasetError(f"{reason} (--strict stops at the first unreadable file)")
+
+
 def _read(predictor: Predictor, path: Path, strict: bool) -> torch.Tensor | str:
     """The preprocessed image, or why it cannot be read (with strict: a DatasetError naming the file)."""
     try:
-        return predictor.preprocess(predictor.read(path)[0])
+        return read_for_model(predictor.card, path)
     except DatasetError as err:
         if strict:
-            raise DatasetError(f"{err} (--strict stops at the first unreadable file)") from err
+            raise strict_stop(str(err)) from err
         return str(err)
 
 
@@ -214,9 +225,8 @@ def read_batches(predictor: Predictor, batches: Sequence[list[Path]], strict: bo
         return
     pool = ThreadPoolExecutor(workers, thread_name_prefix="cfa-read")
     pending: deque[tuple[list[Path], list[Future]]] = deque()
-    upcoming = iter(batches)
     try:
-        for batch in upcoming:
+        for batch in batches:
             pending.append((batch, [pool.submit(_read, predictor, path, strict) for path in batch]))
             if len(pending) > READ_AHEAD:
                 done, futures = pending.popleft()

@@ -23,12 +23,20 @@ import numpy as np
 import torch
 
 from cfa_anomaly.console import PACKAGE_LOGGER, progress
-from cfa_anomaly.data.images import read_rgb, tensor_to_rgb
+from cfa_anomaly.data.images import tensor_to_rgb
 from cfa_anomaly.data.samples import DatasetError
 from cfa_anomaly.distributed.cluster import cluster_resources, ray_session
 from cfa_anomaly.inference import ModelCard, Predictor
 from cfa_anomaly.inference.spec import PredictorSpec
-from cfa_anomaly.predict import PredictionSink, PredictOptions, PredictSummary, collect_images, panel_wanted
+from cfa_anomaly.predict import (
+    PredictionSink,
+    PredictOptions,
+    PredictSummary,
+    collect_images,
+    panel_wanted,
+    read_for_model,
+    strict_stop,
+)
 
 DECODE_BLOCK = 32  # images per block of the input dataset: one decoding task each
 # CPUs a decoding task requests: half a CPU, and unlike the actors' whole CPUs, so that Ray Data keeps
@@ -50,13 +58,13 @@ class RayPredictSettings:
 
 def decode_batch(batch: Batch, card: ModelCard) -> Batch:
     """Read and preprocess files: image (n, 3, crop, crop) float32 in 0..1 (zeros where unreadable) and
-    error ("" where read, else why not), as Predictor.read and .preprocess do (ModelCard.preprocess)."""
+    error ("" where read, else why not), as the local predict reads them (predict.read_for_model)."""
     files = batch["file"]
     images = np.zeros((len(files), 3, card.crop, card.crop), np.float32)
     errors = []
     for k, file in enumerate(files):
         try:
-            images[k] = card.preprocess(read_rgb(Path(str(file)))).numpy()
+            images[k] = read_for_model(card, Path(str(file))).numpy()
             errors.append("")
         except DatasetError as err:
             errors.append(str(err))
@@ -153,7 +161,7 @@ def _write_batch(batch: Batch, sink: PredictionSink, strict: bool) -> None:
     for k, (path, error) in enumerate(zip(batch["path"], batch["error"])):
         if error:
             if strict:
-                raise DatasetError(f"{error} (--strict stops at the first unreadable file)")
+                raise strict_stop(str(error))
             sink.skip(str(path), str(error))
         else:
             sink.scored(str(path), batch["map"][k], float(batch["score"][k]),
