@@ -216,18 +216,26 @@ def print_predict_summary(summary: PredictSummary, output: Path, engine: str) ->
                     len(summary.skipped), listing, more)
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
-    if args.executor == "ray":
-        from cfa_anomaly.distributed import require_ray
+def uses_ray(args: argparse.Namespace) -> bool:
+    """Whether --executor is ray; then Ray must import (else the message says how to install it), before
+    any work. --address only goes with it."""
+    if args.executor == "local":
+        if args.address:
+            raise ConfigError("--address applies to --executor ray")
+        return False
+    from cfa_anomaly.distributed import require_ray
 
-        require_ray()  # before any work: the message says how to install it
-    elif args.address:
-        raise ConfigError("--address applies to --executor ray")
+    require_ray()
+    return True
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    ray = uses_ray(args)
     options = predict_options(args)
     spec = predictor_spec(args)
     predictor = spec.build()  # also with --executor ray: a model that cannot load fails here, before Ray
     output = prepare_output_dir(args.output, args.overwrite)
-    if args.executor == "ray":
+    if ray:
         from cfa_anomaly.distributed.predict import RayPredictSettings, predict_images_ray
 
         settings = RayPredictSettings(address=args.address, actors=args.actors,
@@ -307,14 +315,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def benchmark_executor(args: argparse.Namespace):
     """The executor --executor names: this process (local) or Ray tasks (ray, with --address and the
     per-task resources)."""
-    if args.executor == "local":
-        if args.address:
-            raise ConfigError("--address applies to --executor ray")
+    if not uses_ray(args):
         return None
-    from cfa_anomaly.distributed import require_ray
     from cfa_anomaly.distributed.grid import RayExecutor
 
-    require_ray()  # before any work: the message says how to install it
     return RayExecutor(address=args.address, cpus_per_task=args.cpus_per_task,
                        gpus_per_task=args.gpus_per_task)
 
