@@ -20,7 +20,7 @@ from cfa_anomaly.cells import DONE, ERROR_FILE, FAILED, REUSED, SKIPPED, Cell, C
 from cfa_anomaly.config import MVTEC_CATEGORIES, ConfigError, config_from_dict, load_config
 from cfa_anomaly.data.samples import DatasetError, category_dir
 from cfa_anomaly.io_utils import atomic_write_json, atomic_write_text
-from cfa_anomaly.report import Grid, csv_report, grid_csv_report, grid_report
+from cfa_anomaly.report import csv_report, grid_csv_report, grid_report, single_row
 from cfa_anomaly.sweep import BACKBONE_KEY, Setting, parse_axes, setting_row, settings_grid
 
 CONFIG_DIR = Path("configs/anomaly/unsupervised/cfa")
@@ -256,8 +256,8 @@ def write_benchmark_files(output: Path, results: dict[str, dict[str, float | Non
         if gif.is_file():
             shutil.copyfile(gif, assets / f"{category}.gif")
             gifs[category] = f"{category}.gif"
-    grid_tables: Grid = {row_label: {category: {0: metrics} for category, metrics in results.items()}}
-    atomic_write_text(output / "results.md", grid_report(grid_tables, problems, categories=categories)
+    atomic_write_text(output / "results.md", grid_report(single_row(results, row_label), problems,
+                                                         categories=categories)
                       + _demo_section(gifs))
     atomic_write_text(output / "results.csv", csv_report(results, categories))
 
