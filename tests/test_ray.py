@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -125,22 +126,27 @@ def always_failing(attempts: Path):
     return run
 
 
-def test_a_killed_task_is_retried(local_ray, synth_root, tmp_path):
+def one_cell_on_ray(runner_of: Callable[[Path], Callable[[Cell], CellOutcome]], synth_root: Path,
+                    tmp_path: Path) -> tuple[dict, int]:
+    """A one-cell benchmark whose Ray task runs runner_of(<a folder of attempts>): the summary and the
+    number of attempts the task made."""
     attempts = tmp_path / "attempts"
     attempts.mkdir()
     summary = run_benchmark(synth_root, tmp_path / "out", [SYNTH_CATEGORY], tiny_overrides(synth_root),
-                            config_dir=None, executor=ray_executor(runner=crashing_once(attempts)))
-    assert attempts_of(attempts) == 2
+                            config_dir=None, executor=ray_executor(runner=runner_of(attempts)))
+    return summary, attempts_of(attempts)
+
+
+def test_a_killed_task_is_retried(local_ray, synth_root, tmp_path):
+    summary, attempts = one_cell_on_ray(crashing_once, synth_root, tmp_path)
+    assert attempts == 2
     assert summary["status"] == {SYNTH_CATEGORY: "done"}
     assert summary["results"][SYNTH_CATEGORY] == FAKE_METRICS
 
 
 def test_a_failing_task_is_retried_once_then_listed_as_failed(local_ray, synth_root, tmp_path):
-    attempts = tmp_path / "attempts"
-    attempts.mkdir()
-    summary = run_benchmark(synth_root, tmp_path / "out", [SYNTH_CATEGORY], tiny_overrides(synth_root),
-                            config_dir=None, executor=ray_executor(runner=always_failing(attempts)))
-    assert attempts_of(attempts) == 2
+    summary, attempts = one_cell_on_ray(always_failing, synth_root, tmp_path)
+    assert attempts == 2
     assert summary["status"] == {SYNTH_CATEGORY: "failed"}
     problem = summary["problems"][SYNTH_CATEGORY]
     assert "RuntimeError: the machine is on fire" in problem and "after 2 attempts" in problem
