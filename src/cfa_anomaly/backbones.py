@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from cfa_anomaly.errors import CfaError
+from cfa_anomaly.packed_convolutions import fold_and_pack, packing_available
 
 log = logging.getLogger(__name__)
 
@@ -234,15 +235,19 @@ def _exporting() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
-def fold_batch_norms(model: nn.Module | None, blocks: nn.ModuleList | None
+def fold_batch_norms(model: nn.Module | None, blocks: nn.ModuleList | None, pack: bool = False
                      ) -> tuple[nn.Module | None, nn.ModuleList | None]:
     """Copies of the frozen network (a whole model, or a list of blocks) with every eval-mode batch norm
-    that follows a convolution folded into its weights (torch.fx); the originals where tracing fails."""
+    that follows a convolution folded into its weights (torch.fx); the originals where tracing fails.
+    pack: also pack the convolutions' weights for oneDNN and fuse their ReLUs (packed_convolutions.py;
+    float32 on a CPU)."""
     from torch.fx.experimental.optimization import fuse
 
     def fold(module: nn.Module) -> nn.Module:
         try:
             with torch.no_grad(), torch.inference_mode(False):
+                if pack:
+                    return fold_and_pack(module)
                 return fuse(module, inplace=False).to(memory_format=torch.channels_last)
         except Exception as err:  # noqa: BLE001 - fx tracing fails in many ways on dynamic code
             log.debug("batch norms not folded for %s: %s", type(module).__name__, err)
@@ -311,7 +316,7 @@ class FeatureExtractor(nn.Module):
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        model, blocks = self._folded_network(x.device)
+        model, blocks = self._folded_network(x.device, packed=self._packs(x))
         if blocks is None:
             return list(model(x))
         outputs = []
@@ -321,9 +326,17 @@ class FeatureExtractor(nn.Module):
                 outputs.append(x)
         return outputs
 
-    def _folded_network(self, device: torch.device) -> tuple[nn.Module | None, nn.ModuleList | None]:
+    def _packs(self, x: torch.Tensor) -> bool:
+        """Whether the folded network runs with packed convolutions: float32 on a CPU, not under autocast
+        (whose casts the packed op bypasses)."""
+        return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+                and packing_available())
+
+    def _folded_network(self, device: torch.device, packed: bool = False
+                        ) -> tuple[nn.Module | None, nn.ModuleList | None]:
         """The network with each batch norm folded into the convolution before it (one pass fewer per layer;
-        equal up to float32 rounding), made on first use per device; the unfolded one if folding fails.
+        equal up to float32 rounding), and with packed: its convolutions packed (packed_convolutions.py),
+        made on first use per device; the unfolded one if folding fails.
 
         The folded copy is kept outside the module's state, so the state dict and the weights hash stay those
         of the original weights.
@@ -331,10 +344,14 @@ class FeatureExtractor(nn.Module):
         if not self.fold or _exporting():  # exporters get the network as built (their runtimes fold it)
             return self.model, self.blocks
         folded = self.__dict__.get("_folded")
-        if folded is None or folded[0] != device:
-            folded = (device, *fold_batch_norms(self.model, self.blocks))
+        if folded is None or folded[:2] != (device, packed):
+            folded = (device, packed, *fold_batch_norms(self.model, self.blocks, pack=packed))
             self.__dict__["_folded"] = folded
-        return folded[1], folded[2]
+        return folded[2], folded[3]
+
+    def release_folded(self) -> None:
+        """Drop the folded copy (made again on next use): frees its memory while the backbone is idle."""
+        self.__dict__.pop("_folded", None)
 
     def __getstate__(self) -> dict:
         """Pickles and deep copies leave the folded copy out (it is made again on first use)."""
@@ -344,5 +361,5 @@ class FeatureExtractor(nn.Module):
 
     def _apply(self, fn: Callable, *args: object, **kwargs: object) -> FeatureExtractor:
         """Moving or converting the weights (.to(), .float()) drops the folded copy: it is made again."""
-        self.__dict__.pop("_folded", None)
+        self.release_folded()
         return super()._apply(fn, *args, **kwargs)

