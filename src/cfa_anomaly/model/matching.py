@@ -99,7 +99,10 @@ def gradient_rows(pulled: torch.Tensor, centred: torch.Tensor, coefficient: torc
     """The features' gradient dL/dy = pulled + coefficient (y - m) (distances.pulled_centres) -> its (H*W, D)
     float32 sum over the batch (the position term's gradient) and itself in dtype, the products' dtype,
     in which the resize adjoints and weight products take it. Pure, so torch.compile can fuse it."""
-    grad = pulled.addcmul(centred, coefficient)
+    if torch.compiler.is_compiling():  # fused by inductor: the float32 gradient is never stored
+        grad = pulled.addcmul(centred, coefficient)
+    else:  # eagerly into `pulled` (made for this): one (B*H*W, D) float32 tensor fewer at the peak
+        grad = pulled.addcmul_(centred, coefficient)
     return grad.view(-1, positions, grad.shape[1]).sum(0), grad.to(dtype)
 
 
@@ -130,6 +133,7 @@ class _DescribeAndMatch(torch.autograd.Function):
         inputs = layer_inputs(layers, dtype)
         count = search_count(k, bank.centred.shape[0], dtype != torch.float32)
         indices = candidate_centres(extended, bank, count)
+        del extended  # (B*H*W, D + 3): not kept while the exact distances and the backward run
         distances = chosen_squared_distances(centred, bank, indices, point_norms)
         if count > k:
             distances, indices = rerank(distances, indices, k)
