@@ -97,7 +97,8 @@ class ModelConfig:
     # with precision float32 this is the plain reference path.
     per_layer_projection: bool = True
     # Graph optimisations that keep the arithmetic (equal up to float32 rounding): auto and on fold the
-    # frozen backbone's batch norms into its convolutions, and torch.compile (inductor) the descriptor
+    # frozen backbone's batch norms into its convolutions (on a CPU in float32 also packing their weights
+    # for oneDNN once and fusing the ReLUs after them), and torch.compile (inductor) the descriptor
     # step's memory-bound part (resize, sums, norms, search rows) into a few fused loops. auto compiles
     # the training batch shape, where it can (a CPU with a C++ compiler; GPUs run eagerly) and the step is
     # large (wide backbones); other shapes (a last partial batch, scoring in a new process) run eagerly.

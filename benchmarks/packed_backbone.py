@@ -1,0 +1,76 @@
+"""The frozen backbone folded (batch norms in its convolutions) against folded and packed
+(src/cfa_anomaly/packed_convolutions.py).
+
+    python benchmarks/packed_backbone.py [--backbones wide_resnet50_2 mobilenet_v2] [--repeats 6]
+
+One process per backbone (random weights; weights do not change the arithmetic), batch 4 at 224 px,
+float32 on the CPU, the two networks alternating, each timed over 3 calls after one warm-up call; prints
+ms per image (best and median of --repeats) and the largest difference of the maps relative to their
+largest value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from machine import machine_line
+
+from cfa_anomaly.backbones import FeatureExtractor, fold_batch_norms
+
+Network = tuple[torch.nn.Module | None, torch.nn.ModuleList | None]  # fold_batch_norms: a model or blocks
+
+
+def run(network: Network, x: torch.Tensor) -> list[torch.Tensor]:
+    model, blocks = network
+    if blocks is None:
+        return list(model(x))
+    outputs = []
+    for block in blocks:
+        x = block(x)
+        outputs.append(x)
+    return outputs
+
+
+def compare(name: str, repeats: int, batch: int) -> None:
+    extractor = FeatureExtractor(name, pretrained=False)
+    images = torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    x = ((images - extractor.mean) / extractor.std).contiguous(memory_format=torch.channels_last)
+    networks = {"folded": fold_batch_norms(extractor.model, extractor.blocks),
+                "folded+packed": fold_batch_norms(extractor.model, extractor.blocks, pack=True)}
+    times: dict[str, list[float]] = {key: [] for key in networks}
+    with torch.inference_mode():
+        maps = {key: run(network, x) for key, network in networks.items()}
+        for _ in range(repeats):
+            for key, network in networks.items():
+                run(network, x)
+                start = time.perf_counter()
+                for _ in range(3):
+                    run(network, x)
+                times[key].append(1000 * (time.perf_counter() - start) / (3 * batch))
+    difference = max(((a - b).abs().max() / b.abs().max()).item()
+                     for a, b in zip(maps["folded+packed"], maps["folded"]))
+    best = {key: min(values) for key, values in times.items()}
+    for key, values in times.items():
+        print(f"  {name:18s} {key:14s} best {best[key]:6.1f} ms/img  median {statistics.median(values):6.1f}")
+    print(f"  {name:18s} packed over folded: x{best['folded'] / best['folded+packed']:.2f} (best runs); "
+          f"largest relative map difference {difference:.1e}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbones", nargs="+", default=["wide_resnet50_2", "mobilenet_v2"])
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=4)
+    args = parser.parse_args()
+    print(machine_line())
+    print(f"backbone alone, random weights, batch {args.batch} at 224 px, float32, best of {args.repeats}")
+    for name in args.backbones:
+        compare(name, args.repeats, args.batch)
+
+
+if __name__ == "__main__":
+    main()
