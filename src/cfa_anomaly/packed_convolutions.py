@@ -6,7 +6,7 @@ about 6 ms per image on a 2-core Xeon), and the ReLU and the residual addition a
 separate passes over its output. oneDNN's pointwise convolution (torch.ops.mkldnn._convolution_pointwise,
 the op inductor's frozen graphs call) takes a weight packed once, and applies the ReLU, or the addition
 and then the ReLU, in the convolution's epilogue. It is the same convolution kernel, so the results equal
-the unpacked network's (bit for bit on the networks tested, tests/test_backbones.py).
+the unpacked network's (bit for bit for wide_resnet50_2 and mobilenet_v2, benchmarks/packed_backbone.py).
 
 fold_and_pack builds this network from the original without copying it: each convolution's weights, with
 the eval-mode batch norm after it folded in, are made and packed one at a time (a whole folded copy made
@@ -16,7 +16,6 @@ under autocast, whose casts the op bypasses).
 
 from __future__ import annotations
 
-import logging
 import operator
 
 import torch
@@ -24,8 +23,6 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_weights
-
-log = logging.getLogger(__name__)
 
 Activation = tuple[str, list[float]]  # oneDNN's name for it and its scalars
 NO_ACTIVATION: Activation = ("none", [])
@@ -93,7 +90,7 @@ class PackedConv2d(nn.Module):
 
 
 def _packable(module: nn.Module | None) -> bool:
-    return (isinstance(module, nn.Conv2d) and type(module) is nn.Conv2d and module.padding_mode == "zeros"
+    return (type(module) is nn.Conv2d and module.padding_mode == "zeros"
             and not isinstance(module.padding, str) and module.weight.dtype == torch.float32)
 
 
