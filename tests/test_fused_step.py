@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import cfa_anomaly.train as train
 from cfa_anomaly.config import Config, load_config
 from cfa_anomaly.model import CFA
 from cfa_anomaly.model.descriptor import CoordConv1x1, align_maps, coordinate_channels
 from cfa_anomaly.model.distances import centre_bank, gathered_squared_distances
 from cfa_anomaly.model.matching import describe_and_match
-from cfa_anomaly.train import cache_features, fit, init_memory_bank
+from cfa_anomaly.train import batch_loss_backward, cache_features, fit, init_memory_bank, micro_batches
 
 IMAGES, BATCH = 12, 4  # one epoch = 3 optimizer steps
 PARAMETERS = ("descriptor.projection.conv.weight", "descriptor.projection.conv.bias", "loss_fn.radius")
@@ -236,3 +237,29 @@ def test_the_fused_step_passes_no_gradient_through_a_clamped_distance():
     (distances * clamped).sum().backward()
     for param in layer.parameters():
         assert torch.equal(param.grad, torch.zeros_like(param)), "a clamped distance passed a gradient"
+
+
+def test_a_batch_split_into_parts_gives_the_whole_batch_loss_and_gradient(monkeypatch):
+    """batch_loss_backward on 3 images as one part and as 3 parts of one (STEP_ELEMENTS lowered to one
+    image's features), float32: the same loss and gradients up to rounding."""
+    torch.manual_seed(0)
+    cfg = tiny_config(**{"model.radius_init": "0.5"})
+    model = CFA(TinyBackbone(), cfg.model, precision="float32")
+    cached = cache_features(model, [{"image": torch.rand(IMAGES, 3, 32, 32)}], torch.device("cpu"))
+    init_memory_bank(model, cached, BATCH, cfg)
+    batch = [grid[:3] for grid in cached]
+    parameters = [model.descriptor.projection.conv.weight, model.descriptor.projection.conv.bias,
+                  model.loss_fn.radius]
+    results = []
+    for elements in (1 << 30, 8 * 8 * model.descriptor.out_channels):  # whole; one 8 x 8 image per part
+        monkeypatch.setattr(train, "STEP_ELEMENTS", elements)
+        model.zero_grad()
+        loss = batch_loss_backward(model, batch)
+        results.append((loss.item(), [param.grad.clone() for param in parameters],
+                        len(micro_batches(batch, model.descriptor.out_channels))))
+    (whole, whole_grads, whole_parts), (split, split_grads, split_parts) = results
+    assert (whole_parts, split_parts) == (1, 3)
+    assert split == pytest.approx(whole, rel=1e-6)
+    for name, a, b in zip(PARAMETERS, split_grads, whole_grads):
+        assert b.abs().max() > 0, name
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * b.abs().max().item(), msg=name)

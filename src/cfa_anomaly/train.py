@@ -64,6 +64,39 @@ def select_images(cached: Layers, index: torch.Tensor | slice) -> Layers:
     return [grid[index] for grid in cached]
 
 
+# patch feature values (images x positions x channels) per forward and backward pass of the training step
+STEP_ELEMENTS = 1 << 24
+
+
+def micro_batches(batch: Layers, dimension: int) -> list[Layers]:
+    """A training batch split into parts of at most STEP_ELEMENTS patch feature values each (whole images).
+
+    The step's float32 features, their gradient and the search rows grow with the part, and they set the
+    peak memory of training: for wide_resnet50_2 at 224 px a batch of 4 is 22.5 M values, 90 MB per float32
+    copy, so it runs as two parts of 2; small backbones run whole. The loss is a mean over the patches, so
+    the parts' losses weighted by their share of the batch sum to the batch's loss, and their gradients to
+    its gradient (up to float32 rounding).
+    """
+    count, _, height, width = batch[0].shape
+    size = max(1, min(count, STEP_ELEMENTS // (height * width * dimension)))
+    return [[grid[start: start + size] for grid in batch] for start in range(0, count, size)]
+
+
+def batch_loss_backward(model: CFA, batch: Layers) -> torch.Tensor:
+    """The batch's training loss, its gradient accumulated into the parameters part by part
+    (micro_batches). A part whose loss is not finite stops it: that loss is returned, for the caller to stop
+    training (the gradients are then incomplete and must not be applied)."""
+    count = batch[0].shape[0]
+    total = torch.zeros(())
+    for part in micro_batches(batch, model.descriptor.out_channels):
+        loss = model.loss(part) * (part[0].shape[0] / count)
+        if not torch.isfinite(loss):
+            return loss.detach()
+        loss.backward()
+        total = total + loss.detach().cpu()
+    return total
+
+
 @torch.no_grad()
 def init_memory_bank(model: CFA, cached: Layers, batch_size: int, cfg: Config) -> None:
     """Mean untrained-descriptor feature at each position over all training images (k-means if
@@ -167,7 +200,8 @@ def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device, state
             observer.load_state_dict(resume.get("observer") or {})
     result.bank_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    model.warm_up(select_images(cached, slice(0, cfg.data.batch_size)))
+    model.warm_up(micro_batches(select_images(cached, slice(0, cfg.data.batch_size)),
+                                model.descriptor.out_channels)[0])
     result.compile_seconds = time.perf_counter() - start
     start = time.perf_counter()
     model.descriptor.train()
@@ -178,12 +212,11 @@ def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device, state
         total, batches = 0.0, 0
         for first in range(0, len(order), cfg.data.batch_size):
             batch = select_images(cached, order[first: first + cfg.data.batch_size].to(device))
-            loss = model.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss = batch_loss_backward(model, batch)
             if not torch.isfinite(loss):
                 kept = f"; the state after epoch {epoch} is kept in {state_path}" if state_path and epoch else ""
                 raise TrainingError(f"the loss became {loss.item()} in epoch {epoch + 1}; lower train.lr{kept}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             optimizer.step()
             total += loss.item()
             batches += 1
