@@ -350,7 +350,7 @@ class FeatureExtractor(nn.Module):
         return folded[2], folded[3]
 
     def release_folded(self) -> None:
-        """Drop the folded copy (made again on next use): frees its memory while the backbone is idle."""
+        """Drop the folded copy; it is made again on next use."""
         self.__dict__.pop("_folded", None)
 
     def __getstate__(self) -> dict:

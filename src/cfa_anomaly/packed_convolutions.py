@@ -16,6 +16,7 @@ under autocast, whose casts the op bypasses).
 
 from __future__ import annotations
 
+import functools
 import operator
 
 import torch
@@ -34,8 +35,10 @@ _ACTIVATIONS = {  # the fused activations in torch, for the unfused fallback
 }
 
 
+@functools.cache
 def packing_available() -> bool:
-    """Whether this torch build has oneDNN's pointwise convolution and its weight packing."""
+    """Whether this torch build has oneDNN's pointwise convolution and its weight packing (checked once:
+    the backbone asks on every forward)."""
     ops = torch.ops.mkldnn
     return (torch.backends.mkldnn.is_available() and hasattr(ops, "_convolution_pointwise")
             and hasattr(ops, "_reorder_convolution_weight"))
@@ -53,6 +56,7 @@ class PackedConv2d(nn.Module):
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.activation, self.adds = activation, adds
         self.kernel, self.out_channels = list(conv.kernel_size), conv.out_channels
+        # packed now, so the folded weight is freed at once (all of them at once would be a whole copy)
         self.packed = self._pack(weight.detach().contiguous(memory_format=torch.channels_last), None)
         self.bias = None if bias is None else bias.detach().clone()
         self.sized = False
@@ -120,7 +124,7 @@ def _residual(add: fx.Node | None, conv: fx.Node) -> fx.Node | None:
         return None
     if operands[0] is operands[1]:
         return None
-    return add.args[1] if add.args[0] is conv else add.args[0]
+    return operands[1] if operands[0] is conv else operands[0]
 
 
 def _drop_identities(graph_module: fx.GraphModule, modules: dict[str, nn.Module]) -> None:
