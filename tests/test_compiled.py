@@ -93,7 +93,8 @@ def auto_model(monkeypatch, compiler: bool) -> CFA:
     model = CFA(TinyBackbone(), tiny_config(**{"model.compile": "auto"}).model, precision="mixed")
     model.calls = []
 
-    def record(layer: CoordConv1x1, layers: list, bank: None, k: int, compiled: bool) -> tuple:
+    def record(layer: CoordConv1x1, layers: list, bank: None, k: int, compiled: bool,
+               shift: torch.Tensor | None = None) -> tuple:
         model.calls.append(compiled)
         return layer.conv.weight.sum().reshape(1, 1), None
 
@@ -121,3 +122,28 @@ def test_off_keeps_the_backbone_unfolded():
 
     assert not CFA(TinyBackbone(), tiny_config(**{"model.compile": "off"}).model).extractor.fold
     assert CFA(TinyBackbone(), tiny_config(**{"model.compile": "auto"}).model).extractor.fold
+
+
+@pytest.mark.skipif(compiled.compiler_missing("cpu") is not None, reason="no C++ compiler for torch.compile")
+def test_auto_scores_a_larger_batch_in_parts_of_the_compiled_shape(monkeypatch):
+    """Training compiles its micro-batch shape; scoring a larger batch runs in parts of that shape (the last
+    part eagerly), with the distances of the whole batch scored eagerly."""
+    from test_fused_step import TinyBackbone, tiny_config
+
+    monkeypatch.setattr(compiled, "AUTO_MIN_ELEMENTS", 0)
+    torch.manual_seed(0)
+    model = CFA(TinyBackbone(), tiny_config(**{"model.compile": "auto"}).model, precision="mixed")
+    model.memory_bank = torch.randn(64, model.descriptor.out_channels)
+    model.warm_up(tiny_layers(batch=2))
+    layers = tiny_layers(batch=5)
+    with torch.no_grad():
+        parts = model.scoring_parts(layers)
+        in_parts = model.nearest(layers, 3)
+        whole, _ = describe_and_match(model.descriptor.projection, layers, model.prepared_bank(), 3)
+    assert [part[0].shape[0] for part in parts] == [2, 2, 1]
+    assert all(torch.equal(part[1], layer[2:4]) for part, layer in zip(zip(*parts), layers))
+    assert COMPILED_FRONT.failure is None  # the parts ran compiled, not fallen back
+    torch.testing.assert_close(in_parts, whole, rtol=1e-5, atol=1e-5)
+    assert len(model.scoring_parts(tiny_layers(batch=2))) == 1  # the compiled shape itself: whole
+    with torch.enable_grad():  # training steps are never split here (train.micro_batches splits them)
+        assert len(model.scoring_parts(layers)) == 1

@@ -22,6 +22,7 @@ from cfa_anomaly.model.descriptor import (
 )
 from cfa_anomaly.model.distances import gathered_squared_distances, nearest_centres, squared_distances
 from cfa_anomaly.model.loss import CoupledHypersphereLoss
+from cfa_anomaly.model.matching import layer_shift
 from cfa_anomaly.model.memory_bank import build_memory_bank, kmeans, mean_feature_bank
 from cfa_anomaly.model.scorer import anomaly_maps, patch_scores
 from cfa_anomaly.train import init_memory_bank
@@ -196,6 +197,28 @@ def test_init_memory_bank_is_per_position_mean_of_descriptor(batch_size):
     expected = torch.stack([features[:, :, y, x].mean(0) for y in range(h) for x in range(w)])
     assert model.memory_bank.shape == (h * w, d)
     torch.testing.assert_close(model.memory_bank, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_scoring_reuses_the_position_term_until_the_weights_or_bank_change():
+    model = stub_model()
+    cached = model.aggregate(torch.rand(4, 3, 32, 32))
+    init_memory_bank(model, cached, 2, Config())
+    grid = tuple(cached[0].shape[-2:])
+    with torch.no_grad():
+        first = model.scoring_shift(model.prepared_bank(), grid)
+        assert model.scoring_shift(model.prepared_bank(), grid) is first
+        scored = model.nearest(cached, 3)
+        model.descriptor.projection.conv.weight.add_(0.01)  # as an optimizer step changes it: in place
+        changed = model.scoring_shift(model.prepared_bank(), grid)
+        fresh = layer_shift(model.descriptor.projection, model.prepared_bank(), grid)
+    assert changed is not first and not torch.equal(changed, first)
+    torch.testing.assert_close(changed, fresh, rtol=0, atol=0)
+    model.descriptor.projection.conv.weight.data.sub_(0.01)
+    with torch.enable_grad():  # the training path makes it inside the step: the same distances
+        torch.testing.assert_close(model.nearest(cached, 3).detach(), scored, rtol=1e-6, atol=1e-6)
+    model.memory_bank = model.memory_bank + 1.0  # a new bank: a new offset
+    with torch.no_grad():
+        assert model.scoring_shift(model.prepared_bank(), grid) is not changed
 
 
 def test_init_memory_bank_with_gamma_c_compresses_by_kmeans():

@@ -124,11 +124,14 @@ class _DescribeAndMatch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight: torch.Tensor, bias: torch.Tensor, coords: torch.Tensor,
                 layers: tuple[torch.Tensor, ...], bank: CentredBank,
-                k: int, front: Front) -> tuple[torch.Tensor, torch.Tensor]:
+                k: int, front: Front, shift: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """weight (D, C + 2), bias (D,), coords (H*W, 2), layers (B, C_l, h_l, w_l) with the first on the
-        output grid (H, W) and sum C_l = C -> (B*H*W, k) distances and indices."""
+        output grid (H, W) and sum C_l = C -> (B*H*W, k) distances and indices. shift: position_shift of
+        these, if already made."""
         dtype = bank.search.dtype  # bfloat16 when the model runs at low precision, else float32
-        shift = position_shift(bias, coords, weight[:, sum(layer.shape[1] for layer in layers):], bank.offset)
+        if shift is None:
+            shift = position_shift(bias, coords, weight[:, sum(layer.shape[1] for layer in layers):],
+                                   bank.offset)
         centred, point_norms, extended = front(weight, shift, layers, dtype)  # p - m
         inputs = layer_inputs(layers, dtype)
         count = search_count(k, bank.centred.shape[0], dtype != torch.float32)
@@ -155,7 +158,7 @@ class _DescribeAndMatch(torch.autograd.Function):
             grad_rows = grid_rows(resize_adjoint(grad_grid, size)).to(rows.dtype)
             parts.append(torch.mm(grad_rows.t(), rows).float())  # (D, C_l)
         grad_weight = torch.cat((*parts, (coords.t() @ grad_position).t()), dim=1)
-        return grad_weight, grad_position.sum(0), None, None, None, None, None
+        return grad_weight, grad_position.sum(0), None, None, None, None, None, None
 
 
 def _layers_and_coordinates(layer: CoordConv1x1, maps: torch.Tensor | Sequence[torch.Tensor]
@@ -167,20 +170,31 @@ def _layers_and_coordinates(layer: CoordConv1x1, maps: torch.Tensor | Sequence[t
 
 
 def describe_and_match(layer: CoordConv1x1, maps: torch.Tensor | Sequence[torch.Tensor], bank: CentredBank,
-                       k: int, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                       k: int, compiled: bool = False, shift: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Aggregated maps (B, C, H, W), or the pooled maps of each backbone layer (the first on the output grid)
     -> float32 squared distances (B*H*W, k), ascending, and centre indices.
 
     Differentiable in the layer's weight and bias. The products run in the bank's search dtype: bfloat16
     (the candidates then re-ranked by exact float32 distances) or float32. Same features as
     layer(aggregated), or layer(align_maps(maps)) up to rounding. compiled: the memory-bound front through
-    torch.compile (model/compiled.py), equal up to float32 rounding.
+    torch.compile (model/compiled.py), equal up to float32 rounding. shift: layer_shift(layer, bank, grid)
+    when already made (scoring many batches with unchanged weights).
     """
     layers, coords = _layers_and_coordinates(layer, maps)
     if any(grid.requires_grad for grid in layers):
         raise ValueError("describe_and_match treats the aggregated maps as frozen; detach them first")
     return _DescribeAndMatch.apply(layer.conv.weight.flatten(1), layer.conv.bias, coords, layers, bank, k,
-                                   front_for(compiled))
+                                   front_for(compiled), shift)
+
+
+def layer_shift(layer: CoordConv1x1, bank: CentredBank, grid: tuple[int, int]) -> torch.Tensor:
+    """The (H*W, D) position term of the layer's projection minus the bank's mean centre (position_shift) on
+    an H x W output grid; no gradient."""
+    with torch.no_grad():
+        weight = layer.conv.weight.flatten(1)
+        coords = layer.coordinates(*grid, weight.device)
+        return position_shift(layer.conv.bias, coords, weight[:, layer.in_channels:], bank.offset)
 
 
 def described_rows(layer: CoordConv1x1, maps: torch.Tensor | Sequence[torch.Tensor],
