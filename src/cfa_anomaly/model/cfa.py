@@ -101,7 +101,8 @@ class CFA(nn.Module):
         weights, bank and grid (a (H*W, D) product with 2 inner columns, ~2 ms per call at 56 x 56 x 1792
         on a 2-core Xeon, that every scoring batch made again)."""
         conv = self.descriptor.projection.conv
-        tensors, versions = (conv.weight, conv.bias, bank.offset), (conv.weight._version, conv.bias._version, grid)
+        tensors = (conv.weight, conv.bias, bank.offset)
+        versions = (conv.weight._version, conv.bias._version, grid)
         cached = self.__dict__.get("_scoring_shift")
         if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], tensors)):
             cached = (tensors, versions, layer_shift(self.descriptor.projection, bank, grid))
