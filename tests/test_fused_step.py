@@ -22,7 +22,14 @@ from cfa_anomaly.model import CFA
 from cfa_anomaly.model.descriptor import CoordConv1x1, align_maps, coordinate_channels
 from cfa_anomaly.model.distances import centre_bank, gathered_squared_distances
 from cfa_anomaly.model.matching import describe_and_match
-from cfa_anomaly.train import batch_loss_backward, cache_features, fit, init_memory_bank, micro_batches
+from cfa_anomaly.train import (
+    batch_loss_backward,
+    cache_features,
+    fit,
+    init_memory_bank,
+    make_optimizer,
+    micro_batches,
+)
 
 IMAGES, BATCH = 12, 4  # one epoch = 3 optimizer steps
 PARAMETERS = ("descriptor.projection.conv.weight", "descriptor.projection.conv.bias", "loss_fn.radius")
@@ -263,3 +270,24 @@ def test_a_batch_split_into_parts_gives_the_whole_batch_loss_and_gradient(monkey
     for name, a, b in zip(PARAMETERS, split_grads, whole_grads):
         assert b.abs().max() > 0, name
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * b.abs().max().item(), msg=name)
+
+
+def test_the_fused_optimizer_takes_torchs_default_adamw_steps():
+    cfg = tiny_config()
+    generator = torch.Generator().manual_seed(0)
+    start = [torch.randn(64, 66, 1, 1, generator=generator), torch.randn(64, generator=generator)]
+    grads = [[torch.randn(t.shape, generator=generator) for t in start] for _ in range(3)]
+    fused_params = [nn.Parameter(t.clone()) for t in start]
+    default_params = [nn.Parameter(t.clone()) for t in start]
+    fused = make_optimizer(fused_params, cfg, torch.device("cpu"))
+    default = torch.optim.AdamW(default_params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                amsgrad=True)
+    for step in grads:
+        for params, optimizer in ((fused_params, fused), (default_params, default)):
+            for param, grad in zip(params, step):
+                param.grad = grad.clone()
+            optimizer.step()
+    assert fused.param_groups[0]["fused"] and not default.param_groups[0]["fused"]
+    for a, b, first in zip(fused_params, default_params, start):
+        assert not torch.equal(a, first)  # they moved
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -25,7 +25,7 @@ from cfa_anomaly.model.loss import CoupledHypersphereLoss
 from cfa_anomaly.model.matching import layer_shift
 from cfa_anomaly.model.memory_bank import build_memory_bank, kmeans, mean_feature_bank
 from cfa_anomaly.model.scorer import anomaly_maps, patch_scores
-from cfa_anomaly.train import init_memory_bank
+from cfa_anomaly.train import init_memory_bank, make_optimizer
 
 
 class StubExtractor(nn.Module):
@@ -208,14 +208,18 @@ def test_scoring_reuses_the_position_term_until_the_weights_or_bank_change():
         first = model.scoring_shift(model.prepared_bank(), grid)
         assert model.scoring_shift(model.prepared_bank(), grid) is first
         scored = model.nearest(cached, 3)
-        model.descriptor.projection.conv.weight.add_(0.01)  # as an optimizer step changes it: in place
+    with torch.enable_grad():  # the training path makes it inside the step: the same distances
+        torch.testing.assert_close(model.nearest(cached, 3).detach(), scored, rtol=1e-6, atol=1e-6)
+    params = list(model.descriptor.parameters())
+    optimizer = make_optimizer(params, Config(), torch.device("cpu"))  # fused: versions are not bumped
+    for param in params:
+        param.grad = torch.ones_like(param)
+    optimizer.step()
+    with torch.no_grad():
         changed = model.scoring_shift(model.prepared_bank(), grid)
         fresh = layer_shift(model.descriptor.projection, model.prepared_bank(), grid)
     assert changed is not first and not torch.equal(changed, first)
     torch.testing.assert_close(changed, fresh, rtol=0, atol=0)
-    model.descriptor.projection.conv.weight.data.sub_(0.01)
-    with torch.enable_grad():  # the training path makes it inside the step: the same distances
-        torch.testing.assert_close(model.nearest(cached, 3).detach(), scored, rtol=1e-6, atol=1e-6)
     model.memory_bank = model.memory_bank + 1.0  # a new bank: a new offset
     with torch.no_grad():
         assert model.scoring_shift(model.prepared_bank(), grid) is not changed

@@ -68,6 +68,15 @@ def select_images(cached: Layers, index: torch.Tensor | slice) -> Layers:
 STEP_ELEMENTS = 1 << 24
 
 
+def make_optimizer(params: list[torch.nn.Parameter], cfg: Config, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with AMSGrad, as the paper trains; fused into one kernel per step on a CPU or a CUDA GPU: the
+    same update up to float32 rounding, and on a 2-core Xeon 2.2-2.6 ms per step for wide_resnet50_2's
+    descriptor against 7.5-13 ms for torch's default (a pass over all 3.2 M parameters per elementwise op)."""
+    fused = True if device.type in ("cpu", "cuda") else None
+    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, amsgrad=True,
+                             fused=fused)
+
+
 def micro_batches(batch: Layers, dimension: int) -> list[Layers]:
     """A training batch split into parts of at most STEP_ELEMENTS patch feature values each (whole images).
 
@@ -183,7 +192,7 @@ def fit(model: CFA, loader: DataLoader, cfg: Config, device: torch.device, state
 
     start = time.perf_counter()
     params = list(model.descriptor.parameters()) + list(model.loss_fn.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, amsgrad=True)
+    optimizer = make_optimizer(params, cfg, device)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     first_epoch = 0
     if resume is None:

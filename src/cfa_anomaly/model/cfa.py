@@ -97,17 +97,21 @@ class CFA(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def scoring_shift(self, bank: CentredBank, grid: tuple[int, int]) -> torch.Tensor:
-        """The descriptor's position term for scoring (matching.layer_shift), made once per descriptor
-        weights, bank and grid (a (H*W, D) product with 2 inner columns, ~2 ms per call at 56 x 56 x 1792
-        on a 2-core Xeon, that every scoring batch made again)."""
-        conv = self.descriptor.projection.conv
-        tensors = (conv.weight, conv.bias, bank.offset)
-        versions = (conv.weight._version, conv.bias._version, grid)
+        """The descriptor's position term for scoring (matching.layer_shift), made again only when its
+        inputs change: the bias, the position columns of the weight (compared by value, a few thousand
+        numbers: a fused optimizer step changes them without bumping their version), the bank, the grid. It
+        is a (H*W, D) product that every scoring batch had made again (~2 ms at 56 x 56 x 1792 on a 2-core
+        Xeon)."""
+        projection = self.descriptor.projection
+        conv = projection.conv
+        inputs = (conv.bias.detach(), conv.weight.detach().flatten(1)[:, projection.in_channels:])
         cached = self.__dict__.get("_scoring_shift")
-        if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], tensors)):
-            cached = (tensors, versions, layer_shift(self.descriptor.projection, bank, grid))
+        if (cached is None or cached[2] is not bank.offset or cached[3] != grid
+                or not all(torch.equal(a, b) for a, b in zip(cached[0], inputs))):
+            shift = layer_shift(projection, bank, grid)
+            cached = ([value.clone() for value in inputs], shift, bank.offset, grid)
             self.__dict__["_scoring_shift"] = cached  # outside the state: not saved, not moved by .to()
-        return cached[2]
+        return cached[1]
 
     def scoring_parts(self, layers: Layers) -> list[Layers]:
         """Without gradients, under model.compile=auto: the batch in parts of the batch shape warm_up compiled
