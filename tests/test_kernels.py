@@ -52,23 +52,31 @@ def test_environment_fixes_the_layout_and_gpus_use_the_view(fresh_cache, monkeyp
 
 def test_a_real_probe_picks_a_layout_and_times_both(fresh_cache):
     choice, seconds = kernels.probe_layout(64, 35, 200, torch.float32)
-    assert choice in kernels.LAYOUTS and set(seconds) == set(kernels.LAYOUTS)
+    available = [layout for layout in kernels.LAYOUTS
+                 if layout != "packed" or kernels.packing_available(torch.device("cpu"), torch.float32)]
+    assert choice in available and set(seconds) == set(available)
     assert all(value > 0 for value in seconds.values())
 
 
 @pytest.mark.parametrize("dtype_low", [False, True])
-def test_both_layouts_find_the_same_neighbours(fresh_cache, monkeypatch, dtype_low):
+def test_every_layout_finds_the_same_neighbours(fresh_cache, monkeypatch, dtype_low):
     generator = torch.Generator().manual_seed(0)
     centres, points = torch.randn(300, 96, generator=generator), torch.randn(700, 96, generator=generator)
+    packs = kernels.packing_available(torch.device("cpu"), torch.bfloat16 if dtype_low else torch.float32)
     found = {}
     for layout in kernels.LAYOUTS:
         monkeypatch.setenv(kernels.ENV_LAYOUT, layout)
         bank = centre_bank(centres, dtype_low)
         assert bank.search_t.is_contiguous() == (layout == "contiguous")
+        assert (bank.packed is not None) == (layout == "packed" and packs)
+        assert bank.width == (128 if bank.packed is not None else 99)  # 96 + 3, padded to a multiple of 32
         torch.testing.assert_close(bank.search_t.t(), bank.search, rtol=0, atol=0)
-        found[layout] = candidate_centres(search_rows(centre_points(points, bank), bank), bank, 6)
-    agree = (found["view"] == found["contiguous"]).all(dim=1).float().mean().item()
-    assert agree > 0.99  # equal up to near-ties rounded differently by the two kernels
+        rows = search_rows(centre_points(points, bank), bank)
+        assert rows.shape[1] == bank.width and not rows[:, 96: bank.width - 3].any()  # zeros, |p|^2, 1, 1
+        found[layout] = candidate_centres(rows, bank, 6)
+    for layout in ("contiguous", "packed"):
+        agree = (found["view"] == found[layout]).all(dim=1).float().mean().item()
+        assert agree > 0.99, layout  # equal up to near-ties rounded differently by the kernels
 
 
 @pytest.mark.parametrize(("seconds", "expected"), [({"float32": 5.0, "bfloat16": 1.0}, "mixed"),

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from cfa_anomaly.model.kernels import bank_layout
+from cfa_anomaly.model.kernels import bank_layout, pack_bank, padded_width, search_product
 
 # CSR tensors are used only for the k-entries-per-row selection below, a well-covered case.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -30,9 +30,15 @@ class CentredBank(NamedTuple):
     offset: torch.Tensor  # (1, D) float32: the mean centre m
     centred: torch.Tensor  # (M, D) float32: c - m
     norms: torch.Tensor  # (M,) float32: |c - m|^2
-    search: torch.Tensor  # (M, D + 3) search dtype: -2 (c - m), 1, b_hi, b_lo; rows in shuffled order
-    search_t: torch.Tensor  # (D + 3, M): search transposed, a view or a contiguous copy (model/kernels.py)
+    search: torch.Tensor  # (M, W) search dtype: -2 (c - m), zeros, 1, b_hi, b_lo; rows in shuffled order
+    search_t: torch.Tensor  # (W, M): search transposed, a view or a contiguous copy (model/kernels.py)
     order: torch.Tensor  # (M,) the centre at each row of search
+    packed: torch.Tensor | None = None  # search packed for oneDNN (the "packed" layout), else None
+
+    @property
+    def width(self) -> int:
+        """W, the search rows' width: D + 3, or more with zero columns before the last three (packed)."""
+        return self.search.shape[1]
 
 
 def centre_bank(centres: torch.Tensor, low_precision: bool = False) -> CentredBank:
@@ -52,13 +58,16 @@ def centre_bank(centres: torch.Tensor, low_precision: bool = False) -> CentredBa
         dtype = torch.bfloat16 if low_precision else torch.float32
         bias_hi = norms.to(dtype)
         bias_lo = (norms - bias_hi.float()).to(dtype)
-        search = torch.cat((-2.0 * centred, torch.ones_like(norms)[:, None]), dim=1).to(dtype)
+        chunk, inner = default_chunk(centres.device), centred.shape[1] + SEARCH_COLUMNS
+        layout = bank_layout(centres.device, dtype, chunk, inner, len(centres))
+        zeros = centred.new_zeros(len(centres), padded_width(inner, layout) - inner)
+        search = torch.cat((-2.0 * centred, zeros, torch.ones_like(norms)[:, None]), dim=1).to(dtype)
         search = torch.cat((search, bias_hi[:, None], bias_lo[:, None]), dim=1)
         order = torch.randperm(len(centres), generator=torch.Generator().manual_seed(0)).to(centres.device)
         search = search[order]
-        layout = bank_layout(search.device, dtype, default_chunk(search.device), *search.shape[::-1])
         search_t = search.t().contiguous() if layout == "contiguous" else search.t()
-        return CentredBank(offset, centred, norms, search_t.t(), search_t, order)
+        packed = pack_bank(search, chunk) if layout == "packed" else None
+        return CentredBank(offset, centred, norms, search_t.t(), search_t, order, packed)
 
 
 def squared_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -73,8 +82,8 @@ def squared_norms(rows: torch.Tensor) -> torch.Tensor:
 
 
 def fill_search_columns(rows: torch.Tensor, point_norms: torch.Tensor) -> torch.Tensor:
-    """rows (N, D + 3) holding centred points p - m in [:, :D]: set the last three columns to
-    |p - m|^2, 1, 1."""
+    """rows (N, W) holding centred points p - m in their first D columns (and zeros up to W - 3): set the
+    last three columns to |p - m|^2, 1, 1."""
     dimension = rows.shape[1] - SEARCH_COLUMNS
     rows[:, dimension] = point_norms.view(-1)
     rows[:, dimension + 1:] = 1.0
@@ -83,18 +92,22 @@ def fill_search_columns(rows: torch.Tensor, point_norms: torch.Tensor) -> torch.
 
 def search_rows(centred_points: torch.Tensor, bank: CentredBank, point_norms: torch.Tensor | None = None
                 ) -> torch.Tensor:
-    """(N, D) float32 p - m (and their squared norms) -> the (N, D + 3) rows that candidate_centres
-    searches with."""
+    """(N, D) float32 p - m (and their squared norms) -> the (N, W) rows that candidate_centres searches
+    with."""
     norms = squared_norms(centred_points) if point_norms is None else point_norms
-    return extended_rows(centred_points, norms, bank.search.dtype)
+    return extended_rows(centred_points, norms, bank.search.dtype, bank.width)
 
 
-def extended_rows(centred_points: torch.Tensor, point_norms: torch.Tensor,
-                  dtype: torch.dtype) -> torch.Tensor:
-    """(N, D) float32 p - m and (N,) |p - m|^2 -> the (N, D + 3) search rows in the search dtype."""
+def extended_rows(centred_points: torch.Tensor, point_norms: torch.Tensor, dtype: torch.dtype,
+                  width: int | None = None) -> torch.Tensor:
+    """(N, D) float32 p - m and (N,) |p - m|^2 -> the (N, W) search rows in the search dtype: p - m, zeros
+    (when width W > D + 3), |p - m|^2, 1, 1."""
     count, dimension = centred_points.shape
-    rows = centred_points.new_empty(count, dimension + SEARCH_COLUMNS, dtype=dtype)
+    width = width or dimension + SEARCH_COLUMNS
+    rows = centred_points.new_empty(count, width, dtype=dtype)
     rows[:, :dimension] = centred_points
+    if width > dimension + SEARCH_COLUMNS:
+        rows[:, dimension: width - SEARCH_COLUMNS] = 0.0
     return fill_search_columns(rows, point_norms)
 
 
@@ -113,7 +126,10 @@ def candidate_centres(rows: torch.Tensor, bank: CentredBank, count: int,
     found = []
     with torch.no_grad():
         for start in range(0, rows.shape[0], chunk):
-            key = torch.mm(rows[start: start + chunk], bank.search_t)
+            if bank.packed is None:
+                key = search_product(rows[start: start + chunk], bank.search_t, packed=False)
+            else:
+                key = search_product(rows[start: start + chunk], bank.packed, packed=True)
             found.append(smallest_columns(key, count))
     return bank.order[torch.cat(found)]
 

@@ -5,10 +5,14 @@ The search is one (rows x (D + 3)) @ ((D + 3) x centres) product per chunk of ro
 are sensitive to the layout of the second operand: on a Xeon with AMX, a contiguous (D + 3, centres)
 copy ran the wide_resnet50_2 shape (512 x 1795 x 3136, bfloat16) 1.6x faster than the transposed view of
 the (centres, D + 3) bank, while on the AMD EPYC the project was first tuned on the view was the faster
-(benchmarks/README.md). So on a CPU the layout is chosen by a short probe of both (tens of ms, once per
-shape), remembered per machine in a small JSON file, so that every later run on the machine (a resumed
-training too) uses the same kernels; set CFA_ANOMALY_BANK_LAYOUT=view|contiguous to fix it. On a GPU the
-view is used (cuBLAS takes transposed operands natively).
+(benchmarks/README.md). A third layout, "packed", pads the inner size with zeros to a multiple of
+PACKED_ALIGN and packs the bank once into the blocked layout of oneDNN's matrix kernels (the product then
+runs as torch.ops.mkldnn._linear_pointwise, which copies no operand into its layout per call): on the AMX
+Xeon 2.3 against 3.3 ms per 512-row chunk for the contiguous copy (the packed bank at the unpadded 1795 took
+4.4 ms). So on a CPU the layout is chosen by a short probe of each (tens of ms, once per shape), remembered
+per machine in a small JSON file, so that every later run on the machine (a resumed training too) uses the
+same kernels; set CFA_ANOMALY_BANK_LAYOUT=view|contiguous|packed to fix it. On a GPU the view is used
+(cuBLAS takes transposed operands natively).
 
 Likewise auto precision picks `mixed` on a CPU only where the flags announce bfloat16 units and a probe
 of the wide_resnet50_2 search product finds bfloat16 at least 1.25x faster than float32 (on the AMX Xeon
@@ -30,13 +34,14 @@ import torch
 from cfa_anomaly.io_utils import atomic_write_text
 
 log = logging.getLogger(__name__)
-LAYOUTS = ("view", "contiguous")
+LAYOUTS = ("view", "contiguous", "packed")
 ENV_LAYOUT = "CFA_ANOMALY_BANK_LAYOUT"
 ENV_CACHE = "CFA_ANOMALY_CACHE"  # a folder; default ~/.cache/cfa-anomaly
 PROBE_ROUNDS = 5
 MATRIX_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16", "avx512f", "avx2")
-MARGIN = 0.05  # the contiguous copy must be at least 5% faster to be chosen over the view
-Products = list[tuple[torch.Tensor, torch.Tensor]]  # (left, right) operands of torch.mm
+MARGIN = 0.05  # another layout must be at least 5% faster to be chosen over the view
+PACKED_ALIGN = 32  # the packed layout's inner size: a multiple of this (oneDNN's AMX tiles take 32 bf16)
+Products = list[tuple[torch.Tensor, torch.Tensor]]  # (left, right) operands of search_product
 
 
 def cache_file() -> Path:
@@ -61,35 +66,67 @@ def _cpu_name() -> str:
     return f"{name} (model {fields.get('model', '?')}; {' '.join(extensions) or 'no matrix extensions'})"
 
 
+def packing_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the packed layout can run here: oneDNN's linear ops on a CPU, float32 or bfloat16."""
+    ops = torch.ops.mkldnn
+    return (device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
+            and torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight")
+            and hasattr(ops, "_linear_pointwise"))
+
+
+def padded_width(inner: int, layout: str) -> int:
+    """The search rows' width for a layout: inner, or for packed the next multiple of PACKED_ALIGN."""
+    return -(-inner // PACKED_ALIGN) * PACKED_ALIGN if layout == "packed" else inner
+
+
+def pack_bank(bank: torch.Tensor, chunk: int) -> torch.Tensor:
+    """The (centres, width) bank in oneDNN's blocked layout for products with chunk-row operands (opaque:
+    use only through search_product)."""
+    return torch.ops.mkldnn._reorder_linear_weight(bank, chunk)
+
+
+def search_product(rows: torch.Tensor, right: torch.Tensor, packed: bool) -> torch.Tensor:
+    """rows @ right: right is the (width, centres) bank operand, or with packed the pack_bank'ed bank."""
+    if packed:
+        return torch.ops.mkldnn._linear_pointwise(rows, right, None, "none", [], "")
+    return torch.mm(rows, right)
+
+
 def _search_operands(chunk: int, inner: int, centres: int, dtype: torch.dtype) -> dict[str, Products]:
-    """Random rows and bank of the search product's shape in dtype: the bank as each layout."""
+    """Random rows and bank of the search product's shape in dtype: the bank as each layout available."""
     generator = torch.Generator().manual_seed(0)
     rows = torch.randn(chunk, inner, generator=generator).to(dtype)
     bank = torch.randn(centres, inner, generator=generator).to(dtype)
-    return {"view": [(rows, bank.t())], "contiguous": [(rows, bank.t().contiguous())]}
+    operands = {"view": [(rows, bank.t())], "contiguous": [(rows, bank.t().contiguous())]}
+    if packing_available(rows.device, dtype):
+        pad = padded_width(inner, "packed") - inner
+        padded_bank = torch.nn.functional.pad(bank, (0, pad))
+        operands["packed"] = [(torch.nn.functional.pad(rows, (0, pad)), pack_bank(padded_bank, chunk))]
+    return operands
 
 
 def _best_seconds(candidates: dict[str, Products]) -> dict[str, float]:
     """Seconds of the fastest product of each candidate, timed alternately (a busy machine slows all alike),
     best of PROBE_ROUNDS, after one warm-up each (kernel generation and caches)."""
-    for products in candidates.values():
+    for name, products in candidates.items():
         for left, right in products:
-            torch.mm(left, right)
+            search_product(left, right, name == "packed")
     seconds = dict.fromkeys(candidates, float("inf"))
     for _ in range(PROBE_ROUNDS):
         for name, products in candidates.items():
             for left, right in products:
                 start = time.perf_counter()
-                torch.mm(left, right)
+                search_product(left, right, name == "packed")
                 seconds[name] = min(seconds[name], time.perf_counter() - start)
     return seconds
 
 
 def probe_layout(chunk: int, inner: int, centres: int, dtype: torch.dtype) -> tuple[str, dict[str, float]]:
-    """Time the search product with each layout on random data; the faster one (the view unless the copy
-    wins by MARGIN) and the seconds each took."""
+    """Time the search product with each layout available on random data; the fastest (the view unless
+    another wins by MARGIN) and the seconds each took."""
     seconds = _best_seconds(_search_operands(chunk, inner, centres, dtype))
-    best = "contiguous" if seconds["contiguous"] < (1.0 - MARGIN) * seconds["view"] else "view"
+    fastest = min(seconds, key=seconds.__getitem__)
+    best = fastest if seconds[fastest] < (1.0 - MARGIN) * seconds["view"] else "view"
     return best, seconds
 
 
@@ -118,16 +155,18 @@ def _remembered(key: str, allowed: tuple[str, ...], measure) -> str:
 
 
 def bank_layout(device: torch.device, dtype: torch.dtype, chunk: int, inner: int, centres: int) -> str:
-    """"view" or "contiguous" for a search product of this shape: fixed by CFA_ANOMALY_BANK_LAYOUT, else
-    the machine's remembered choice, else a probe (remembered in cache_file() when it can be written)."""
+    """"view", "contiguous" or "packed" for a search product of this shape: fixed by
+    CFA_ANOMALY_BANK_LAYOUT, else the machine's remembered choice, else a probe (remembered in cache_file()
+    when it can be written). packed only where packing_available (else the view)."""
     forced = os.environ.get(ENV_LAYOUT)
     if forced:
         if forced not in LAYOUTS:
             raise ValueError(f"{ENV_LAYOUT}={forced!r} is invalid: use one of {', '.join(LAYOUTS)}")
-        return forced
+        return "view" if forced == "packed" and not packing_available(device, dtype) else forced
     if device.type != "cpu":
         return "view"
-    key = f"{_cpu_name()} | torch {torch.__version__} | {dtype} | {chunk}x{inner}x{centres}"
+    # "layouts 3": choices remembered before the packed layout existed are probed again
+    key = f"{_cpu_name()} | torch {torch.__version__} | {dtype} | {chunk}x{inner}x{centres} | layouts 3"
 
     def measure() -> str:
         choice, seconds = probe_layout(chunk, inner, centres, dtype)
@@ -149,7 +188,8 @@ def probe_bfloat16(chunk: int, inner: int, centres: int) -> dict[str, float]:
     for dtype in (torch.float32, torch.bfloat16):
         layouts = _search_operands(chunk, inner, centres, dtype)
         name = str(dtype).split(".")[-1]
-        candidates[name] = [product for products in layouts.values() for product in products]
+        candidates[name] = [product for layout, products in layouts.items() if layout != "packed"
+                            for product in products]
     return _best_seconds(candidates)
 
 

@@ -85,13 +85,13 @@ def project_layers(weight: torch.Tensor, shift: torch.Tensor, layers: Sequence[t
 
 
 def describe_front(weight: torch.Tensor, shift: torch.Tensor, layers: Sequence[torch.Tensor],
-                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   dtype: torch.dtype, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The memory-bound front of the step: (B*H*W, D) float32 features minus the bank's mean centre (in
-    shift), their float32 squared norms, and the (B*H*W, D + 3) search rows in dtype. Pure, so torch.compile
-    can fuse it (model.compile)."""
+    shift), their float32 squared norms, and the (B*H*W, width) search rows in dtype (the bank's width).
+    Pure, so torch.compile can fuse it (model.compile)."""
     centred, _ = project_layers(weight, shift, layers, dtype)
     point_norms = squared_norms(centred)
-    return centred, point_norms, extended_rows(centred, point_norms, dtype)
+    return centred, point_norms, extended_rows(centred, point_norms, dtype, width)
 
 
 def gradient_rows(pulled: torch.Tensor, centred: torch.Tensor, coefficient: torch.Tensor, dtype: torch.dtype,
@@ -132,7 +132,7 @@ class _DescribeAndMatch(torch.autograd.Function):
         if shift is None:
             shift = position_shift(bias, coords, weight[:, sum(layer.shape[1] for layer in layers):],
                                    bank.offset)
-        centred, point_norms, extended = front(weight, shift, layers, dtype)  # p - m
+        centred, point_norms, extended = front(weight, shift, layers, dtype, bank.width)  # p - m
         inputs = layer_inputs(layers, dtype)
         count = search_count(k, bank.centred.shape[0], dtype != torch.float32)
         indices = candidate_centres(extended, bank, count)
