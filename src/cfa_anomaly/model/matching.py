@@ -33,7 +33,7 @@ from cfa_anomaly.model.distances import (
     squared_norms,
 )
 
-Front = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+Front = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def grid_rows(grid: torch.Tensor) -> torch.Tensor:
@@ -85,13 +85,15 @@ def project_layers(weight: torch.Tensor, shift: torch.Tensor, layers: Sequence[t
 
 
 def describe_front(weight: torch.Tensor, shift: torch.Tensor, layers: Sequence[torch.Tensor],
-                   dtype: torch.dtype, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The memory-bound front of the step: (B*H*W, D) float32 features minus the bank's mean centre (in
-    shift), their float32 squared norms, and the (B*H*W, width) search rows in dtype (the bank's width).
-    Pure, so torch.compile can fuse it (model.compile)."""
+    shift) and their float32 squared norms. Pure, so torch.compile can fuse it (model.compile).
+
+    The search rows (extended_rows) are made after it, outside: compiled together, inductor made one kernel
+    that took 15.6 ms per 2 wide_resnet50_2 images on a 2-core Xeon, against 4.5 ms for the features and
+    norms alone plus ~2.5 ms for the rows made eagerly (same numbers, bit for bit)."""
     centred, _ = project_layers(weight, shift, layers, dtype)
-    point_norms = squared_norms(centred)
-    return centred, point_norms, extended_rows(centred, point_norms, dtype, width)
+    return centred, squared_norms(centred)
 
 
 def gradient_rows(pulled: torch.Tensor, centred: torch.Tensor, coefficient: torch.Tensor, dtype: torch.dtype,
@@ -132,7 +134,8 @@ class _DescribeAndMatch(torch.autograd.Function):
         if shift is None:
             shift = position_shift(bias, coords, weight[:, sum(layer.shape[1] for layer in layers):],
                                    bank.offset)
-        centred, point_norms, extended = front(weight, shift, layers, dtype, bank.width)  # p - m
+        centred, point_norms = front(weight, shift, layers, dtype)  # p - m
+        extended = extended_rows(centred, point_norms, dtype, bank.width)
         inputs = layer_inputs(layers, dtype)
         count = search_count(k, bank.centred.shape[0], dtype != torch.float32)
         indices = candidate_centres(extended, bank, count)
