@@ -1,10 +1,11 @@
-"""The search product with the bank as a transposed view and as a contiguous copy (model/kernels.py).
+"""The search product with the bank as a transposed view, a contiguous copy, and packed (model/kernels.py).
 
     python benchmarks/bank_layout.py [--repeats 5] [--skip-accuracy]
 
 1. TFLOP/s of the (512 x (D + 3)) @ ((D + 3) x centres) product for the backbones' shapes at 224 px, in
-   bfloat16 (mixed, bfloat16) and float32, each layout, interleaved, best of --repeats; and which layout
-   the probe picks on this machine.
+   bfloat16 (mixed, bfloat16) and float32, each layout available here, interleaved, best of --repeats
+   (counted on the D + 3 useful columns: the packed layout pads them to a multiple of 32); and which
+   layout the probe picks on this machine.
 2. Equivalence on the shared real data: the default config (mixed where the CPU has bfloat16 units) with
    mobilenet_v2, trained and tested with each layout forced: metric deltas and map correlation.
 """
@@ -33,17 +34,25 @@ SHAPES = [("wide_resnet50_2", 1792, 3136), ("efficientnet_b5", 40 + 64 + 176, 31
 def tflops(inner: int, centres: int, dtype: torch.dtype, layout: str, repeats: int,
            chunk: int = 512) -> float:
     generator = torch.Generator().manual_seed(0)
-    rows = torch.randn(chunk, inner, generator=generator).to(dtype)
-    bank = torch.randn(centres, inner, generator=generator).to(dtype)
-    operand = bank.t().contiguous() if layout == "contiguous" else bank.t()
-    torch.mm(rows, operand)
+    width = kernels.padded_width(inner, layout)
+    rows = torch.randn(chunk, width, generator=generator).to(dtype)
+    bank = torch.randn(centres, width, generator=generator).to(dtype)
+    packed = layout == "packed"
+    operand = kernels.pack_bank(bank, chunk) if packed else (
+        bank.t().contiguous() if layout == "contiguous" else bank.t())
+    kernels.search_product(rows, operand, packed)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(5):
-            torch.mm(rows, operand)
+            kernels.search_product(rows, operand, packed)
         best = min(best, (time.perf_counter() - start) / 5)
     return 2.0 * chunk * inner * centres / best / 1e12
+
+
+def available(dtype: torch.dtype) -> list[str]:
+    return [layout for layout in kernels.LAYOUTS
+            if layout != "packed" or kernels.packing_available(torch.device("cpu"), dtype)]
 
 
 def accuracy(layout: str) -> dict[str, dict[str, float]]:
@@ -81,32 +90,36 @@ def main() -> None:
     parser.add_argument("--skip-accuracy", action="store_true")
     args = parser.parse_args()
     print(machine_line())
-    print("| backbone | dtype | shape | view TFLOP/s | contiguous TFLOP/s | probe picks |")
-    print("|---|---|---|---|---|---|")
+    print("| backbone | dtype | shape | view TFLOP/s | contiguous TFLOP/s | packed TFLOP/s | probe picks |")
+    print("|---|---|---|---|---|---|---|")
     for backbone, width, centres in SHAPES:
         inner = width + 3  # the search rows' three extra columns
         for dtype in (torch.bfloat16, torch.float32):
-            speeds = {layout: 0.0 for layout in kernels.LAYOUTS}
+            speeds = dict.fromkeys(available(dtype), 0.0)
             for _ in range(2):  # interleaved
-                for layout in kernels.LAYOUTS:
+                for layout in speeds:
                     speed = tflops(inner, centres, dtype, layout, args.repeats)
                     speeds[layout] = max(speeds[layout], speed)
             picked, _ = kernels.probe_layout(512, inner, centres, dtype)
             name = str(dtype).split(".")[-1]
-            print(f"| {backbone} | {name} | 512x{inner}x{centres} | {speeds['view']:.2f} | "
-                  f"{speeds['contiguous']:.2f} | {picked} |")
+            cells = " | ".join(f"{speeds[layout]:.2f}" if layout in speeds else "-"
+                               for layout in kernels.LAYOUTS)
+            print(f"| {backbone} | {name} | 512x{inner}x{centres} | {cells} | {picked} |")
     if args.skip_accuracy or not (REPO.parent / "shared" / "data").is_dir():
         return
-    results = {layout: accuracy(layout) for layout in kernels.LAYOUTS}
-    print("\nmobilenet_v2, default config (30 epochs), each layout forced:")
+    results = {layout: accuracy(layout) for layout in available(torch.bfloat16)}
+    print("\nmobilenet_v2, default config (30 epochs), each layout forced, against the view:")
     for name in results["view"]:
-        view, contiguous = results["view"][name], results["contiguous"][name]
-        deltas = {k: abs(view[k] - contiguous[k]) for k in view if isinstance(view[k], float)}
+        view = results["view"][name]
         a = np.load(f"/tmp/bank_layout_{name}_view.npy").ravel()
-        b = np.load(f"/tmp/bank_layout_{name}_contiguous.npy").ravel()
         metrics = " ".join(f"{k}={v:.4f}" for k, v in view.items() if isinstance(v, float))
-        print(f"  {name}: precision {view['precision']}; view {metrics}; largest metric delta "
-              f"{max(deltas.values()):.4f}; map correlation {np.corrcoef(a, b)[0, 1]:.6f}")
+        print(f"  {name}: precision {view['precision']}; view {metrics}")
+        for layout in list(results)[1:]:
+            other = results[layout][name]
+            deltas = {k: abs(view[k] - other[k]) for k in view if isinstance(view[k], float)}
+            b = np.load(f"/tmp/bank_layout_{name}_{layout}.npy").ravel()
+            print(f"    {layout}: largest metric delta {max(deltas.values()):.4f}; "
+                  f"map correlation {np.corrcoef(a, b)[0, 1]:.6f}")
 
 
 if __name__ == "__main__":

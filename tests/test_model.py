@@ -22,7 +22,7 @@ from cfa_anomaly.model.descriptor import (
 )
 from cfa_anomaly.model.distances import gathered_squared_distances, nearest_centres, squared_distances
 from cfa_anomaly.model.loss import CoupledHypersphereLoss
-from cfa_anomaly.model.matching import layer_shift
+from cfa_anomaly.model.matching import describe_and_match, layer_shift
 from cfa_anomaly.model.memory_bank import build_memory_bank, kmeans, mean_feature_bank
 from cfa_anomaly.model.scorer import anomaly_maps, patch_scores
 from cfa_anomaly.train import init_memory_bank, make_optimizer
@@ -199,30 +199,30 @@ def test_init_memory_bank_is_per_position_mean_of_descriptor(batch_size):
     torch.testing.assert_close(model.memory_bank, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_scoring_reuses_the_position_term_until_the_weights_or_bank_change():
+def test_the_position_term_is_reused_until_the_weights_or_bank_change():
     model = stub_model()
     cached = model.aggregate(torch.rand(4, 3, 32, 32))
     init_memory_bank(model, cached, 2, Config())
     grid = tuple(cached[0].shape[-2:])
     with torch.no_grad():
-        first = model.scoring_shift(model.prepared_bank(), grid)
-        assert model.scoring_shift(model.prepared_bank(), grid) is first
+        first = model.position_term(model.prepared_bank(), grid)
+        assert model.position_term(model.prepared_bank(), grid) is first
         scored = model.nearest(cached, 3)
-    with torch.enable_grad():  # the training path makes it inside the step: the same distances
-        torch.testing.assert_close(model.nearest(cached, 3).detach(), scored, rtol=1e-6, atol=1e-6)
+        inside, _ = describe_and_match(model.descriptor.projection, cached, model.prepared_bank(), 3)
+    torch.testing.assert_close(scored, inside, rtol=1e-6, atol=1e-6)  # as the step makes it itself
     params = list(model.descriptor.parameters())
     optimizer = make_optimizer(params, Config(), torch.device("cpu"))  # fused: versions are not bumped
     for param in params:
         param.grad = torch.ones_like(param)
     optimizer.step()
     with torch.no_grad():
-        changed = model.scoring_shift(model.prepared_bank(), grid)
+        changed = model.position_term(model.prepared_bank(), grid)
         fresh = layer_shift(model.descriptor.projection, model.prepared_bank(), grid)
     assert changed is not first and not torch.equal(changed, first)
     torch.testing.assert_close(changed, fresh, rtol=0, atol=0)
     model.memory_bank = model.memory_bank + 1.0  # a new bank: a new offset
     with torch.no_grad():
-        assert model.scoring_shift(model.prepared_bank(), grid) is not changed
+        assert model.position_term(model.prepared_bank(), grid) is not changed
 
 
 def test_init_memory_bank_with_gamma_c_compresses_by_kmeans():

@@ -91,26 +91,27 @@ class CFA(nn.Module):
     def nearest(self, layers: Layers, k: int) -> torch.Tensor:
         """Pooled maps -> (B*h*w, k) squared distances of the described patches to their k nearest centres."""
         bank = self.prepared_bank()
-        shift = None if torch.is_grad_enabled() else self.scoring_shift(bank, tuple(layers[0].shape[-2:]))
+        shift = self.position_term(bank, tuple(layers[0].shape[-2:]))
         parts = [describe_and_match(self.descriptor.projection, part, bank, k, self.compiles(part), shift)[0]
                  for part in self.scoring_parts(layers)]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def scoring_shift(self, bank: CentredBank, grid: tuple[int, int]) -> torch.Tensor:
-        """The descriptor's position term for scoring (matching.layer_shift), made again only when its
-        inputs change: the bias, the position columns of the weight (compared by value, a few thousand
-        numbers: a fused optimizer step changes them without bumping their version), the bank, the grid. It
-        is a (H*W, D) product that every scoring batch had made again (~2 ms at 56 x 56 x 1792 on a 2-core
-        Xeon)."""
+    def position_term(self, bank: CentredBank, grid: tuple[int, int]) -> torch.Tensor:
+        """The descriptor's position term minus the bank's mean centre (matching.layer_shift), a (H*W, D)
+        product (~2 ms at 56 x 56 x 1792 on a 2-core Xeon) that scoring batches and a training step's
+        micro-batches share: made again only when its inputs change, the bias, the position columns of the
+        weight (compared by value, a few thousand numbers: a fused optimizer step changes them without
+        bumping their version), the bank or the grid. A constant for the step (its gradient is written out
+        in matching._DescribeAndMatch.backward)."""
         projection = self.descriptor.projection
         conv = projection.conv
         inputs = (conv.bias.detach(), conv.weight.detach().flatten(1)[:, projection.in_channels:])
-        cached = self.__dict__.get("_scoring_shift")
+        cached = self.__dict__.get("_position_term")
         if (cached is None or cached[2] is not bank.offset or cached[3] != grid
                 or not all(torch.equal(a, b) for a, b in zip(cached[0], inputs))):
             shift = layer_shift(projection, bank, grid)
             cached = ([value.clone() for value in inputs], shift, bank.offset, grid)
-            self.__dict__["_scoring_shift"] = cached  # outside the state: not saved, not moved by .to()
+            self.__dict__["_position_term"] = cached  # outside the state: not saved, not moved by .to()
         return cached[1]
 
     def scoring_parts(self, layers: Layers) -> list[Layers]:
