@@ -88,7 +88,7 @@ class ModelConfig:
     # Distances, loss and scores are float32 in every mode, but mixed and bfloat16 are not exact: their
     # nearest centres are bfloat16-ranked candidates re-ranked in float32, and on the real grid and
     # hazelnut test patches a true neighbour was missed (a centre >0.1% farther returned) for 0.005-0.022%
-    # of patches at K = 3 and 0.016-0.042% at K + J = 6, at worst 0.43% farther (benchmarks/README.md,
+    # of patches at K = 3 and 0.014-0.047% at K + J = 6, at worst 0.55% farther (benchmarks/README.md,
     # `python benchmarks/speed.py --neighbours`). Metrics: within 0.0005 of float32 there (mixed).
     precision: str = "auto"
     # true: the descriptor is applied to each backbone layer at its own resolution and only its products

@@ -225,7 +225,8 @@ def search_count(k: int, n_centres: int, low_precision: bool, extra: int = 4) ->
     """Candidates to search for: a bfloat16 search keeps `extra` more, re-ranked by exact distances.
 
     With 4 extra, trained models on the real grid and hazelnut images had a true top-3 outside the
-    candidates in at most 0.02% of patches, each time by a centre at most 0.4% farther (benchmarks/README.md).
+    candidates in at most 0.022% of patches, each time by a centre at most 0.5% farther
+    (benchmarks/README.md).
     """
     return min(k + extra, n_centres) if low_precision else k
 
