@@ -100,3 +100,27 @@ def test_auto_precision_is_mixed_only_where_bfloat16_measurably_pays(fresh_cache
 def test_a_real_bfloat16_probe_times_both(fresh_cache):
     seconds = kernels.probe_bfloat16(32, 35, 64)
     assert set(seconds) == {"float32", "bfloat16"} and all(v > 0 for v in seconds.values())
+
+
+def test_a_model_with_a_packed_bank_pickles_and_copies(fresh_cache, monkeypatch):
+    """The packed bank is an opaque oneDNN tensor (not picklable): a model that has prepared it still pickles
+    and deep-copies (the caches are left out and made again), and the copy scores alike."""
+    import copy
+    import pickle
+
+    from test_model import stub_model
+
+    from cfa_anomaly.config import Config
+    from cfa_anomaly.train import init_memory_bank
+
+    monkeypatch.setenv(kernels.ENV_LAYOUT, "packed")
+    model = stub_model(precision="mixed")
+    cached = model.aggregate(torch.rand(2, 3, 32, 32))
+    init_memory_bank(model, cached, 2, Config())
+    with torch.no_grad():
+        scores = model.nearest(cached, 3)
+    assert model.prepared_bank().packed is not None or not kernels.packing_available(
+        torch.device("cpu"), torch.bfloat16)
+    for twin in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        with torch.no_grad():
+            torch.testing.assert_close(twin.nearest(cached, 3), scores, rtol=0, atol=0)

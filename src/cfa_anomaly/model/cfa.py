@@ -154,6 +154,14 @@ class CFA(nn.Module):
         """Inference: images (B,3,H,W) in 0..1 -> (anomaly maps (B,H,W), image scores (B,)); no gradients."""
         return self.score_aggregated(self.aggregate(images), tuple(images.shape[-2:]))
 
+    def __getstate__(self) -> dict:
+        """Pickles and deep copies leave the caches out, the prepared bank and the position term (made again
+        on first use): a packed bank (model/kernels.py) is an opaque oneDNN tensor that cannot be pickled."""
+        state = self.__dict__.copy()
+        state["_prepared"] = None
+        state.pop("_position_term", None)
+        return state
+
     def learned_state(self) -> dict[str, torch.Tensor]:
         """Everything training produced: descriptor weights, radius, memory bank."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("extractor.")}
