@@ -67,11 +67,14 @@ def _cpu_name() -> str:
 
 
 def packing_available(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the packed layout can run here: oneDNN's linear ops on a CPU, float32 or bfloat16."""
+    """Whether the packed layout can run here: oneDNN's linear ops on a CPU, float32, or bfloat16 where
+    oneDNN supports it on this CPU."""
     ops = torch.ops.mkldnn
-    return (device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
+    if not (device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
             and torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight")
-            and hasattr(ops, "_linear_pointwise"))
+            and hasattr(ops, "_linear_pointwise")):
+        return False
+    return dtype == torch.float32 or bool(getattr(ops, "_is_mkldnn_bf16_supported", lambda: False)())
 
 
 def padded_width(inner: int, layout: str) -> int:
