@@ -127,7 +127,7 @@ def test_off_keeps_the_backbone_unfolded():
 @pytest.mark.skipif(compiled.compiler_missing("cpu") is not None, reason="no C++ compiler for torch.compile")
 def test_auto_scores_a_larger_batch_in_parts_of_the_compiled_shape(monkeypatch):
     """Training compiles its micro-batch shape; scoring a larger batch runs in parts of that shape (the last
-    part eagerly), with the distances of the whole batch scored eagerly."""
+    part eagerly), equal to the whole batch scored eagerly."""
     from test_fused_step import TinyBackbone, tiny_config
 
     monkeypatch.setattr(compiled, "AUTO_MIN_ELEMENTS", 0)
@@ -142,7 +142,8 @@ def test_auto_scores_a_larger_batch_in_parts_of_the_compiled_shape(monkeypatch):
         whole, _ = describe_and_match(model.descriptor.projection, layers, model.prepared_bank(), 3)
     assert [part[0].shape[0] for part in parts] == [2, 2, 1]
     assert all(torch.equal(part[1], layer[2:4]) for part, layer in zip(zip(*parts), layers))
-    assert COMPILED_FRONT.failure is None  # the parts ran compiled, not fallen back
+    assert model.compiles(parts[0]) and model.compiles(parts[1]) and not model.compiles(parts[2])
+    assert COMPILED_FRONT.failure is None  # compiled, not fallen back
     torch.testing.assert_close(in_parts, whole, rtol=1e-5, atol=1e-5)
     assert len(model.scoring_parts(tiny_layers(batch=2))) == 1  # the compiled shape itself: whole
     with torch.enable_grad():  # training steps are never split here (train.micro_batches splits them)
