@@ -31,23 +31,17 @@ SHAPES = [("wide_resnet50_2", 1792, 3136), ("efficientnet_b5", 40 + 64 + 176, 31
           ("mobilenet_v2", 24 + 32 + 96, 3136)]
 
 
-def tflops(inner: int, centres: int, dtype: torch.dtype, layout: str, repeats: int,
-           chunk: int = 512) -> float:
-    generator = torch.Generator().manual_seed(0)
-    width = kernels.padded_width(inner, layout)
-    rows = torch.randn(chunk, width, generator=generator).to(dtype)
-    bank = torch.randn(centres, width, generator=generator).to(dtype)
-    packed = layout == "packed"
-    operand = kernels.pack_bank(bank, chunk) if packed else (
-        bank.t().contiguous() if layout == "contiguous" else bank.t())
-    kernels.search_product(rows, operand, packed)
+def tflops(left: torch.Tensor, right: torch.Tensor, packed: bool, inner: int, centres: int,
+           repeats: int) -> float:
+    """TFLOP/s of one search product (kernels.search_operands), counted on the inner useful columns."""
+    kernels.search_product(left, right, packed)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(5):
-            kernels.search_product(rows, operand, packed)
+            kernels.search_product(left, right, packed)
         best = min(best, (time.perf_counter() - start) / 5)
-    return 2.0 * chunk * inner * centres / best / 1e12
+    return 2.0 * left.shape[0] * inner * centres / best / 1e12
 
 
 def available(dtype: torch.dtype) -> list[str]:
@@ -95,10 +89,11 @@ def main() -> None:
     for backbone, width, centres in SHAPES:
         inner = width + 3  # the search rows' three extra columns
         for dtype in (torch.bfloat16, torch.float32):
-            speeds = dict.fromkeys(available(dtype), 0.0)
+            operands = kernels.search_operands(512, inner, centres, dtype)  # the layouts available here
+            speeds = dict.fromkeys(operands, 0.0)
             for _ in range(2):  # interleaved
-                for layout in speeds:
-                    speed = tflops(inner, centres, dtype, layout, args.repeats)
+                for layout, [(left, right)] in operands.items():
+                    speed = tflops(left, right, layout == "packed", inner, centres, args.repeats)
                     speeds[layout] = max(speeds[layout], speed)
             picked, _ = kernels.probe_layout(512, inner, centres, dtype)
             name = str(dtype).split(".")[-1]

@@ -115,12 +115,12 @@ class CFA(nn.Module):
         return cached[1]
 
     def scoring_parts(self, layers: Layers) -> list[Layers]:
-        """Without gradients, under model.compile=auto: the batch in parts of the batch shape warm_up compiled
+        """Without gradients: the batch in parts of the batch shape warm_up compiled under model.compile=auto
         (training's micro-batch, train.micro_batches), so that scoring batches larger than it run compiled
         too (each patch's distances do not depend on the others); else the batch as it is."""
-        shape, batch = self._compiled_shape, layers[0].shape[0]
-        if (shape is None or torch.is_grad_enabled() or self.cfg.compile != "auto"
-                or tuple(layers[0].shape[1:]) != shape[1:] or batch <= shape[0]):
+        shape, batch = self._compiled_shape, layers[0].shape[0]  # set by warm_up under auto only
+        if (shape is None or torch.is_grad_enabled() or tuple(layers[0].shape[1:]) != shape[1:]
+                or batch <= shape[0]):
             return [layers]
         return [[layer[start: start + shape[0]] for layer in layers] for start in range(0, batch, shape[0])]
 

@@ -124,12 +124,11 @@ def candidate_centres(rows: torch.Tensor, bank: CentredBank, count: int,
     """
     chunk = chunk or default_chunk(rows.device)
     found = []
+    packed = bank.packed is not None
+    right = bank.packed if packed else bank.search_t
     with torch.no_grad():
         for start in range(0, rows.shape[0], chunk):
-            if bank.packed is None:
-                key = search_product(rows[start: start + chunk], bank.search_t, packed=False)
-            else:
-                key = search_product(rows[start: start + chunk], bank.packed, packed=True)
+            key = search_product(rows[start: start + chunk], right, packed)
             found.append(smallest_columns(key, count))
     return bank.order[torch.cat(found)]
 

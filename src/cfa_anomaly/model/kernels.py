@@ -95,7 +95,7 @@ def search_product(rows: torch.Tensor, right: torch.Tensor, packed: bool) -> tor
     return torch.mm(rows, right)
 
 
-def _search_operands(chunk: int, inner: int, centres: int, dtype: torch.dtype) -> dict[str, Products]:
+def search_operands(chunk: int, inner: int, centres: int, dtype: torch.dtype) -> dict[str, Products]:
     """Random rows and bank of the search product's shape in dtype: the bank as each layout available."""
     generator = torch.Generator().manual_seed(0)
     rows = torch.randn(chunk, inner, generator=generator).to(dtype)
@@ -127,7 +127,7 @@ def _best_seconds(candidates: dict[str, Products]) -> dict[str, float]:
 def probe_layout(chunk: int, inner: int, centres: int, dtype: torch.dtype) -> tuple[str, dict[str, float]]:
     """Time the search product with each layout available on random data; the fastest (the view unless
     another wins by MARGIN) and the seconds each took."""
-    seconds = _best_seconds(_search_operands(chunk, inner, centres, dtype))
+    seconds = _best_seconds(search_operands(chunk, inner, centres, dtype))
     fastest = min(seconds, key=seconds.__getitem__)
     best = fastest if seconds[fastest] < (1.0 - MARGIN) * seconds["view"] else "view"
     return best, seconds
@@ -189,7 +189,7 @@ def probe_bfloat16(chunk: int, inner: int, centres: int) -> dict[str, float]:
     """Seconds of the search product in float32 and in bfloat16, each in its faster layout."""
     candidates = {}
     for dtype in (torch.float32, torch.bfloat16):
-        layouts = _search_operands(chunk, inner, centres, dtype)
+        layouts = search_operands(chunk, inner, centres, dtype)
         name = str(dtype).split(".")[-1]
         candidates[name] = [product for layout, products in layouts.items() if layout != "packed"
                             for product in products]

@@ -139,7 +139,7 @@ class _DescribeAndMatch(torch.autograd.Function):
         inputs = layer_inputs(layers, dtype)
         count = search_count(k, bank.centred.shape[0], dtype != torch.float32)
         indices = candidate_centres(extended, bank, count)
-        del extended  # (B*H*W, D + 3): not kept while the exact distances and the backward run
+        del extended  # (B*H*W, W): not kept while the exact distances and the backward run
         distances = chosen_squared_distances(centred, bank, indices, point_norms)
         if count > k:
             distances, indices = rerank(distances, indices, k)
