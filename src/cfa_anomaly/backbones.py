@@ -14,7 +14,7 @@ import hashlib
 import importlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,12 @@ import torch
 import torch.nn as nn
 
 from cfa_anomaly.errors import CfaError
-from cfa_anomaly.packed_convolutions import fold_and_pack, packing_available
+from cfa_anomaly.packed_convolutions import (
+    LowPrecision,
+    bfloat16_packing_available,
+    fold_and_pack,
+    packing_available,
+)
 
 log = logging.getLogger(__name__)
 
@@ -235,27 +240,29 @@ def _exporting() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
-def fold_batch_norms(model: nn.Module | None, blocks: nn.ModuleList | None, pack: bool = False
-                     ) -> tuple[nn.Module | None, nn.ModuleList | None]:
+def fold_batch_norms(model: nn.Module | None, blocks: nn.ModuleList | None, pack: bool = False,
+                     last_stage: Collection[str] = ()) -> tuple[nn.Module | None, nn.ModuleList | None]:
     """Copies of the frozen network (a whole model, or a list of blocks) with every eval-mode batch norm
     that follows a convolution folded into its weights (torch.fx); the originals where tracing fails.
     pack: also pack the convolutions' weights for oneDNN and fuse their ReLUs (packed_convolutions.py;
-    float32 on a CPU)."""
+    float32 on a CPU). last_stage: with pack, the modules whose convolutions are packed in bfloat16, named
+    as FeatureExtractor.last_stage names them (the model's top-level modules, or block indices)."""
     from torch.fx.experimental.optimization import fuse
 
-    def fold(module: nn.Module) -> nn.Module:
+    def fold(module: nn.Module, low_precision: LowPrecision | None = None) -> nn.Module:
         try:
             with torch.no_grad(), torch.inference_mode(False):
                 if pack:
-                    return fold_and_pack(module)
+                    return fold_and_pack(module, low_precision)
                 return fuse(module, inplace=False).to(memory_format=torch.channels_last)
         except Exception as err:  # noqa: BLE001 - fx tracing fails in many ways on dynamic code
             log.debug("batch norms not folded for %s: %s", type(module).__name__, err)
             return module
 
     if blocks is None:
-        return fold(model), None
-    return None, nn.ModuleList(fold(block) for block in blocks)
+        return fold(model, lambda target: target.split(".")[0] in last_stage if last_stage else None), None
+    return None, nn.ModuleList(fold(block, (lambda target: True) if str(index) in last_stage else None)
+                               for index, block in enumerate(blocks))
 
 
 class FeatureExtractor(nn.Module):
@@ -269,6 +276,9 @@ class FeatureExtractor(nn.Module):
         self.name = name
         self._weights_hash: str | None = None
         self.fold = False  # run with batch norms folded into convolutions (CFA sets it from model.compile)
+        # the last stage's convolutions packed in bfloat16 where the folded network is packed (CFA sets it
+        # under model.precision=mixed; last_stage)
+        self.last_stage_bfloat16 = False
         model, blocks = spec.builder(pretrained, Path(weights).expanduser() if weights else None)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
@@ -314,9 +324,14 @@ class FeatureExtractor(nn.Module):
         """Always eval mode: batch-norm statistics stay frozen."""
         return super().train(False)
 
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, images: torch.Tensor, last_stage_bfloat16: bool | None = None) -> list[torch.Tensor]:
+        """(B, 3, H, W) images in 0..1 -> the maps at strides 4, 8 and 16: float32, or bfloat16 under autocast
+        (and the last may be with the last stage in bfloat16). last_stage_bfloat16: default the attribute's
+        (set by CFA); false: a float32 backbone whatever it says (the plain graph)."""
         x = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        model, blocks = self._folded_network(x.device, packed=self._packs(x))
+        if last_stage_bfloat16 is None:
+            last_stage_bfloat16 = self.last_stage_bfloat16
+        model, blocks = self._folded_network(x.device, self._packs(x), last_stage_bfloat16)
         if blocks is None:
             return list(model(x))
         outputs = []
@@ -326,16 +341,29 @@ class FeatureExtractor(nn.Module):
                 outputs.append(x)
         return outputs
 
+    def last_stage(self) -> frozenset[str]:
+        """The modules after the stride-8 map up to the stride-16 one: block indices, or the top-level names
+        of a timm feature network that runs its modules in order (timm's FeatureListNet: ResNets, VGG);
+        none for other networks (timm's EfficientNet features)."""
+        if self.blocks is not None:
+            return frozenset(str(index) for index in range(self.taps[-2] + 1, self.taps[-1] + 1))
+        taps = list(getattr(self.model, "return_layers", {}))
+        if not isinstance(self.model, nn.ModuleDict) or len(taps) != len(TARGET_STRIDES):
+            return frozenset()
+        names = list(self.model.keys())
+        return frozenset(names[names.index(taps[-2]) + 1: names.index(taps[-1]) + 1])
+
     def _packs(self, x: torch.Tensor) -> bool:
         """Whether the folded network runs with packed convolutions: float32 on a CPU, not under autocast
         (whose casts the packed op bypasses)."""
         return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
                 and packing_available())
 
-    def _folded_network(self, device: torch.device, packed: bool = False
+    def _folded_network(self, device: torch.device, packed: bool = False, last_stage_bfloat16: bool = False
                         ) -> tuple[nn.Module | None, nn.ModuleList | None]:
         """The network with each batch norm folded into the convolution before it (one pass fewer per layer;
         equal up to float32 rounding), and with packed: its convolutions packed (packed_convolutions.py),
+        those of the last stage in bfloat16 with last_stage_bfloat16 where oneDNN has bfloat16 here;
         made on first use per device; the unfolded one if folding fails.
 
         The folded copy is kept outside the module's state, so the state dict and the weights hash stay those
@@ -343,11 +371,14 @@ class FeatureExtractor(nn.Module):
         """
         if not self.fold or _exporting():  # exporters get the network as built (their runtimes fold it)
             return self.model, self.blocks
+        low = packed and last_stage_bfloat16 and bfloat16_packing_available()
+        last_stage = self.last_stage() if low else frozenset()
         folded = self.__dict__.get("_folded")
-        if folded is None or folded[:2] != (device, packed):
-            folded = (device, packed, *fold_batch_norms(self.model, self.blocks, pack=packed))
+        if folded is None or folded[:3] != (device, packed, last_stage):
+            folded = (device, packed, last_stage,
+                      *fold_batch_norms(self.model, self.blocks, pack=packed, last_stage=last_stage))
             self.__dict__["_folded"] = folded
-        return folded[2], folded[3]
+        return folded[3], folded[4]
 
     def release_folded(self) -> None:
         """Drop the folded copy; it is made again on next use."""

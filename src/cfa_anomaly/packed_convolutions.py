@@ -10,14 +10,21 @@ the unpacked network's (bit for bit for wide_resnet50_2 and mobilenet_v2, benchm
 
 fold_and_pack builds this network from the original without copying it: each convolution's weights, with
 the eval-mode batch norm after it folded in, are made and packed one at a time (a whole folded copy made
-first had raised the training peak by ~0.1 GB). Used for the frozen backbone on a CPU in float32 only (not
-under autocast, whose casts the op bypasses).
+first had raised the training peak by ~0.1 GB). Used for the frozen backbone on a CPU, its input in float32
+(not under autocast, whose casts the op bypasses).
+
+Convolutions can be packed in bfloat16 (the backbone's last stage under model.precision=mixed,
+backbones.py): each converts its input to bfloat16 and accumulates in float32, and one whose output is
+added to a residual adds it in float32, so the stream between blocks stays float32; only the branches and
+the convolutions' own inputs are rounded, about the error of oneDNN's implicit-bfloat16 mode at the
+bfloat16 kernels' speed (4-5x float32 on AMX).
 """
 
 from __future__ import annotations
 
 import functools
 import operator
+from collections.abc import Callable
 
 import torch
 import torch.fx as fx
@@ -26,6 +33,7 @@ import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 Activation = tuple[str, list[float]]  # oneDNN's name for it and its scalars
+LowPrecision = Callable[[str], bool]  # a convolution's module path -> whether it runs in bfloat16
 NO_ACTIVATION: Activation = ("none", [])
 ADDITIONS = (operator.add, operator.iadd, torch.add)
 _ACTIVATIONS = {  # the fused activations in torch, for the unfused fallback
@@ -44,21 +52,31 @@ def packing_available() -> bool:
             and hasattr(ops, "_reorder_convolution_weight"))
 
 
+@functools.cache
+def bfloat16_packing_available() -> bool:
+    """Whether convolutions can also be packed in bfloat16: oneDNN supports bfloat16 on this CPU."""
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    return packing_available() and bool(supported())
+
+
 class PackedConv2d(nn.Module):
     """act(conv(x)) or act(conv(x) + other), the weight packed for oneDNN (again on the first call, for that
     call's input size, which decides the kernel's layout; other sizes are still computed right, with a
-    reorder); float32, CPU."""
+    reorder); CPU. dtype: the convolution's arithmetic, float32, or bfloat16 (float32 accumulation; x
+    is converted, and conv(x) + other is added and activated in float32)."""
 
     def __init__(self, conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None,
-                 activation: Activation, adds: bool) -> None:
+                 activation: Activation, adds: bool, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
+        self.dtype = dtype
+        weight = weight.to(dtype)
         self.padding, self.stride = list(conv.padding), list(conv.stride)
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.activation, self.adds = activation, adds
         self.kernel, self.out_channels = list(conv.kernel_size), conv.out_channels
         # packed now, so the folded weight is freed at once (all of them at once would be a whole copy)
         self.packed = self._pack(weight.detach().contiguous(memory_format=torch.channels_last), None)
-        self.bias = None if bias is None else bias.detach().clone()
+        self.bias = None if bias is None else bias.detach().to(dtype, copy=True)
         self.sized = False
 
     def _pack(self, weight: torch.Tensor, input_size: list[int] | None) -> torch.Tensor:
@@ -66,13 +84,15 @@ class PackedConv2d(nn.Module):
             weight, self.padding, self.stride, self.dilation, self.groups, input_size)
 
     def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        x = x.to(self.dtype)
         if not self.sized:
             self.packed = self._pack(self.packed.to_dense().contiguous(memory_format=torch.channels_last),
                                      list(x.shape))
             self.sized = True
         name, scalars = self.activation
-        if self.adds and other is not None and tuple(other.shape) != self.output_shape(x):  # a broadcast
-            return _ACTIVATIONS[name](self._convolve(x, ("none", [])) + other, scalars)
+        if self.adds and other is not None and (self.dtype != torch.float32  # the sum in float32
+                                                or tuple(other.shape) != self.output_shape(x)):  # a broadcast
+            return _ACTIVATIONS[name](self._convolve(x, NO_ACTIVATION).float() + other, scalars)
         if self.adds:
             return torch.ops.mkldnn._convolution_pointwise.binary(
                 x, other, self.packed, self.bias, self.padding, self.stride, self.dilation, self.groups,
@@ -94,6 +114,7 @@ class PackedConv2d(nn.Module):
 
 
 def _packable(module: nn.Module | None) -> bool:
+    """A plain float32 convolution (the only kind packed)."""
     return (type(module) is nn.Conv2d and module.padding_mode == "zeros"
             and not isinstance(module.padding, str) and module.weight.dtype == torch.float32)
 
@@ -151,10 +172,12 @@ def _folded_weights(conv: nn.Conv2d, norm: nn.BatchNorm2d | None) -> tuple[torch
                                     norm.weight, norm.bias)
 
 
-def pack_convolutions(graph_module: fx.GraphModule) -> fx.GraphModule:
+def pack_convolutions(graph_module: fx.GraphModule, low_precision: LowPrecision | None = None
+                      ) -> fx.GraphModule:
     """Replace (in place) every plain float32 convolution of a traced network by a PackedConv2d, folding the
     eval-mode batch norm that alone follows it, and fusing the ReLU (or ReLU6) that then alone follows, or
-    the residual addition and the ReLU after that."""
+    the residual addition and the ReLU after that. low_precision: which convolutions (by module path) run
+    in bfloat16; default none."""
     modules = dict(graph_module.named_modules())
     _drop_identities(graph_module, modules)
     graph = graph_module.graph
@@ -174,8 +197,9 @@ def pack_convolutions(graph_module: fx.GraphModule) -> fx.GraphModule:
             activation, other = NO_ACTIVATION, None
         conv = modules[node.target]
         name = f"packed_conv_{index}"
+        dtype = torch.bfloat16 if low_precision is not None and low_precision(node.target) else torch.float32
         graph_module.add_submodule(name, PackedConv2d(conv, *_folded_weights(conv, norm), activation,
-                                                      other is not None))
+                                                      other is not None, dtype))
         with graph.inserting_before(fused[-1]):
             packed = graph.call_module(name, (node.args[0],) if other is None else (node.args[0], other))
         fused[-1].replace_all_uses_with(packed)
@@ -187,7 +211,7 @@ def pack_convolutions(graph_module: fx.GraphModule) -> fx.GraphModule:
     return graph_module
 
 
-def fold_and_pack(module: nn.Module) -> fx.GraphModule:
+def fold_and_pack(module: nn.Module, low_precision: LowPrecision | None = None) -> fx.GraphModule:
     """A traced view of a frozen float32 network (it shares the original's modules; nothing is copied) with
     its convolutions folded and packed (pack_convolutions)."""
-    return pack_convolutions(fx.symbolic_trace(module))
+    return pack_convolutions(fx.symbolic_trace(module), low_precision)

@@ -36,6 +36,8 @@ class CFA(nn.Module):
         self.descriptor = PatchDescriptor(sum(extractor.channels), cfg.gamma_d)
         self.low_precision = self.precision in ("mixed", "bfloat16")  # descriptor and search
         self.low_precision_backbone = self.precision == "bfloat16"
+        # mixed: the backbone's last stage in bfloat16 where its convolutions are packed (CPU, model.compile)
+        extractor.last_stage_bfloat16 = self.precision == "mixed" and cfg.last_stage_bfloat16
         self.per_layer = cfg.per_layer_projection
         self.loss_fn = CoupledHypersphereLoss(cfg.K, cfg.J, cfg.nu, cfg.alpha, cfg.radius_init)
         self.register_buffer("memory_bank", torch.zeros(0, self.descriptor.out_channels))

@@ -68,7 +68,7 @@ class PlainCFA(nn.Module):
     def describe(self, images: torch.Tensor) -> torch.Tensor:
         """Images -> (N, D, H, W) patch features minus the bank's mean centre."""
         with true_float32_convolutions(images.device):
-            pooled = pool_maps(self.extractor(images))
+            pooled = pool_maps(self.extractor(images, last_stage_bfloat16=False))
         size = tuple(pooled[0].shape[-2:])
         maps = pooled if self.per_layer else [align_maps(pooled)]
         total = self.position
