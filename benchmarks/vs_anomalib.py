@@ -150,7 +150,8 @@ def main() -> None:
         for name in order:
             result = run_json(commands[name], args.quiet, args.wait)
             runs[name].append(result)
-            print(f"  run {repeat + 1} {name:12} train {result['train_ms_per_image_epoch']:7.1f} ms/img/epoch  "
+            print(f"  run {repeat + 1} {name:15} "
+                  f"train {result['train_ms_per_image_epoch']:7.1f} ms/img/epoch  "
                   f"infer {result['inference_images_per_second']:6.2f} img/s  "
                   f"RSS {result['peak_rss_gib']:.2f} GiB  (other processes: {100 * result['others_before']:.0f}% "
                   f"of the CPUs before, {100 * result['others_during']:.0f}% during)", flush=True)
@@ -164,7 +165,7 @@ def main() -> None:
     for name, row in ours.items():
         label = "cfa-anomaly " + (precision if name == "cfa-anomaly" else name)
         one_time = row["feature_ms_per_image"] + row["bank_ms_per_image"]
-        print(f"{label:24} {one_time:16.1f} {row['train_ms_per_image_epoch']:19.1f} "
+        print(f"{label:28} {one_time:12.1f} {row['train_ms_per_image_epoch']:19.1f} "
               f"{row['inference_images_per_second']:12.2f} {row['peak_rss_gib']:13.2f}")
     row = ours["cfa-anomaly"]
     print("  one-time: anomalib's memory-bank initialisation; this project's feature pass "
@@ -172,13 +173,13 @@ def main() -> None:
     for name, row in ours.items():
         training = theirs["train_ms_per_image_epoch"] / row["train_ms_per_image_epoch"]
         inference = row["inference_images_per_second"] / theirs["inference_images_per_second"]
+        memory = f"peak RSS x{row['peak_rss_gib'] / theirs['peak_rss_gib']:.2f}"
         if name == "cfa-anomaly":
             print(f"cfa-anomaly over anomalib: training x{training:.2f} ({verdict(training, GOALS['training'])}), "
-                  f"inference x{inference:.2f} ({verdict(inference, GOALS['inference'])}), "
-                  f"peak RSS x{row['peak_rss_gib'] / theirs['peak_rss_gib']:.2f}")
+                  f"inference x{inference:.2f} ({verdict(inference, GOALS['inference'])}), {memory}")
         else:
-            print(f"{name} (not the default) over anomalib: training x{training:.2f}, inference x{inference:.2f}, "
-                  f"peak RSS x{row['peak_rss_gib'] / theirs['peak_rss_gib']:.2f}")
+            print(f"{name} (not the default) over anomalib: training x{training:.2f}, "
+                  f"inference x{inference:.2f}, {memory}")
 
 
 if __name__ == "__main__":
