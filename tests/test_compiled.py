@@ -124,6 +124,19 @@ def test_off_keeps_the_backbone_unfolded():
     assert CFA(TinyBackbone(), tiny_config(**{"model.compile": "auto"}).model).extractor.fold
 
 
+def test_the_bfloat16_last_stage_is_opt_in_and_only_under_mixed():
+    from test_fused_step import TinyBackbone, tiny_config
+
+    def flag(precision: str, **overrides: str) -> bool:
+        model = CFA(TinyBackbone(), tiny_config(**overrides).model, precision=precision)
+        return model.extractor.last_stage_bfloat16
+
+    assert not flag("mixed")  # off by default
+    assert flag("mixed", **{"model.last_stage_bfloat16": "true"})
+    assert not flag("float32", **{"model.last_stage_bfloat16": "true"})
+    assert not flag("bfloat16", **{"model.last_stage_bfloat16": "true"})  # autocast runs the whole backbone
+
+
 @pytest.mark.skipif(compiled.compiler_missing("cpu") is not None, reason="no C++ compiler for torch.compile")
 def test_auto_scores_a_larger_batch_in_parts_of_the_compiled_shape(monkeypatch):
     """Training compiles its micro-batch shape; scoring a larger batch runs in parts of that shape (the last

@@ -260,7 +260,8 @@ def fold_batch_norms(model: nn.Module | None, blocks: nn.ModuleList | None, pack
             return module
 
     if blocks is None:
-        return fold(model, lambda target: target.split(".")[0] in last_stage if last_stage else None), None
+        in_last_stage = (lambda target: target.split(".")[0] in last_stage) if last_stage else None
+        return fold(model, in_last_stage), None
     return None, nn.ModuleList(fold(block, (lambda target: True) if str(index) in last_stage else None)
                                for index, block in enumerate(blocks))
 
