@@ -124,7 +124,7 @@ def test_off_keeps_the_backbone_unfolded():
     assert CFA(TinyBackbone(), tiny_config(**{"model.compile": "auto"}).model).extractor.fold
 
 
-def test_the_bfloat16_last_stage_is_opt_in_and_only_under_mixed():
+def test_the_bfloat16_last_stage_is_opt_in_and_only_under_mixed(caplog):
     from test_fused_step import TinyBackbone, tiny_config
 
     def flag(precision: str, **overrides: str) -> bool:
@@ -133,8 +133,11 @@ def test_the_bfloat16_last_stage_is_opt_in_and_only_under_mixed():
 
     assert not flag("mixed")  # off by default
     assert flag("mixed", **{"model.last_stage_bfloat16": "true"})
-    assert not flag("float32", **{"model.last_stage_bfloat16": "true"})
-    assert not flag("bfloat16", **{"model.last_stage_bfloat16": "true"})  # autocast runs the whole backbone
+    with caplog.at_level("WARNING"):
+        assert not flag("float32", **{"model.last_stage_bfloat16": "true"})
+        assert not flag("bfloat16", **{"model.last_stage_bfloat16": "true"})  # autocast: the whole backbone
+    said = [record.getMessage() for record in caplog.records if "last_stage_bfloat16" in record.getMessage()]
+    assert len(said) == 2 and "runs float32" in said[0] and "runs bfloat16" in said[1]
 
 
 @pytest.mark.skipif(compiled.compiler_missing("cpu") is not None, reason="no C++ compiler for torch.compile")

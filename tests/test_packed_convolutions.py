@@ -84,7 +84,7 @@ def test_packed_backbone_gives_the_folded_maps(name, pretrained):
         with torch.autocast("cpu", enabled=False):
             unpacked_model, unpacked_blocks = fold_batch_norms(extractor.model, extractor.blocks)
             extractor.__dict__["_folded"] = (torch.device("cpu"), True, frozenset(), unpacked_model,
-                                             unpacked_blocks)
+                                             unpacked_blocks, False)
             folded = extractor(images)
     for a, b in zip(packed, folded):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -169,3 +169,32 @@ def test_the_last_stage_in_bfloat16_changes_only_the_last_map(name, pretrained, 
     assert 1e-4 < relative_error(fast[2], full[2]) < 3e-2
     with torch.no_grad():  # the plain graph asks for a float32 backbone whatever the attribute says
         assert all(torch.equal(a, b) for a, b in zip(extractor(images, last_stage_bfloat16=False), full))
+
+
+def test_a_bfloat16_last_stage_that_cannot_run_is_said_once(caplog):
+    """Asked for where it cannot apply (model.compile off: nothing is folded or packed), the backbone runs
+    in float32 and a warning says so, once."""
+    extractor = FeatureExtractor("resnet18", pretrained=False)
+    extractor.last_stage_bfloat16 = True
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with caplog.at_level("WARNING"), torch.no_grad():
+        first = extractor(images)
+        extractor(images)
+    said = [record for record in caplog.records if "last_stage_bfloat16" in record.getMessage()]
+    assert len(said) == 1 and "model.compile is off" in said[0].getMessage()
+    assert all(grid.dtype == torch.float32 for grid in first)
+
+
+def test_a_network_that_does_not_trace_runs_its_last_stage_in_float32_and_says_so(caplog, monkeypatch):
+    import cfa_anomaly.backbones as backbones
+
+    def untraceable(module: nn.Module, low_precision: object = None) -> nn.Module:
+        raise TypeError("symbolically traced variables cannot be used as inputs to control flow")
+
+    monkeypatch.setattr(backbones, "fold_and_pack", untraceable)
+    extractor = FeatureExtractor("resnet18", pretrained=False)
+    extractor.fold, extractor.last_stage_bfloat16 = True, True
+    with caplog.at_level("WARNING"), torch.no_grad():
+        maps = extractor(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+    assert all(grid.dtype == torch.float32 for grid in maps)
+    assert any("runs its last stage in float32" in record.getMessage() for record in caplog.records)

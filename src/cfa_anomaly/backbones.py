@@ -24,6 +24,7 @@ import torch.nn as nn
 from cfa_anomaly.errors import CfaError
 from cfa_anomaly.packed_convolutions import (
     LowPrecision,
+    PackedConv2d,
     bfloat16_packing_available,
     fold_and_pack,
     packing_available,
@@ -370,16 +371,32 @@ class FeatureExtractor(nn.Module):
         The folded copy is kept outside the module's state, so the state dict and the weights hash stay those
         of the original weights.
         """
-        if not self.fold or _exporting():  # exporters get the network as built (their runtimes fold it)
+        if _exporting():  # exporters get the network as built (their runtimes fold it)
+            return self.model, self.blocks
+        if not self.fold:
+            if last_stage_bfloat16:
+                self._not_applied("model.compile is off")
             return self.model, self.blocks
         low = packed and last_stage_bfloat16 and bfloat16_packing_available()
         last_stage = self.last_stage() if low else frozenset()
         folded = self.__dict__.get("_folded")
         if folded is None or folded[:3] != (device, packed, last_stage):
-            folded = (device, packed, last_stage,
-                      *fold_batch_norms(self.model, self.blocks, pack=packed, last_stage=last_stage))
+            model, blocks = fold_batch_norms(self.model, self.blocks, pack=packed, last_stage=last_stage)
+            low = any(isinstance(module, PackedConv2d) and module.dtype == torch.bfloat16
+                      for module in (model or blocks).modules())
+            folded = (device, packed, last_stage, model, blocks, low)
             self.__dict__["_folded"] = folded
+        if last_stage_bfloat16 and not folded[5]:
+            self._not_applied("it is packed in bfloat16 only on a CPU with oneDNN's bfloat16, float32 input "
+                              "outside autocast, and a network torch.fx traces")
         return folded[3], folded[4]
+
+    def _not_applied(self, reason: str) -> None:
+        """Say once per extractor that the bfloat16 last stage asked for does not run, and why."""
+        if not self.__dict__.get("_said_not_applied"):
+            log.warning("model.last_stage_bfloat16: %s runs its last stage in float32 here (%s)",
+                        self.name, reason)
+            self.__dict__["_said_not_applied"] = True
 
     def release_folded(self) -> None:
         """Drop the folded copy; it is made again on next use."""

@@ -93,11 +93,11 @@ class ModelConfig:
     precision: str = "auto"
     # Opt-in, under mixed: the backbone's last stage (after its stride-8 map) in bfloat16, where the
     # backbone's convolutions are packed for oneDNN (a CPU with bfloat16 support, model.compile auto or on,
-    # a network torch.fx traces: the ResNets, VGG, mobilenet_v2; elsewhere it stays float32). Its
-    # convolutions accumulate in float32 and the residual stream stays float32. wide_resnet50_2 inferred
-    # 1.25x faster with it on an AMX Xeon, but on the real grid images the maps correlated 0.99988 with
-    # the float32 graph's on the same checkpoint (mobilenet_v2; 0.99999 without), under the 0.9999 that
-    # the default path keeps, so it is off by default (benchmarks/README.md).
+    # a network torch.fx traces: the ResNets, VGG, mobilenet_v2; elsewhere it stays float32 and a warning
+    # says so). Its convolutions accumulate in float32 and the residual stream stays float32.
+    # wide_resnet50_2 inferred 1.25x faster with it on an AMX Xeon, but on the real grid images the maps
+    # correlated 0.99988 with the float32 graph's on the same checkpoint (mobilenet_v2; 0.99999 without),
+    # under the 0.9999 that the default path keeps, so it is off by default (benchmarks/README.md).
     last_stage_bfloat16: bool = False
     # true: the descriptor is applied to each backbone layer at its own resolution and only its products
     # are resized (equal to resizing the maps first, both being linear; a quarter of the work for

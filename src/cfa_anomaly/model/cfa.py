@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn as nn
 
@@ -14,6 +16,8 @@ from cfa_anomaly.model.loss import CoupledHypersphereLoss
 from cfa_anomaly.model.matching import describe_and_match, described_rows, layer_shift
 from cfa_anomaly.model.scorer import anomaly_maps, softmin_scores
 from cfa_anomaly.runtime import true_float32_convolutions
+
+log = logging.getLogger(__name__)
 
 Layers = list[torch.Tensor]  # pooled maps (B, C_l, h_l, w_l), channels-last; the first on the output grid
 
@@ -38,6 +42,9 @@ class CFA(nn.Module):
         self.low_precision_backbone = self.precision == "bfloat16"
         # mixed: the backbone's last stage in bfloat16 where its convolutions are packed (CPU, model.compile)
         extractor.last_stage_bfloat16 = self.precision == "mixed" and cfg.last_stage_bfloat16
+        if cfg.last_stage_bfloat16 and self.precision != "mixed":
+            log.warning("model.last_stage_bfloat16 applies under model.precision=mixed only; this model runs "
+                        "%s, so its backbone's last stage runs as the rest of it", self.precision)
         self.per_layer = cfg.per_layer_projection
         self.loss_fn = CoupledHypersphereLoss(cfg.K, cfg.J, cfg.nu, cfg.alpha, cfg.radius_init)
         self.register_buffer("memory_bank", torch.zeros(0, self.descriptor.out_channels))

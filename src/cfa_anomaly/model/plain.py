@@ -63,7 +63,7 @@ class PlainCFA(nn.Module):
         """The stride-4 map's side for this crop (probed: backbones round odd sizes differently)."""
         probe = torch.zeros(1, 3, crop, crop, device=next(iter(self.extractor.buffers())).device)
         with torch.no_grad():
-            return int(self.extractor(probe)[0].shape[-1])
+            return int(self.extractor(probe, last_stage_bfloat16=False)[0].shape[-1])
 
     def describe(self, images: torch.Tensor) -> torch.Tensor:
         """Images -> (N, D, H, W) patch features minus the bank's mean centre."""
