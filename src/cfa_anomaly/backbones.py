@@ -382,9 +382,9 @@ class FeatureExtractor(nn.Module):
         folded = self.__dict__.get("_folded")
         if folded is None or folded[:3] != (device, packed, last_stage):
             model, blocks = fold_batch_norms(self.model, self.blocks, pack=packed, last_stage=last_stage)
-            low = any(isinstance(module, PackedConv2d) and module.dtype == torch.bfloat16
-                      for module in (model or blocks).modules())
-            folded = (device, packed, last_stage, model, blocks, low)
+            applied = any(isinstance(module, PackedConv2d) and module.dtype == torch.bfloat16
+                          for module in (model or blocks).modules())
+            folded = (device, packed, last_stage, model, blocks, applied)
             self.__dict__["_folded"] = folded
         if last_stage_bfloat16 and not folded[5]:
             self._not_applied("it is packed in bfloat16 only on a CPU with oneDNN's bfloat16, float32 input "
