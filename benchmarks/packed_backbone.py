@@ -42,9 +42,10 @@ def compare(name: str, repeats: int, batch: int, pretrained: bool) -> None:
     x = ((images - extractor.mean) / extractor.std).contiguous(memory_format=torch.channels_last)
     networks = {"folded": fold_batch_norms(extractor.model, extractor.blocks),
                 "folded+packed": fold_batch_norms(extractor.model, extractor.blocks, pack=True)}
-    if extractor.last_stage():
+    last_stage = extractor.last_stage()
+    if last_stage:
         networks["packed, bf16 last"] = fold_batch_norms(extractor.model, extractor.blocks, pack=True,
-                                                         last_stage=extractor.last_stage())
+                                                         last_stage=last_stage)
     times: dict[str, list[float]] = {key: [] for key in networks}
     with torch.inference_mode():
         maps = {key: run(network, x) for key, network in networks.items()}
@@ -56,8 +57,8 @@ def compare(name: str, repeats: int, batch: int, pretrained: bool) -> None:
                     run(network, x)
                 times[key].append(1000 * (time.perf_counter() - start) / (3 * batch))
     best = {key: min(values) for key, values in times.items()}
+    reference = maps["folded"]
     for key, values in times.items():
-        reference = maps["folded"]
         largest = max(((a.float() - b).abs().max() / b.abs().max()).item()
                       for a, b in zip(maps[key], reference))
         last = ((maps[key][-1].float() - reference[-1]).norm() / reference[-1].norm()).item()
