@@ -11,6 +11,8 @@ threads. This project runs `benchmarks/speed.py --single <precision>` with the p
 `model.precision=auto` resolves to on this machine; anomalib runs `benchmarks/anomalib_cfa.py` (its torch
 model and loss, its optimizer settings). Each run is its own process (peak RSS is its own); the two sides
 alternate, --repeats times, and each figure is its side's best run (a shared machine's speed varies).
+Each repeat's own ratios (its two runs neighbours in time) and their median are printed too, to show
+the spread; the goals' verdict is on the best runs.
 Before each run the script waits (up to --wait seconds) until other processes use under --quiet of the
 CPUs, and it prints the share of the CPUs that other processes used during each run: on 2 cores one other
 busy thread slows a 2-thread torch run several-fold (its threads wait for each other), so a run with a
@@ -28,6 +30,7 @@ import importlib.metadata
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -112,6 +115,15 @@ def best(runs: list[dict]) -> dict:
     return {k: (min if k in LOWER_IS_BETTER else max)(run[k] for run in runs) for k in keys}
 
 
+def paired_ratios(ours: list[dict], theirs: list[dict]) -> dict[str, list[float]]:
+    """Each repeat's own ratios (training, inference), its two runs being neighbours in time: a slow spell of
+    the machine that hits both cancels out, one that hits only one side shows as an outlier."""
+    pairs = list(zip(theirs, ours))
+    return {"training": [a["train_ms_per_image_epoch"] / b["train_ms_per_image_epoch"] for a, b in pairs],
+            "inference": [b["inference_images_per_second"] / a["inference_images_per_second"]
+                          for a, b in pairs]}
+
+
 def verdict(ratio: float, goal: tuple[float, float]) -> str:
     if ratio >= goal[1]:
         return f"goal {goal[0]:g}x and stretch {goal[1]:g}x met"
@@ -177,6 +189,10 @@ def main() -> None:
         if name == "cfa-anomaly":
             print(f"cfa-anomaly over anomalib: training x{training:.2f} ({verdict(training, GOALS['training'])}), "
                   f"inference x{inference:.2f} ({verdict(inference, GOALS['inference'])}), {memory}")
+            for kind, ratios in paired_ratios(runs[name], runs["anomalib"]).items():
+                listed = ", ".join(f"x{ratio:.2f}" for ratio in ratios)
+                print(f"  {kind} ratio of each repeat's two runs: {listed} (median x"
+                      f"{statistics.median(ratios):.2f}; the goals are best run against best)")
         else:
             print(f"{name} (not the default) over anomalib: training x{training:.2f}, "
                   f"inference x{inference:.2f}, {memory}")

@@ -133,6 +133,7 @@ def test_wrong_types_on_the_command_line_are_rejected_naming_the_key(override, k
     (["train.lr=-0.1"], "train.lr"),
     (["model.gamma_d=0"], "model.gamma_d"),
     (["train.device=gpu"], "train.device"),
+    (["model.precision=int8-search", "train.device=cuda"], "model.precision"),
     (["data.holdout_fraction=0.9"], "data.holdout_fraction"),
     (["evaluation.threshold_quantile=0"], "evaluation.threshold_quantile"),
 ])

@@ -79,27 +79,43 @@ def test_every_layout_finds_the_same_neighbours(fresh_cache, monkeypatch, dtype_
         assert agree > 0.99, layout  # equal up to near-ties rounded differently by the kernels
 
 
-@pytest.mark.parametrize(("seconds", "expected"), [({"float32": 5.0, "bfloat16": 1.0}, "mixed"),
-                                                   ({"float32": 1.0, "bfloat16": 0.9}, "float32")])
-def test_auto_precision_is_mixed_only_where_bfloat16_measurably_pays(fresh_cache, monkeypatch, seconds,
-                                                                     expected):
+@pytest.mark.parametrize(("units", "bfloat16", "int8", "expected"), [
+    (True, {"float32": 5.0, "bfloat16": 1.0}, {"float32": 5.0, "int8": 1.0}, "mixed"),
+    (True, {"float32": 1.0, "bfloat16": 0.9}, {"float32": 1.0, "int8": 0.5}, "int8-search"),
+    (True, {"float32": 1.0, "bfloat16": 0.9}, {"float32": 1.0, "int8": 0.9}, "float32"),
+    (False, None, {"float32": 4.0, "int8": 1.0}, "int8-search"),
+    (False, None, {"float32": 1.0, "int8": 1.1}, "float32"),
+])
+def test_auto_precision_takes_what_measurably_pays_bfloat16_first_then_int8(fresh_cache, monkeypatch, units,
+                                                                            bfloat16, int8, expected):
     from cfa_anomaly.model import factory
 
-    calls = []
-    monkeypatch.setattr(factory, "has_bfloat16_matrix_units", lambda device: True)
-    monkeypatch.setattr(kernels, "probe_bfloat16", lambda *shape: calls.append(shape) or seconds)
+    calls = {"bfloat16": 0, "int8": 0}
+
+    def probe(name: str, seconds: dict):
+        def timed(*shape):
+            calls[name] += 1
+            return seconds
+        return timed
+
+    monkeypatch.setattr(factory, "has_bfloat16_matrix_units", lambda device: units)
+    monkeypatch.setattr(kernels, "probe_bfloat16", probe("bfloat16", bfloat16))
+    monkeypatch.setattr(kernels, "probe_int8", probe("int8", int8))
     cpu = torch.device("cpu")
     assert factory.resolve_precision("auto", cpu) == expected
-    assert factory.resolve_precision("auto", cpu) == expected and len(calls) == 1  # probed once
+    assert factory.resolve_precision("auto", cpu) == expected  # remembered: each probe runs at most once
+    assert calls["bfloat16"] == int(units) and calls["int8"] == int(expected != "mixed")
     assert factory.resolve_precision("float32", cpu) == "float32"  # an explicit choice is kept
-    monkeypatch.setattr(factory, "has_bfloat16_matrix_units", lambda device: False)
-    assert factory.resolve_precision("auto", cpu) == "float32"  # no bfloat16 units: no probe needed
-    assert len(calls) == 1
 
 
 def test_a_real_bfloat16_probe_times_both(fresh_cache):
     seconds = kernels.probe_bfloat16(32, 35, 64)
     assert set(seconds) == {"float32", "bfloat16"} and all(v > 0 for v in seconds.values())
+
+
+def test_a_real_int8_probe_times_both(fresh_cache):
+    seconds = kernels.probe_int8(32, 35, 64)
+    assert set(seconds) == {"float32", "int8"} and all(v > 0 for v in seconds.values())
 
 
 def test_a_model_with_a_packed_bank_pickles_and_copies(fresh_cache, monkeypatch):

@@ -12,6 +12,8 @@ from cfa_anomaly.model.distances import (
     candidate_centres,
     centre_bank,
     centre_points,
+    int8_key,
+    quantize_rows,
     search_rows,
     smallest_columns,
 )
@@ -120,14 +122,48 @@ def test_fused_step_refuses_maps_that_require_a_gradient():
         describe_and_match(layer, maps.requires_grad_(True), centre_bank(centres), 3)
 
 
-def test_shuffled_search_returns_indices_of_the_original_centres():
+@pytest.mark.parametrize("search", [torch.float32, torch.bfloat16, torch.int8], ids=str)
+def test_shuffled_search_returns_indices_of_the_original_centres(search):
     generator = torch.Generator().manual_seed(0)
     centres = torch.randn(40, 8, generator=generator)
     points = centres[[5, 17, 33]] + 1e-3
-    bank = centre_bank(centres)
+    bank = centre_bank(centres, search=search)
     assert not torch.equal(bank.order, torch.arange(40))  # the search rows really are shuffled
     rows = search_rows(centre_points(points, bank), bank)
     assert candidate_centres(rows, bank, 1)[:, 0].tolist() == [5, 17, 33]
+
+
+def test_int8_rows_are_within_half_a_step_of_the_points_and_use_the_full_range():
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(50, 33, generator=generator) * torch.logspace(-3, 3, 50)[:, None]
+    rows[7] = 0.0
+    quantized = quantize_rows(rows)
+    assert quantized.values.dtype == torch.int8 and quantized.scales.shape == (50, 1)
+    error = (quantized.values.float() * quantized.scales - rows).abs()
+    assert torch.all(error <= quantized.scales * 0.5 * (1 + 1e-5))
+    assert torch.all(quantized.values[7] == 0)
+    peaks = quantized.values.abs().amax(1)
+    assert torch.all((peaks == 127) | (torch.arange(50) == 7))
+
+
+def test_int8_key_ranks_centres_like_the_exact_distance():
+    generator = torch.Generator().manual_seed(1)
+    centres = torch.randn(300, 48, generator=generator) + 2.0
+    picks = torch.randint(0, 300, (200,), generator=generator)
+    points = centres[picks] + 0.3 * torch.randn(200, 48, generator=generator)
+    bank = centre_bank(centres, search=torch.int8)
+    rows = search_rows(centre_points(points, bank), bank)
+    key = int8_key(rows, bank)  # columns in the search order, |p - m|^2 left out
+    exact = torch.cdist(points.double(), centres.double()[bank.order]).pow(2)
+    offset = centre_points(points, bank).double().pow(2).sum(1, keepdim=True)
+    relative = ((key.double() + offset - exact).abs() / exact.amax(1, keepdim=True)).max()
+    assert relative < 0.02, relative  # int8 rounding: a few per mille of the row's distances
+    assert torch.equal(key.argmin(1), exact.argmin(1))
+
+
+def test_the_int8_search_refuses_a_gpu_bank():
+    with pytest.raises(ValueError, match="CPU only"):
+        centre_bank(torch.randn(4, 3, device="meta"), search=torch.int8)
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")

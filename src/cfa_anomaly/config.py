@@ -19,7 +19,7 @@ MVTEC_CATEGORIES: tuple[str, ...] = (
 )
 
 
-PRECISIONS: tuple[str, ...] = ("auto", "float32", "mixed", "bfloat16")
+PRECISIONS: tuple[str, ...] = ("auto", "float32", "mixed", "bfloat16", "int8-search")
 COMPILE_SETTINGS: tuple[str, ...] = ("auto", "on", "off")
 VALIDATIONS: tuple[str, ...] = ("synthetic",)
 SELECTIONS: tuple[str, ...] = ("final", "best-validation")
@@ -84,7 +84,11 @@ class ModelConfig:
     kmeans_iters: int = 100
     # float32: float32 arithmetic throughout. mixed: the descriptor and the nearest-centre search in
     # bfloat16 (the training hot loop), the backbone in float32. bfloat16: the backbone too (fastest
-    # inference). auto: mixed where the hardware has bfloat16 matrix instructions, else float32.
+    # inference). int8-search (CPU only): float32, but the nearest-centre search's candidates come from an
+    # int8 product (one scale per point and per centre, exact int32 sums), 8 extra re-ranked in float32:
+    # for CPUs without bfloat16 units whose int8 dot products are fast (VNNI, AMX-INT8). auto: mixed where
+    # the hardware has bfloat16 matrix instructions and a probe finds them faster; else int8-search where a
+    # probe finds that search faster than float32's (model/kernels.py); else float32.
     # Distances, loss and scores are float32 in every mode, but mixed and bfloat16 are not exact: their
     # nearest centres are bfloat16-ranked candidates re-ranked in float32, and on the real grid and
     # hazelnut test patches a true neighbour was missed (a centre >0.1% farther returned) for 0.005-0.022%
@@ -215,6 +219,9 @@ class Config:
         device = self.train.device
         if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
             raise ConfigError(f"train.device = {device!r} is invalid: use auto, cpu, cuda or cuda:N")
+        if self.model.precision == "int8-search" and device.startswith("cuda"):
+            raise ConfigError(f"model.precision = int8-search runs on a CPU only, but train.device = "
+                              f"{device!r}: use model.precision=mixed (or auto) on a GPU")
         # Memory-bank size limits that depend on the feature-map size (stride 4 of the crop).
         positions = (self.data.crop // 4) ** 2
         centres = positions // self.model.gamma_c

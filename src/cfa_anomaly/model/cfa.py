@@ -11,7 +11,7 @@ from cfa_anomaly.backbones import FeatureExtractor
 from cfa_anomaly.config import ModelConfig
 from cfa_anomaly.model.compiled import compile_enabled
 from cfa_anomaly.model.descriptor import PatchDescriptor, align_maps, pool_maps
-from cfa_anomaly.model.distances import CentredBank, centre_bank
+from cfa_anomaly.model.distances import CentredBank, centre_bank, search_dtype_of
 from cfa_anomaly.model.loss import CoupledHypersphereLoss
 from cfa_anomaly.model.matching import describe_and_match, described_rows, layer_shift
 from cfa_anomaly.model.scorer import anomaly_maps, softmin_scores
@@ -31,7 +31,8 @@ class CFA(nn.Module):
     """Only the descriptor, the radius and the memory bank are state; the backbone is rebuilt from config."""
 
     def __init__(self, extractor: FeatureExtractor, cfg: ModelConfig, precision: str | None = None) -> None:
-        """precision: float32, mixed or bfloat16 (default: cfg.precision, where auto means float32)."""
+        """precision: float32, mixed, bfloat16 or int8-search (default: cfg.precision, where auto means
+        float32)."""
         super().__init__()
         self.cfg = cfg
         self.precision = precision or (cfg.precision if cfg.precision != "auto" else "float32")
@@ -39,6 +40,9 @@ class CFA(nn.Module):
         extractor.fold = cfg.compile != "off"  # batch norms folded: model.compile
         self.descriptor = PatchDescriptor(sum(extractor.channels), cfg.gamma_d)
         self.low_precision = self.precision in ("mixed", "bfloat16")  # descriptor and search
+        # the nearest-centre search's product: bfloat16 at low precision, int8 under int8-search (CPU)
+        int8 = self.precision == "int8-search"
+        self.search_dtype = torch.int8 if int8 else search_dtype_of(self.low_precision)
         self.low_precision_backbone = self.precision == "bfloat16"
         # mixed: the backbone's last stage in bfloat16 where its convolutions are packed (CPU, model.compile)
         extractor.last_stage_bfloat16 = self.precision == "mixed" and cfg.last_stage_bfloat16
@@ -85,7 +89,7 @@ class CFA(nn.Module):
         if bank.shape[0] == 0:
             raise RuntimeError("the memory bank is empty: train the model or load a checkpoint first")
         if self._prepared is None or self._prepared[0] is not bank or self._prepared[1] != bank._version:
-            self._prepared = (bank, bank._version, centre_bank(bank, self.low_precision))
+            self._prepared = (bank, bank._version, centre_bank(bank, search=self.search_dtype))
         return self._prepared[2]
 
     def compiles(self, layers: Layers) -> bool:

@@ -4,6 +4,11 @@ Finding the nearest centres is a dense product (patches x centres); the distance
 nearest per patch) are then computed exactly in float32 at just those pairs, with an exact gradient,
 without materialising (patches x k x channels) copies. All of it works on data centred on the mean
 centre m, which keeps the products' rounding small (the features of a ReLU network share a large offset).
+
+The search product runs in float32, bfloat16, or int8 (model.precision=int8-search, for CPUs without
+bfloat16 units whose int8 dot products are fast: VNNI, AMX-INT8): points and centres rounded to int8 with
+one scale per row, the product summed exactly in int32, and the candidates re-ranked by exact float32
+distances like bfloat16's.
 """
 
 from __future__ import annotations
@@ -34,15 +39,39 @@ class CentredBank(NamedTuple):
     search_t: torch.Tensor  # (W, M): search transposed, a view or a contiguous copy (model/kernels.py)
     order: torch.Tensor  # (M,) the centre at each row of search
     packed: torch.Tensor | None = None  # search packed for oneDNN (the "packed" layout), else None
+    column_scales: torch.Tensor | None = None  # int8 search: (M,) -2 x each centre's scale, search order
+    column_norms: torch.Tensor | None = None  # int8 search: (M,) |c - m|^2 in search order
 
     @property
     def width(self) -> int:
-        """W, the search rows' width: D + 3, or more with zero columns before the last three (packed)."""
+        """W, the search rows' width: D + 3, or more with zero columns before the last three (packed); D for
+        an int8 search."""
         return self.search.shape[1]
 
 
-def centre_bank(centres: torch.Tensor, low_precision: bool = False) -> CentredBank:
-    """Prepare (M, D) centres; the search runs in bfloat16 when low_precision, else in float32.
+class QuantizedRows(NamedTuple):
+    """Rows rounded to int8 with one float32 scale each: row ~ values * scale (quantize_rows)."""
+
+    values: torch.Tensor  # (N, D) int8
+    scales: torch.Tensor  # (N, 1) float32
+
+
+def quantize_rows(rows: torch.Tensor) -> QuantizedRows:
+    """(N, D) float32 -> symmetric int8, one scale per row: round(row / s) with s = max |row| / 127, so each
+    value is within s / 2 of the row's (an all-zero row gets zeros)."""
+    scales = rows.abs().amax(1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny).div_(127.0)
+    return QuantizedRows(torch.round(rows / scales).to(torch.int8), scales)
+
+
+def search_dtype_of(low_precision: bool) -> torch.dtype:
+    """The search dtype of a model at low precision (bfloat16) or not (float32)."""
+    return torch.bfloat16 if low_precision else torch.float32
+
+
+def centre_bank(centres: torch.Tensor, low_precision: bool = False, search: torch.dtype | None = None
+                ) -> CentredBank:
+    """Prepare (M, D) centres; the search runs in `search` (float32, bfloat16 or int8; default bfloat16 when
+    low_precision, else float32).
 
     b = |c - m|^2 is stored as two search-dtype numbers (b_hi + b_lo), so that it enters the
     product as exactly as in float32. The search rows are shuffled (a fixed permutation): torch.topk on
@@ -55,7 +84,9 @@ def centre_bank(centres: torch.Tensor, low_precision: bool = False) -> CentredBa
         offset = centres32.mean(0, keepdim=True)
         centred = centres32 - offset
         norms = centred.pow(2).sum(1)
-        dtype = torch.bfloat16 if low_precision else torch.float32
+        dtype = search or search_dtype_of(low_precision)
+        if dtype == torch.int8:
+            return _int8_bank(offset, centred, norms)
         bias_hi = norms.to(dtype)
         bias_lo = (norms - bias_hi.float()).to(dtype)
         chunk, inner = default_chunk(centres.device), centred.shape[1] + SEARCH_COLUMNS
@@ -63,11 +94,29 @@ def centre_bank(centres: torch.Tensor, low_precision: bool = False) -> CentredBa
         zeros = centred.new_zeros(len(centres), padded_width(inner, layout) - inner)
         search = torch.cat((-2.0 * centred, zeros, torch.ones_like(norms)[:, None]), dim=1).to(dtype)
         search = torch.cat((search, bias_hi[:, None], bias_lo[:, None]), dim=1)
-        order = torch.randperm(len(centres), generator=torch.Generator().manual_seed(0)).to(centres.device)
+        order = _search_order(len(centres), centres.device)
         search = search[order]
         search_t = search.t().contiguous() if layout == "contiguous" else search.t()
         packed = pack_bank(search, chunk) if layout == "packed" else None
         return CentredBank(offset, centred, norms, search_t.t(), search_t, order, packed)
+
+
+def _search_order(count: int, device: torch.device) -> torch.Tensor:
+    """The fixed shuffle of the bank's rows in the search (centre_bank says why)."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def _int8_bank(offset: torch.Tensor, centred: torch.Tensor, norms: torch.Tensor) -> CentredBank:
+    """The bank for an int8 search (CPU): each centre c - m rounded to int8 with its own scale, in the
+    shuffled order; the key adds each centre's |c - m|^2 and scale outside the product (int8_key)."""
+    if centred.device.type != "cpu":
+        raise ValueError("the int8 search runs on a CPU only; use model.precision=mixed or float32 on "
+                         f"{centred.device.type}")
+    quantized = quantize_rows(centred)
+    order = _search_order(len(centred), centred.device)
+    search = quantized.values[order]
+    return CentredBank(offset, centred, norms, search, search.t(), order, None,
+                       -2.0 * quantized.scales.view(-1)[order], norms[order])
 
 
 def squared_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -90,10 +139,15 @@ def fill_search_columns(rows: torch.Tensor, point_norms: torch.Tensor) -> torch.
     return rows
 
 
+SearchRows = torch.Tensor | QuantizedRows  # the rows candidate_centres searches with (search_rows)
+
+
 def search_rows(centred_points: torch.Tensor, bank: CentredBank, point_norms: torch.Tensor | None = None
-                ) -> torch.Tensor:
+                ) -> SearchRows:
     """(N, D) float32 p - m (and their squared norms) -> the (N, W) rows that candidate_centres searches
-    with."""
+    with; for an int8 bank, the points rounded to int8 (quantize_rows)."""
+    if bank.search.dtype == torch.int8:
+        return quantize_rows(centred_points)
     norms = squared_norms(centred_points) if point_norms is None else point_norms
     return extended_rows(centred_points, norms, bank.search.dtype, bank.width)
 
@@ -111,7 +165,7 @@ def extended_rows(centred_points: torch.Tensor, point_norms: torch.Tensor, dtype
     return fill_search_columns(rows, point_norms)
 
 
-def candidate_centres(rows: torch.Tensor, bank: CentredBank, count: int,
+def candidate_centres(rows: SearchRows, bank: CentredBank, count: int,
                       chunk: int | None = None) -> torch.Tensor:
     """(N, count) indices of the nearest centres of each point; rows from search_rows; no gradient.
 
@@ -121,16 +175,31 @@ def candidate_centres(rows: torch.Tensor, bank: CentredBank, count: int,
     term) that rounding is small next to the gaps between neighbours: in bfloat16 about 10x fewer
     true neighbours fall outside the candidates than with the shorter key. Chunks of rows keep memory
     flat: by default 512 on a CPU (a chunk's products stay in cache), 8192 on a GPU (fewer, larger launches).
+    An int8 bank takes QuantizedRows and ranks by int8_key.
     """
-    chunk = chunk or default_chunk(rows.device)
+    quantized = isinstance(rows, QuantizedRows)
+    chunk = chunk or default_chunk(rows.values.device if quantized else rows.device)
     found = []
     packed = bank.packed is not None
     right = bank.packed if packed else bank.search_t
     with torch.no_grad():
-        for start in range(0, rows.shape[0], chunk):
-            key = search_product(rows[start: start + chunk], right, packed)
+        for start in range(0, len(rows.values if quantized else rows), chunk):
+            if quantized:
+                part = slice(start, start + chunk)
+                key = int8_key(QuantizedRows(rows.values[part], rows.scales[part]), bank)
+            else:
+                key = search_product(rows[start: start + chunk], right, packed)
             found.append(smallest_columns(key, count))
     return bank.order[torch.cat(found)]
+
+
+def int8_key(rows: QuantizedRows, bank: CentredBank) -> torch.Tensor:
+    """(n, M) float32 |c - m|^2 - 2 (p - m).(c - m) of int8 rows against an int8 bank: the product of the
+    int8 values summed exactly in int32 (torch._int_mm: oneDNN's VNNI or AMX-INT8 kernels), times the row's
+    and the centre's scales. |p - m|^2, the same for a whole row, is left out: it does not change the order.
+    """
+    dots = torch._int_mm(rows.values, bank.search_t).float().mul_(bank.column_scales)
+    return torch.addcmul(bank.column_norms, dots, rows.scales)
 
 
 GROUP_SIZE = 16  # columns per group in smallest_columns
@@ -220,14 +289,21 @@ def rerank(distances: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torc
     return distances[:, :k], indices.gather(1, order[:, :k])
 
 
-def search_count(k: int, n_centres: int, low_precision: bool, extra: int = 4) -> int:
-    """Candidates to search for: a bfloat16 search keeps `extra` more, re-ranked by exact distances.
+# Candidates a low-precision search keeps beyond k, re-ranked by exact distances (search_count)
+EXTRA_CANDIDATES = {torch.bfloat16: 4, torch.int8: 8}
+
+
+def search_count(k: int, n_centres: int, search: torch.dtype, extra: int | None = None) -> int:
+    """Candidates to search for: a bfloat16 or int8 search keeps `extra` more (default EXTRA_CANDIDATES),
+    re-ranked by exact distances; a float32 search k.
 
     With 4 extra, trained models on the real grid and hazelnut images had a true top-3 outside the
-    candidates in at most 0.022% of patches, each time by a centre at most 0.5% farther
-    (benchmarks/README.md).
+    bfloat16 candidates in at most 0.022% of patches, each time by a centre at most 0.5% farther; int8
+    rounds coarser and keeps 8 (benchmarks/README.md has both).
     """
-    return min(k + extra, n_centres) if low_precision else k
+    if search == torch.float32:
+        return k
+    return min(k + (EXTRA_CANDIDATES[search] if extra is None else extra), n_centres)
 
 
 class _ChosenSquaredDistances(torch.autograd.Function):
@@ -259,16 +335,19 @@ def gathered_squared_distances(points: torch.Tensor, centres: torch.Tensor, indi
 
 
 def nearest_centres(points: torch.Tensor, centres: torch.Tensor, k: int, chunk: int | None = None,
-                    low_precision: bool = False, extra: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+                    low_precision: bool = False, extra: int | None = None, search: torch.dtype | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k smallest float32 squared distances of each point, ascending, and their centre indices.
 
     Differentiable in points (the gradient flows through the exact distances of the chosen centres).
-    low_precision: the search runs in bfloat16 for k + extra candidates, which are then re-ranked by
-    their exact float32 distances, so only near-ties at the k-th place can differ from the plain path.
+    low_precision: the search runs in bfloat16 (or in `search`, e.g. int8) for k + extra candidates, which
+    are then re-ranked by their exact float32 distances, so only near-ties at the k-th place can differ
+    from the plain path.
     """
-    bank = centre_bank(centres, low_precision)
+    bank = centre_bank(centres, low_precision, search)
     with torch.no_grad():
         rows = search_rows(centre_points(points, bank), bank)
-    indices = candidate_centres(rows, bank, search_count(k, centres.shape[0], low_precision, extra), chunk)
+    count = search_count(k, centres.shape[0], bank.search.dtype, extra)
+    indices = candidate_centres(rows, bank, count, chunk)
     distances = _ChosenSquaredDistances.apply(points, bank, indices)
-    return rerank(distances, indices, k) if low_precision else (distances, indices)
+    return rerank(distances, indices, k) if bank.search.dtype != torch.float32 else (distances, indices)

@@ -16,7 +16,8 @@ same kernels; set CFA_ANOMALY_BANK_LAYOUT=view|contiguous|packed to fix it. On a
 
 Likewise auto precision picks `mixed` on a CPU only where the flags announce bfloat16 units and a probe
 of the wide_resnet50_2 search product finds bfloat16 at least 1.25x faster than float32 (on the AMX Xeon
-above: ~5x; a CPU that emulates bfloat16 would lose accuracy for nothing).
+above: ~5x; a CPU that emulates bfloat16 would lose accuracy for nothing); failing that, `int8-search`
+where the int8 search (product and key, distances.int8_key) is at least 1.25x faster than float32's product.
 """
 
 from __future__ import annotations
@@ -182,7 +183,7 @@ def bank_layout(device: torch.device, dtype: torch.dtype, chunk: int, inner: int
 
 # The search product of wide_resnet50_2 at 224 px: the shape the auto precision is decided on.
 PRECISION_PROBE_SHAPE = (512, 1795, 3136)
-BFLOAT16_GAIN = 1.25  # bfloat16 products must be at least this much faster for auto to pick mixed
+BFLOAT16_GAIN = 1.25  # bfloat16 (int8) must be at least this much faster for auto to pick mixed (int8-search)
 
 
 def probe_bfloat16(chunk: int, inner: int, centres: int) -> dict[str, float]:
@@ -194,6 +195,43 @@ def probe_bfloat16(chunk: int, inner: int, centres: int) -> dict[str, float]:
         candidates[name] = [product for layout, products in layouts.items() if layout != "packed"
                             for product in products]
     return _best_seconds(candidates)
+
+
+def probe_int8(chunk: int, inner: int, centres: int) -> dict[str, float]:
+    """Seconds of the search step's product in float32 (its faster layout) and of the int8 search's key
+    (the int8 product with its scales applied, distances.int8_key), on random data."""
+    from cfa_anomaly.model.distances import centre_bank, int8_key, quantize_rows
+
+    generator = torch.Generator().manual_seed(0)
+    rows = quantize_rows(torch.randn(chunk, inner - 3, generator=generator))
+    bank = centre_bank(torch.randn(centres, inner - 3, generator=generator), search=torch.int8)
+    layouts = search_operands(chunk, inner, centres, torch.float32)
+    candidates: dict[str, Products] = {"float32": [product for layout, products in layouts.items()
+                                                   if layout != "packed" for product in products]}
+    seconds = _best_seconds(candidates)
+    int8_key(rows, bank)  # warm-up
+    best = float("inf")
+    for _ in range(PROBE_ROUNDS):
+        start = time.perf_counter()
+        int8_key(rows, bank)
+        best = min(best, time.perf_counter() - start)
+    return {**seconds, "int8": best}
+
+
+def int8_pays() -> bool:
+    """Whether this CPU runs the int8 search at least BFLOAT16_GAIN times faster than the float32 product
+    (probed once, remembered per machine): auto precision's choice where bfloat16 does not pay."""
+    shape = "x".join(map(str, PRECISION_PROBE_SHAPE))
+    key = f"{_cpu_name()} | torch {torch.__version__} | int8 vs float32 | {shape}"
+
+    def measure() -> str:
+        seconds = probe_int8(*PRECISION_PROBE_SHAPE)
+        pays = seconds["int8"] * BFLOAT16_GAIN <= seconds["float32"]
+        timings = ", ".join(f"{name} {value * 1000:.2f} ms" for name, value in seconds.items())
+        log.debug("%s: %s (probe: %s)", key, pays, timings)
+        return "int8" if pays else "float32"
+
+    return _remembered(key, ("int8", "float32"), measure) == "int8"
 
 
 def bfloat16_pays() -> bool:

@@ -26,10 +26,10 @@ from cfa_anomaly.model.distances import (
     CentredBank,
     candidate_centres,
     chosen_squared_distances,
-    extended_rows,
     pulled_centres,
     rerank,
     search_count,
+    search_rows,
     squared_norms,
 )
 
@@ -89,9 +89,9 @@ def describe_front(weight: torch.Tensor, shift: torch.Tensor, layers: Sequence[t
     """The memory-bound front of the step: (B*H*W, D) float32 features minus the bank's mean centre (in
     shift) and their float32 squared norms. Pure, so torch.compile can fuse it (model.compile).
 
-    The search rows (extended_rows) are made after it, outside: compiled together, inductor made one kernel
-    that took 15.6 ms per 2 wide_resnet50_2 images on a 2-core Xeon, against 4.5 ms for the features and
-    norms alone plus ~2.5 ms for the rows made eagerly (same numbers, bit for bit)."""
+    The search rows (distances.search_rows) are made after it, outside: compiled together, inductor made one
+    kernel that took 15.6 ms per 2 wide_resnet50_2 images on a 2-core Xeon, against 4.5 ms for the features
+    and norms alone plus ~2.5 ms for the rows made eagerly (same numbers, bit for bit)."""
     centred, _ = project_layers(weight, shift, layers, dtype)
     return centred, squared_norms(centred)
 
@@ -130,16 +130,17 @@ class _DescribeAndMatch(torch.autograd.Function):
         """weight (D, C + 2), bias (D,), coords (H*W, 2), layers (B, C_l, h_l, w_l) with the first on the
         output grid (H, W) and sum C_l = C -> (B*H*W, k) distances and indices. shift: position_shift of
         these, if already made."""
-        dtype = bank.search.dtype  # bfloat16 when the model runs at low precision, else float32
+        search = bank.search.dtype  # bfloat16 when the model runs at low precision, int8, else float32
+        dtype = search if search == torch.bfloat16 else torch.float32  # the products'
         if shift is None:
             shift = position_shift(bias, coords, weight[:, sum(layer.shape[1] for layer in layers):],
                                    bank.offset)
         centred, point_norms = front(weight, shift, layers, dtype)  # p - m
-        extended = extended_rows(centred, point_norms, dtype, bank.width)
+        rows = search_rows(centred, bank, point_norms)
         inputs = layer_inputs(layers, dtype)
-        count = search_count(k, bank.centred.shape[0], dtype != torch.float32)
-        indices = candidate_centres(extended, bank, count)
-        del extended  # (B*H*W, W): not kept while the exact distances and the backward run
+        count = search_count(k, bank.centred.shape[0], search)
+        indices = candidate_centres(rows, bank, count)
+        del rows  # (B*H*W, W): not kept while the exact distances and the backward run
         distances = chosen_squared_distances(centred, bank, indices, point_norms)
         if count > k:
             distances, indices = rerank(distances, indices, k)
