@@ -27,6 +27,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -218,34 +219,30 @@ def probe_int8(chunk: int, inner: int, centres: int) -> dict[str, float]:
     return {**seconds, "int8": best}
 
 
-def int8_pays() -> bool:
-    """Whether this CPU runs the int8 search at least BFLOAT16_GAIN times faster than the float32 product
-    (probed once, remembered per machine): auto precision's choice where bfloat16 does not pay."""
+def _pays(name: str, probe: Callable[..., dict[str, float]]) -> bool:
+    """Whether `name` (a key of probe's result) runs the search at least BFLOAT16_GAIN times faster than
+    float32 on this CPU: probed once at PRECISION_PROBE_SHAPE, remembered per machine like the layout."""
     shape = "x".join(map(str, PRECISION_PROBE_SHAPE))
-    key = f"{_cpu_name()} | torch {torch.__version__} | int8 vs float32 | {shape}"
+    key = f"{_cpu_name()} | torch {torch.__version__} | {name} vs float32 | {shape}"
 
     def measure() -> str:
-        seconds = probe_int8(*PRECISION_PROBE_SHAPE)
-        pays = seconds["int8"] * BFLOAT16_GAIN <= seconds["float32"]
-        timings = ", ".join(f"{name} {value * 1000:.2f} ms" for name, value in seconds.items())
+        seconds = probe(*PRECISION_PROBE_SHAPE)
+        pays = seconds[name] * BFLOAT16_GAIN <= seconds["float32"]
+        timings = ", ".join(f"{label} {value * 1000:.2f} ms" for label, value in seconds.items())
         log.debug("%s: %s (probe: %s)", key, pays, timings)
-        return "int8" if pays else "float32"
+        return name if pays else "float32"
 
-    return _remembered(key, ("int8", "float32"), measure) == "int8"
+    return _remembered(key, (name, "float32"), measure) == name
+
+
+def int8_pays() -> bool:
+    """Whether the int8 search (product and key) runs at least BFLOAT16_GAIN times faster than the float32
+    product here: auto precision's choice on a CPU where bfloat16 does not pay."""
+    return _pays("int8", lambda *shape: probe_int8(*shape))  # looked up when probed: replaceable in tests
 
 
 def bfloat16_pays() -> bool:
     """Whether this CPU runs the search product in bfloat16 at least BFLOAT16_GAIN times faster than in
-    float32 (probed once, remembered per machine like the layout): where it does not, auto precision stays
-    float32 even on a CPU whose flags announce bfloat16 units."""
-    shape = "x".join(map(str, PRECISION_PROBE_SHAPE))
-    key = f"{_cpu_name()} | torch {torch.__version__} | bfloat16 vs float32 | {shape}"
-
-    def measure() -> str:
-        seconds = probe_bfloat16(*PRECISION_PROBE_SHAPE)
-        pays = seconds["bfloat16"] * BFLOAT16_GAIN <= seconds["float32"]
-        timings = ", ".join(f"{name} {value * 1000:.2f} ms" for name, value in seconds.items())
-        log.debug("%s: %s (probe: %s)", key, pays, timings)
-        return "bfloat16" if pays else "float32"
-
-    return _remembered(key, ("bfloat16", "float32"), measure) == "bfloat16"
+    float32: where it does not, auto precision does not pick mixed even on a CPU whose flags announce
+    bfloat16 units."""
+    return _pays("bfloat16", lambda *shape: probe_bfloat16(*shape))
