@@ -49,6 +49,7 @@ VARIANTS = {
     "float32": ["model.precision=float32"],
     "mixed": ["model.precision=mixed"],
     "mixed-bf16-last": ["model.precision=mixed", "model.last_stage_bfloat16=true"],  # opt-in: see README
+    "int8-search": ["model.precision=int8-search"],  # auto's choice on CPUs where bfloat16 does not pay
     "bfloat16": ["model.precision=bfloat16"],
     "mixed-eager": ["model.precision=mixed", "model.compile=off"],  # mixed without torch.compile
     "mixed-compiled": ["model.precision=mixed", "model.compile=on"],  # compiled at any size (small backbones)
@@ -133,8 +134,9 @@ def profile_run(variant: str, backbone: str, batch: int) -> None:
     print(inference.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
-def neighbour_run(name: str, backbone: str, epochs: int) -> dict:
-    """Train on a real set, then: how often does the bfloat16 search miss a true nearest centre?
+def neighbour_run(name: str, backbone: str, epochs: int, precision: str = "mixed") -> dict:
+    """Train on a real set, then: how often does the bfloat16 (mixed) or int8 (int8-search) search miss a
+    true nearest centre?
 
     For every test patch, the k nearest centres returned by the model's search (k = K and K + J) are
     compared with those of an exact float64 distance matrix of the same features (described_rows: the
@@ -147,7 +149,7 @@ def neighbour_run(name: str, backbone: str, epochs: int) -> dict:
 
     root, category = REAL_SETS[name]
     cfg = load_config(None, [f"data.root={root}", f"data.category={category}", f"model.backbone={backbone}",
-                             "model.precision=mixed", f"train.epochs={epochs}", "train.device=cpu"])
+                             f"model.precision={precision}", f"train.epochs={epochs}", "train.device=cpu"])
     with tempfile.TemporaryDirectory() as tmp:
         train_and_test(cfg, Path(tmp))
         model, cfg, _ = load_model(Path(tmp) / "checkpoint.pt", "cpu")
@@ -158,7 +160,8 @@ def neighbour_run(name: str, backbone: str, epochs: int) -> dict:
         for batch in make_loader(AnomalyDataset(test, cfg.data.resize, cfg.data.crop), cfg.data.batch_size):
             aggregated = model.aggregate(batch["image"])
             bank = model.prepared_bank()
-            features = described_rows(model.descriptor.projection, aggregated, bank.search.dtype).double()
+            products = torch.bfloat16 if bank.search.dtype == torch.bfloat16 else torch.float32
+            features = described_rows(model.descriptor.projection, aggregated, products).double()
             exact = torch.cdist(features, model.memory_bank.double()).square()
             patches += features.shape[0]
             for k in counts:
@@ -217,6 +220,8 @@ def main() -> None:
     parser.add_argument("--profile", choices=VARIANTS, help="print where the time of one variant goes")
     parser.add_argument("--neighbours", action="store_true",
                         help="how often the bfloat16 search misses a true nearest centre (real data)")
+    parser.add_argument("--neighbours-precision", default="mixed", choices=("mixed", "int8-search"),
+                        help="the search --neighbours measures: bfloat16 (mixed) or int8 (int8-search)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (timing and accuracy runs)")
     parser.add_argument("--single", choices=VARIANTS, help=argparse.SUPPRESS)  # child process mode
     args = parser.parse_args()
@@ -228,7 +233,7 @@ def main() -> None:
         return
     if args.neighbours:
         for name, backbone in (("grid", "mobilenet_v2"), ("hazelnut", "efficientnet_lite0")):
-            result = neighbour_run(name, backbone, args.accuracy_epochs)
+            result = neighbour_run(name, backbone, args.accuracy_epochs, args.neighbours_precision)
             for k, (share, worst) in result["missed"].items():
                 print(f"{name:9} {backbone:18} top-{k}: a true neighbour missed in {100 * share:.3f}% of "
                       f"{result['patches']} test patches; worst distance excess {100 * worst:.2f}%")

@@ -60,7 +60,7 @@ def quantize_rows(rows: torch.Tensor) -> QuantizedRows:
     """(N, D) float32 -> symmetric int8, one scale per row: round(row / s) with s = max |row| / 127, so each
     value is within s / 2 of the row's (an all-zero row gets zeros)."""
     scales = rows.abs().amax(1, keepdim=True).clamp_min_(torch.finfo(torch.float32).tiny).div_(127.0)
-    return QuantizedRows(torch.round(rows / scales).to(torch.int8), scales)
+    return QuantizedRows(torch.div(rows, scales).round_().to(torch.int8), scales)
 
 
 def search_dtype_of(low_precision: bool) -> torch.dtype:
@@ -139,15 +139,12 @@ def fill_search_columns(rows: torch.Tensor, point_norms: torch.Tensor) -> torch.
     return rows
 
 
-SearchRows = torch.Tensor | QuantizedRows  # the rows candidate_centres searches with (search_rows)
-
-
 def search_rows(centred_points: torch.Tensor, bank: CentredBank, point_norms: torch.Tensor | None = None
-                ) -> SearchRows:
+                ) -> torch.Tensor:
     """(N, D) float32 p - m (and their squared norms) -> the (N, W) rows that candidate_centres searches
-    with; for an int8 bank, the points rounded to int8 (quantize_rows)."""
+    with; for an int8 bank the points themselves (candidate_centres rounds them a chunk at a time)."""
     if bank.search.dtype == torch.int8:
-        return quantize_rows(centred_points)
+        return centred_points
     norms = squared_norms(centred_points) if point_norms is None else point_norms
     return extended_rows(centred_points, norms, bank.search.dtype, bank.width)
 
@@ -165,7 +162,7 @@ def extended_rows(centred_points: torch.Tensor, point_norms: torch.Tensor, dtype
     return fill_search_columns(rows, point_norms)
 
 
-def candidate_centres(rows: SearchRows, bank: CentredBank, count: int,
+def candidate_centres(rows: torch.Tensor, bank: CentredBank, count: int,
                       chunk: int | None = None) -> torch.Tensor:
     """(N, count) indices of the nearest centres of each point; rows from search_rows; no gradient.
 
@@ -175,18 +172,18 @@ def candidate_centres(rows: SearchRows, bank: CentredBank, count: int,
     term) that rounding is small next to the gaps between neighbours: in bfloat16 about 10x fewer
     true neighbours fall outside the candidates than with the shorter key. Chunks of rows keep memory
     flat: by default 512 on a CPU (a chunk's products stay in cache), 8192 on a GPU (fewer, larger launches).
-    An int8 bank takes QuantizedRows and ranks by int8_key.
+    An int8 bank ranks by int8_key, each chunk of float32 rows rounded to int8 as it comes (no int8 copy of
+    all of them, and only a chunk's float32 temporaries).
     """
-    quantized = isinstance(rows, QuantizedRows)
-    chunk = chunk or default_chunk(rows.values.device if quantized else rows.device)
+    chunk = chunk or default_chunk(rows.device)
     found = []
     packed = bank.packed is not None
     right = bank.packed if packed else bank.search_t
+    int8 = bank.search.dtype == torch.int8
     with torch.no_grad():
-        for start in range(0, len(rows.values if quantized else rows), chunk):
-            if quantized:
-                part = slice(start, start + chunk)
-                key = int8_key(QuantizedRows(rows.values[part], rows.scales[part]), bank)
+        for start in range(0, rows.shape[0], chunk):
+            if int8:
+                key = int8_key(quantize_rows(rows[start: start + chunk]), bank)
             else:
                 key = search_product(rows[start: start + chunk], right, packed)
             found.append(smallest_columns(key, count))

@@ -200,21 +200,22 @@ def probe_bfloat16(chunk: int, inner: int, centres: int) -> dict[str, float]:
 
 def probe_int8(chunk: int, inner: int, centres: int) -> dict[str, float]:
     """Seconds of the search step's product in float32 (its faster layout) and of the int8 search's key
-    (the int8 product with its scales applied, distances.int8_key), on random data."""
+    (the rows rounded to int8, their product with the bank, its scales applied: distances.int8_key), on
+    random data."""
     from cfa_anomaly.model.distances import centre_bank, int8_key, quantize_rows
 
     generator = torch.Generator().manual_seed(0)
-    rows = quantize_rows(torch.randn(chunk, inner - 3, generator=generator))
+    rows = torch.randn(chunk, inner - 3, generator=generator)
     bank = centre_bank(torch.randn(centres, inner - 3, generator=generator), search=torch.int8)
     layouts = search_operands(chunk, inner, centres, torch.float32)
     candidates: dict[str, Products] = {"float32": [product for layout, products in layouts.items()
                                                    if layout != "packed" for product in products]}
     seconds = _best_seconds(candidates)
-    int8_key(rows, bank)  # warm-up
+    int8_key(quantize_rows(rows), bank)  # warm-up
     best = float("inf")
     for _ in range(PROBE_ROUNDS):
         start = time.perf_counter()
-        int8_key(rows, bank)
+        int8_key(quantize_rows(rows), bank)
         best = min(best, time.perf_counter() - start)
     return {**seconds, "int8": best}
 
