@@ -140,3 +140,18 @@ def test_a_model_with_a_packed_bank_pickles_and_copies(fresh_cache, monkeypatch)
     for twin in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
         with torch.no_grad():
             torch.testing.assert_close(twin.nearest(cached, 3), scores, rtol=0, atol=0)
+
+
+def test_an_int8_search_model_runs_what_auto_picks_off_the_cpu(caplog):
+    """A checkpoint trained with int8-search on a CPU, loaded on another device (meta stands in for a GPU)."""
+    from cfa_anomaly.config import load_config
+    from cfa_anomaly.model.factory import build_model, resolve_precision
+
+    cfg = load_config(None, ["model.backbone=mobilenet_v2", "model.pretrained=false", "train.device=cpu",
+                             "model.precision=int8-search"])
+    device = torch.device("meta")
+    with caplog.at_level("WARNING"):
+        model = build_model(cfg, device)
+    assert model.precision == resolve_precision("auto", device) and model.search_dtype != torch.int8
+    assert "int8-search runs on a CPU only" in caplog.text
+    assert build_model(cfg, torch.device("cpu")).search_dtype == torch.int8
