@@ -155,3 +155,14 @@ def test_an_int8_search_model_runs_what_auto_picks_off_the_cpu(caplog):
     assert model.precision == resolve_precision("auto", device) and model.search_dtype != torch.int8
     assert "int8-search runs on a CPU only" in caplog.text
     assert build_model(cfg, torch.device("cpu")).search_dtype == torch.int8
+
+
+def test_a_capped_onednn_instruction_set_is_part_of_the_remembered_machine(monkeypatch):
+    kernels._cpu_name.cache_clear()
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    plain = kernels._cpu_name()
+    kernels._cpu_name.cache_clear()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    capped = kernels._cpu_name()
+    kernels._cpu_name.cache_clear()
+    assert capped != plain and capped.startswith(plain) and "AVX2" in capped

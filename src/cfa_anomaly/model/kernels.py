@@ -54,7 +54,8 @@ def cache_file() -> Path:
 @cache
 def _cpu_name() -> str:
     """The CPU as far as kernels differ: model name and number, and its matrix extensions (a VM may hide the
-    model name; AMX and AVX512-BF16 decide which oneDNN kernels exist)."""
+    model name; AMX and AVX512-BF16 decide which oneDNN kernels exist), and ONEDNN_MAX_CPU_ISA if it caps
+    them (a choice measured without the cap would not hold under it)."""
     fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -65,7 +66,9 @@ def _cpu_name() -> str:
     flags = set(fields.get("flags", "").split())
     extensions = [flag for flag in MATRIX_FLAGS if flag in flags]
     name = fields.get("model name") or platform.processor() or platform.machine()
-    return f"{name} (model {fields.get('model', '?')}; {' '.join(extensions) or 'no matrix extensions'})"
+    described = f"{name} (model {fields.get('model', '?')}; {' '.join(extensions) or 'no matrix extensions'})"
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA")  # oneDNN's kernels limited to an older instruction set
+    return f"{described}; ONEDNN_MAX_CPU_ISA={capped}" if capped else described
 
 
 def packing_available(device: torch.device, dtype: torch.dtype) -> bool:
