@@ -4,10 +4,12 @@
     python benchmarks/speed.py --images 209 --epochs 1 --repeats 1 --skip-accuracy   # a 209-image category
     python benchmarks/speed.py --profile mixed       # where the time goes (torch.profiler tables)
     python benchmarks/speed.py --neighbours          # how often the bfloat16 search misses a neighbour
+    python benchmarks/speed.py --neighbours --neighbours-precision int8-search   # the int8 search's
     python benchmarks/speed.py --device cuda         # the same on a GPU (peak GPU memory added)
 
-Variants (VARIANTS): plain (float32, maps resized before the descriptor: the reference), float32, mixed
-and bfloat16 (each with the descriptor applied per backbone layer, the default).
+Variants (VARIANTS): plain (float32, maps resized before the descriptor: the reference), float32, mixed,
+bfloat16 and int8-search (each with the descriptor applied per backbone layer, the default), and some
+opt-in and diagnostic ones (mixed-bf16-last, mixed-eager, mixed-compiled).
 Timing: each variant runs in its own process (so peak memory is its own) on the same seeded random
 images: the one-time feature pass and memory-bank initialisation, ms per image per training epoch, and
 inference images/s (backbone through smoothed map, decoding excluded); each figure is the best of
