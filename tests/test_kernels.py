@@ -166,3 +166,14 @@ def test_a_capped_onednn_instruction_set_is_part_of_the_remembered_machine(monke
     capped = kernels._cpu_name()
     kernels._cpu_name.cache_clear()
     assert capped != plain and capped.startswith(plain) and "AVX2" in capped
+
+
+def test_an_int8_product_that_fails_here_leaves_auto_at_float32(fresh_cache, monkeypatch):
+    from cfa_anomaly.model import factory
+
+    def broken(*shape):
+        raise RuntimeError("no int8 kernels on this CPU")
+
+    monkeypatch.setattr(factory, "has_bfloat16_matrix_units", lambda device: False)
+    monkeypatch.setattr(kernels, "probe_int8", broken)
+    assert factory.resolve_precision("auto", torch.device("cpu")) == "float32"

@@ -241,8 +241,16 @@ def _pays(name: str, probe: Callable[..., dict[str, float]]) -> bool:
 
 def int8_pays() -> bool:
     """Whether the int8 search (product and key) runs at least BFLOAT16_GAIN times faster than the float32
-    product here: auto precision's choice on a CPU where bfloat16 does not pay."""
-    return _pays("int8", lambda *shape: probe_int8(*shape))  # looked up when probed: replaceable in tests
+    product here: auto precision's choice on a CPU where bfloat16 does not pay. A build whose int8 product
+    fails on this CPU counts as not paying (remembered like a slow one)."""
+    def probe(*shape: int) -> dict[str, float]:
+        try:
+            return probe_int8(*shape)  # looked up when probed: replaceable in tests
+        except RuntimeError as err:
+            log.debug("the int8 search cannot run here (%s): auto keeps float32", err)
+            return {"float32": 1.0, "int8": float("inf")}
+
+    return _pays("int8", probe)
 
 
 def bfloat16_pays() -> bool:
