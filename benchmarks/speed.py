@@ -162,8 +162,7 @@ def neighbour_run(name: str, backbone: str, epochs: int, precision: str = "mixed
         for batch in make_loader(AnomalyDataset(test, cfg.data.resize, cfg.data.crop), cfg.data.batch_size):
             aggregated = model.aggregate(batch["image"])
             bank = model.prepared_bank()
-            products = torch.bfloat16 if bank.search.dtype == torch.bfloat16 else torch.float32
-            features = described_rows(model.descriptor.projection, aggregated, products).double()
+            features = described_rows(model.descriptor.projection, aggregated, bank.product_dtype).double()
             exact = torch.cdist(features, model.memory_bank.double()).square()
             patches += features.shape[0]
             for k in counts:

@@ -11,7 +11,7 @@ from cfa_anomaly.backbones import FeatureExtractor
 from cfa_anomaly.config import ModelConfig
 from cfa_anomaly.model.compiled import compile_enabled
 from cfa_anomaly.model.descriptor import PatchDescriptor, align_maps, pool_maps
-from cfa_anomaly.model.distances import CentredBank, centre_bank, search_dtype_of
+from cfa_anomaly.model.distances import CentredBank, centre_bank
 from cfa_anomaly.model.loss import CoupledHypersphereLoss
 from cfa_anomaly.model.matching import describe_and_match, described_rows, layer_shift
 from cfa_anomaly.model.scorer import anomaly_maps, softmin_scores
@@ -19,6 +19,9 @@ from cfa_anomaly.runtime import true_float32_convolutions
 
 log = logging.getLogger(__name__)
 
+# The nearest-centre search's product per precision: bfloat16 at low precision, int8 under int8-search (CPU)
+SEARCH_DTYPES = {"float32": torch.float32, "mixed": torch.bfloat16, "bfloat16": torch.bfloat16,
+                 "int8-search": torch.int8}
 Layers = list[torch.Tensor]  # pooled maps (B, C_l, h_l, w_l), channels-last; the first on the output grid
 
 
@@ -40,9 +43,7 @@ class CFA(nn.Module):
         extractor.fold = cfg.compile != "off"  # batch norms folded: model.compile
         self.descriptor = PatchDescriptor(sum(extractor.channels), cfg.gamma_d)
         self.low_precision = self.precision in ("mixed", "bfloat16")  # descriptor and search
-        # the nearest-centre search's product: bfloat16 at low precision, int8 under int8-search (CPU)
-        int8 = self.precision == "int8-search"
-        self.search_dtype = torch.int8 if int8 else search_dtype_of(self.low_precision)
+        self.search_dtype = SEARCH_DTYPES[self.precision]
         self.low_precision_backbone = self.precision == "bfloat16"
         # mixed: the backbone's last stage in bfloat16 where its convolutions are packed (CPU, model.compile)
         extractor.last_stage_bfloat16 = self.precision == "mixed" and cfg.last_stage_bfloat16

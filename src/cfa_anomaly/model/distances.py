@@ -43,6 +43,12 @@ class CentredBank(NamedTuple):
     column_norms: torch.Tensor | None = None  # int8 search: (M,) |c - m|^2 in search order
 
     @property
+    def product_dtype(self) -> torch.dtype:
+        """The dtype of the descriptor products that go with this search: bfloat16 with a bfloat16 search,
+        else float32 (an int8 search rounds float32 features)."""
+        return torch.bfloat16 if self.search.dtype == torch.bfloat16 else torch.float32
+
+    @property
     def width(self) -> int:
         """W, the search rows' width: D + 3, or more with zero columns before the last three (packed); D for
         an int8 search."""
@@ -63,11 +69,6 @@ def quantize_rows(rows: torch.Tensor) -> QuantizedRows:
     return QuantizedRows(torch.div(rows, scales).round_().to(torch.int8), scales)
 
 
-def search_dtype_of(low_precision: bool) -> torch.dtype:
-    """The search dtype of a model at low precision (bfloat16) or not (float32)."""
-    return torch.bfloat16 if low_precision else torch.float32
-
-
 def centre_bank(centres: torch.Tensor, low_precision: bool = False, search: torch.dtype | None = None
                 ) -> CentredBank:
     """Prepare (M, D) centres; the search runs in `search` (float32, bfloat16 or int8; default bfloat16 when
@@ -84,7 +85,7 @@ def centre_bank(centres: torch.Tensor, low_precision: bool = False, search: torc
         offset = centres32.mean(0, keepdim=True)
         centred = centres32 - offset
         norms = centred.pow(2).sum(1)
-        dtype = search or search_dtype_of(low_precision)
+        dtype = search or (torch.bfloat16 if low_precision else torch.float32)
         if dtype == torch.int8:
             return _int8_bank(offset, centred, norms)
         bias_hi = norms.to(dtype)

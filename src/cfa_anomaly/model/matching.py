@@ -130,15 +130,14 @@ class _DescribeAndMatch(torch.autograd.Function):
         """weight (D, C + 2), bias (D,), coords (H*W, 2), layers (B, C_l, h_l, w_l) with the first on the
         output grid (H, W) and sum C_l = C -> (B*H*W, k) distances and indices. shift: position_shift of
         these, if already made."""
-        search = bank.search.dtype  # bfloat16 when the model runs at low precision, int8, else float32
-        dtype = search if search == torch.bfloat16 else torch.float32  # the products'
+        dtype = bank.product_dtype  # bfloat16 when the model runs at low precision, else float32
         if shift is None:
             shift = position_shift(bias, coords, weight[:, sum(layer.shape[1] for layer in layers):],
                                    bank.offset)
         centred, point_norms = front(weight, shift, layers, dtype)  # p - m
         rows = search_rows(centred, bank, point_norms)
         inputs = layer_inputs(layers, dtype)
-        count = search_count(k, bank.centred.shape[0], search)
+        count = search_count(k, bank.centred.shape[0], bank.search.dtype)
         indices = candidate_centres(rows, bank, count)
         del rows  # (B*H*W, W): not kept while the exact distances and the backward run
         distances = chosen_squared_distances(centred, bank, indices, point_norms)
