@@ -115,13 +115,18 @@ def best(runs: list[dict]) -> dict:
     return {k: (min if k in LOWER_IS_BETTER else max)(run[k] for run in runs) for k in keys}
 
 
+def speedups(ours: dict, theirs: dict) -> dict[str, float]:
+    """This project's speed over anomalib's in one result each: training (ms per image and epoch) and
+    inference (images/s)."""
+    return {"training": theirs["train_ms_per_image_epoch"] / ours["train_ms_per_image_epoch"],
+            "inference": ours["inference_images_per_second"] / theirs["inference_images_per_second"]}
+
+
 def paired_ratios(ours: list[dict], theirs: list[dict]) -> dict[str, list[float]]:
-    """Each repeat's own ratios (training, inference), its two runs being neighbours in time: a slow spell of
-    the machine that hits both cancels out, one that hits only one side shows as an outlier."""
-    pairs = list(zip(theirs, ours))
-    return {"training": [a["train_ms_per_image_epoch"] / b["train_ms_per_image_epoch"] for a, b in pairs],
-            "inference": [b["inference_images_per_second"] / a["inference_images_per_second"]
-                          for a, b in pairs]}
+    """Each repeat's own speedups, its two runs being neighbours in time: a slow spell of the machine that
+    hits both cancels out, one that hits only one side shows as an outlier."""
+    pairs = [speedups(mine, other) for mine, other in zip(ours, theirs)]
+    return {kind: [pair[kind] for pair in pairs] for kind in ("training", "inference")}
 
 
 def verdict(ratio: float, goal: tuple[float, float]) -> str:
@@ -183,8 +188,7 @@ def main() -> None:
     print("  one-time: anomalib's memory-bank initialisation; this project's feature pass "
           f"({row['feature_ms_per_image']:.1f}) + memory bank ({row['bank_ms_per_image']:.1f})")
     for name, row in ours.items():
-        training = theirs["train_ms_per_image_epoch"] / row["train_ms_per_image_epoch"]
-        inference = row["inference_images_per_second"] / theirs["inference_images_per_second"]
+        training, inference = speedups(row, theirs).values()
         memory = f"peak RSS x{row['peak_rss_gib'] / theirs['peak_rss_gib']:.2f}"
         if name == "cfa-anomaly":
             print(f"cfa-anomaly over anomalib: training x{training:.2f} ({verdict(training, GOALS['training'])}), "
