@@ -20,7 +20,14 @@ from cfa_anomaly.cells import DONE, ERROR_FILE, FAILED, REUSED, SKIPPED, Cell, C
 from cfa_anomaly.config import MVTEC_CATEGORIES, ConfigError, config_from_dict, load_config
 from cfa_anomaly.data.samples import DatasetError, category_dir
 from cfa_anomaly.io_utils import atomic_write_json, atomic_write_text
-from cfa_anomaly.report import csv_report, grid_csv_report, grid_report, single_row
+from cfa_anomaly.report import (
+    csv_report,
+    grid_csv_report,
+    grid_report,
+    per_kind_csv,
+    per_kind_markdown,
+    single_row,
+)
 from cfa_anomaly.sweep import BACKBONE_KEY, Setting, parse_axes, setting_row, settings_grid
 
 CONFIG_DIR = Path("configs/anomaly/unsupervised/cfa")
@@ -256,10 +263,12 @@ def write_benchmark_files(output: Path, results: dict[str, dict[str, float | Non
         if gif.is_file():
             shutil.copyfile(gif, assets / f"{category}.gif")
             gifs[category] = f"{category}.gif"
+    kinds = {category: (finished_metrics(output / category) or {}).get("per_kind") or {} for category in results}
     atomic_write_text(output / "results.md", grid_report(single_row(results, row_label), problems,
                                                          categories=categories)
-                      + _demo_section(gifs))
+                      + per_kind_markdown(kinds) + _demo_section(gifs))
     atomic_write_text(output / "results.csv", csv_report(results, categories))
+    atomic_write_text(output / "results_by_kind.csv", per_kind_csv(kinds))
 
 
 def validation_aupro(folder: Path) -> float | None:

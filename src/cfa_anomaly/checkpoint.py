@@ -13,6 +13,7 @@ from cfa_anomaly.errors import CfaError
 from cfa_anomaly.io_utils import atomic_write
 from cfa_anomaly.model import CFA
 from cfa_anomaly.model.factory import build_model, resolve_device, resolve_precision
+from cfa_anomaly.thresholds import Thresholds
 
 FORMAT = "cfa-anomaly-checkpoint-v1"
 
@@ -78,13 +79,9 @@ def saved_precision(payload: dict[str, Any], cfg: Config, device: torch.device) 
     return payload.get("precision") or resolve_precision(cfg.model.precision, device)
 
 
-def saved_threshold(payload: dict[str, Any]) -> dict[str, Any]:
-    """The held-out thresholds stored with a checkpoint: {"value": float | None, "source": ..., and where
-    stored "pixel": {"value", "source"} and "holdout_scores"} (pipeline.holdout_threshold's record)."""
-    threshold = payload.get("extra", {}).get("threshold") or {}
-    record = {"value": threshold.get("value"), "source": threshold.get("source", "none stored")}
-    record.update({key: threshold[key] for key in ("pixel", "holdout_scores") if key in threshold})
-    return record
+def saved_thresholds(payload: dict[str, Any]) -> Thresholds:
+    """The held-out thresholds stored with a checkpoint (older checkpoints' records included)."""
+    return Thresholds.from_dict(payload.get("extra", {}).get("threshold"))
 
 
 def restore_model(path: Path, device_name: str = "auto",

@@ -24,6 +24,7 @@ COMPILE_SETTINGS: tuple[str, ...] = ("auto", "on", "off")
 VALIDATIONS: tuple[str, ...] = ("synthetic",)
 SELECTIONS: tuple[str, ...] = ("final", "best-validation")
 LAYOUTS: tuple[str, ...] = ("mvtec", "folder")
+PIXEL_METHODS: tuple[str, ...] = ("synthetic-peak", "synthetic-f1", "quantile")  # evaluation.pixel_threshold_method
 FOLDER_KEYS: tuple[str, ...] = ("normal_dir", "abnormal_dir", "normal_test_dir", "mask_dir")
 
 
@@ -134,9 +135,16 @@ class TrainConfig:
 
 @dataclass
 class EvaluationConfig:
-    threshold_quantile: float = 0.99  # decision threshold: this quantile of the held-out normal image scores
-    # Pixel threshold (outlines in the panels, defect masks of cfa predict): this quantile of the held-out
-    # normal images' pixel scores, so that about 1 normal pixel in 1000 is above it.
+    # Decision threshold: this conformal quantile of the held-out normal image scores (a new normal part
+    # exceeds it with probability at most 1 - quantile; with too few held-out images, their highest score,
+    # and the run says which false-alarm rate that gives).
+    threshold_quantile: float = 0.99
+    # Pixel threshold (outlines, defect masks, defect_area), calibration.py: quantile takes
+    # pixel_threshold_quantile of the held-out normal images' pixel scores; synthetic-peak (from that level,
+    # the fraction of the way to each image's peak with the best pixel F1 on defects painted onto the
+    # held-out images) and synthetic-f1 (the one level with the best F1 there) use the painted defects.
+    # metrics.json reports the outcome of each.
+    pixel_threshold_method: str = "synthetic-peak"
     pixel_threshold_quantile: float = 0.999
     panels: bool = True  # one PNG per test image
     gif_good_frames: int = 3
@@ -169,6 +177,8 @@ class Config:
              "a number in (0, 1]"),
             ("evaluation.pixel_threshold_quantile", 0.0 < self.evaluation.pixel_threshold_quantile <= 1.0,
              "a number in (0, 1]"),
+            ("evaluation.pixel_threshold_method", self.evaluation.pixel_threshold_method in PIXEL_METHODS,
+             f"one of {', '.join(PIXEL_METHODS)}"),
             ("evaluation.gif_good_frames", self.evaluation.gif_good_frames >= 0, "an integer >= 0"),
             ("evaluation.gif_max_frames", self.evaluation.gif_max_frames >= 1, "an integer >= 1"),
             ("evaluation.gif_width", self.evaluation.gif_width >= 64, "an integer >= 64"),

@@ -23,6 +23,7 @@ class Predictions:
     labels: np.ndarray | None = None  # (N,) 0 good / 1 defective, when known
     masks: np.ndarray | None = None  # (N, H, W) bool, when known; rows with mask_known False are placeholders
     mask_known: np.ndarray | None = None  # (N,) bool: image i has pixel ground truth; None: all of them do
+    kinds: list[str] | None = None  # (N,) defect type ("good" for good images), when known
 
     def missing_masks(self) -> list[str]:
         """Paths of the defective images without a mask (their defect type has no ground_truth folder)."""
@@ -52,7 +53,7 @@ class Predictions:
 
 def predict(predictor: Predictor, loader: DataLoader, desc: str = "test") -> Predictions:
     """Maps and scores for every image of the loader; labels and masks are kept when the loader has them."""
-    paths, scores, maps, labels, masks, known = [], [], [], [], [], []
+    paths, scores, maps, labels, masks, known, kinds = [], [], [], [], [], [], []
     compute_seconds = 0.0
     for batch in progress(loader, desc=desc, unit="batch"):
         start = time.perf_counter()
@@ -61,6 +62,7 @@ def predict(predictor: Predictor, loader: DataLoader, desc: str = "test") -> Pre
         maps.append(batch_maps)
         scores.append(batch_scores)
         paths += list(batch["path"])
+        kinds += list(batch.get("defect_type", []))
         if "label" in batch:
             labels.append(np.asarray(batch["label"]))
             masks.append(batch["mask"].numpy())
@@ -75,6 +77,7 @@ def predict(predictor: Predictor, loader: DataLoader, desc: str = "test") -> Pre
         labels=np.concatenate(labels) if labels else None,
         masks=np.concatenate(masks).astype(bool) if masks else None,
         mask_known=np.concatenate(known) if known else None,
+        kinds=kinds if len(kinds) == count and labels else None,
     )
 
 
@@ -97,3 +100,23 @@ def compute_test_metrics(predictions: Predictions) -> dict[str, float | None]:
         raise EvaluationError(f"{len(broken)} test image(s) got non-finite anomaly maps, e.g. {broken[0]}; "
                               "the model is broken (retrain, or check the backbone weights)")
     return metrics.compute_all(predictions.labels, predictions.scores, predictions.pixel_masks(), predictions.maps)
+
+
+def per_kind_metrics(predictions: Predictions) -> dict[str, dict[str, float | int | None]] | None:
+    """Per defect type: its image count, image AUROC (that type against the good images) and pixel AUROC
+    (its images and the good ones; None unless each of its images has a mask). None without types."""
+    if predictions.kinds is None or predictions.labels is None or predictions.masks is None:
+        return None
+    kinds = np.asarray(predictions.kinds)
+    good = predictions.labels == 0
+    known = predictions.mask_known if predictions.mask_known is not None else np.ones(len(kinds), bool)
+    table: dict[str, dict[str, float | int | None]] = {}
+    for kind in sorted(set(kinds[~good])):
+        chosen = good | ((kinds == kind) & ~good)
+        pixel = None
+        if known[chosen].all():
+            pixel = metrics.pixel_auroc(predictions.masks[chosen], predictions.maps[chosen])
+        table[str(kind)] = {"images": int(((kinds == kind) & ~good).sum()), "good_images": int(good.sum()),
+                            "image_auroc": metrics.image_auroc(predictions.labels[chosen], predictions.scores[chosen]),
+                            "pixel_auroc": pixel}
+    return table

@@ -111,15 +111,28 @@ def pixel_f1_max(masks: np.ndarray, maps: np.ndarray) -> float | None:
         max over thresholds of F1, or ``None`` if there is no positive pixel.
     """
     m, s = _check_pixel_inputs(masks, maps)
-    y = m.ravel()
-    if not y.any():
+    if not m.any():
         return None
-    precision, recall, _ = precision_recall_curve(y, s.ravel())
+    return _f1_curve(m, s)[0].max().item()
+
+
+def _f1_curve(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(F1, threshold) at every distinct map value (pixel >= threshold counts as defective)."""
+    precision, recall, thresholds = precision_recall_curve(masks.ravel(), maps.ravel())
     denom = precision + recall
-    f1 = np.divide(
-        2.0 * precision * recall, denom, out=np.zeros_like(denom, dtype=np.float64), where=denom > 0
-    )
-    return float(f1.max())
+    f1 = np.divide(2.0 * precision * recall, denom, out=np.zeros_like(denom, dtype=np.float64), where=denom > 0)
+    return f1[:-1], thresholds  # the curve's last point (recall 0) has no threshold
+
+
+def best_f1_threshold(masks: np.ndarray, maps: np.ndarray) -> tuple[float, float]:
+    """(threshold, F1) of the map value whose pixels at or above it have the best F1 against the masks;
+    ValueError without a positive pixel. Used on painted defects only (calibration), never on test images."""
+    m, s = _check_pixel_inputs(masks, maps)
+    if not m.any():
+        raise ValueError("best_f1_threshold needs at least one defective pixel")
+    f1, thresholds = _f1_curve(m, s)
+    best = int(np.argmax(f1))
+    return float(thresholds[best]), float(f1[best])
 
 
 def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float | None:

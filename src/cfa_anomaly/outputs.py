@@ -20,8 +20,8 @@ from cfa_anomaly.data.images import read_rgb, tensor_to_rgb
 from cfa_anomaly.errors import CfaError
 from cfa_anomaly.evaluate import Predictions
 from cfa_anomaly.heatmap import MapScale
-from cfa_anomaly.inference.result import decision_label
 from cfa_anomaly.io_utils import atomic_write, atomic_write_text
+from cfa_anomaly.thresholds import Thresholds
 
 METRIC_LABELS: dict[str, str] = {
     "image_auroc": "image AUROC",
@@ -67,7 +67,7 @@ def format_metrics_table(results: dict[str, float | None]) -> str:
     return "\n".join(lines)
 
 
-def write_scores_csv(path: Path, predictions: Predictions, threshold: float | None = None) -> None:
+def write_scores_csv(path: Path, predictions: Predictions, thresholds: Thresholds) -> None:
     """path, score, decision at the held-out threshold (when there is one), label (when known)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -75,28 +75,31 @@ def write_scores_csv(path: Path, predictions: Predictions, threshold: float | No
     writer.writerow(["path", "score", "decision", *(["label"] if has_labels else [])])
     for index, image_path in enumerate(predictions.paths):
         score = float(predictions.scores[index])
-        row: list[Any] = [image_path, f"{score:.6g}", decision_label(score, threshold) or ""]
+        row: list[Any] = [image_path, f"{score:.6g}", thresholds.label(score) or ""]
         if has_labels:
             row.append(int(predictions.labels[index]))
         writer.writerow(row)
     atomic_write_text(path, buffer.getvalue())
 
 
-def _map_arrays(maps: np.ndarray, scores: np.ndarray, paths: list[str], pixel_threshold: float | None,
+def _map_arrays(maps: np.ndarray, scores: np.ndarray, paths: list[str], thresholds: Thresholds,
                 masks: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """What a maps file holds: maps (float16, crop grid), scores, paths, and with a pixel threshold the
-    defect masks (float32 maps >= pixel_threshold: given, or taken from maps) and the threshold itself."""
+    """What a maps file holds: maps (float16, crop grid), scores, paths, and with thresholds the defect
+    masks (Thresholds.defect_mask of the float32 maps: given, or taken here), the pixel threshold and the
+    fraction of the way to each image's peak it outlines at."""
     arrays = {"maps": maps.astype(np.float16), "scores": np.asarray(scores, np.float32),
               "paths": np.asarray(paths)}
-    if pixel_threshold is not None:
-        arrays.update(defect_masks=maps >= pixel_threshold if masks is None else masks,
-                      pixel_threshold=np.float32(pixel_threshold))
+    if thresholds.outline_level is not None:
+        if masks is None:
+            masks = np.stack([thresholds.defect_mask(m, s) for m, s in zip(maps, scores)])
+        arrays.update(defect_masks=masks, pixel_threshold=np.float32(thresholds.outline_level),
+                      pixel_relative=np.float32(thresholds.pixel_relative))
     return arrays
 
 
-def write_maps(path: Path, predictions: Predictions, pixel_threshold: float | None = None) -> None:
+def write_maps(path: Path, predictions: Predictions, thresholds: Thresholds) -> None:
     """All maps in one compressed .npz with their paths and scores (and defect masks, see _map_arrays)."""
-    arrays = _map_arrays(predictions.maps, predictions.scores, predictions.paths, pixel_threshold)
+    arrays = _map_arrays(predictions.maps, predictions.scores, predictions.paths, thresholds)
     atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
 
 
@@ -112,10 +115,9 @@ def panel_name(path: str | Path) -> str:
 
 
 def write_visuals(output: Path, predictions: Predictions, preprocess: Callable[[np.ndarray], torch.Tensor],
-                  threshold: float | None, evaluation: EvaluationConfig, title: str,
-                  pixel_threshold: float | None = None) -> dict[str, str]:
-    """Panels (one per image; outlines at pixel_threshold), and for labelled data a GIF, ROC curves and a
-    score histogram.
+                  thresholds: Thresholds, evaluation: EvaluationConfig, title: str) -> dict[str, str]:
+    """Panels (one per image; outlines: Thresholds.defect_mask), and for labelled data a GIF, ROC curves and
+    a score histogram.
 
     A test image without a mask gets an empty "no mask" ground-truth column; the pixel ROC is drawn only
     when every defective image has a mask (as the pixel metrics).
@@ -128,8 +130,8 @@ def write_visuals(output: Path, predictions: Predictions, preprocess: Callable[[
     def render(i: int) -> np.ndarray:
         mask = predictions.mask_of(i) if labelled else None
         return viz.render_panel(cropped_rgb(predictions.paths[i], preprocess), predictions.maps[i],
-                                float(predictions.scores[i]), threshold, scale, mask, title=names[i],
-                                mask_missing=labelled and mask is None, pixel_threshold=pixel_threshold)
+                                float(predictions.scores[i]), thresholds, scale, mask, title=names[i],
+                                mask_missing=labelled and mask is None)
 
     rendered: dict[int, np.ndarray] = {}
     if evaluation.panels:
@@ -143,8 +145,8 @@ def write_visuals(output: Path, predictions: Predictions, preprocess: Callable[[
     viz.write_gif(output / f"{title}.gif", frames, max_width=evaluation.gif_width)
     viz.plot_roc(output / "roc.png", predictions.labels, predictions.scores, predictions.pixel_masks(),
                  predictions.maps, title=title)  # pixel ROC only when every defective image has a mask
-    viz.plot_score_histogram(output / "score_histogram.png", predictions.labels, predictions.scores, threshold,
-                             title=title)
+    viz.plot_score_histogram(output / "score_histogram.png", predictions.labels, predictions.scores,
+                             thresholds.image, title=title)
     written.update({"gif": f"{title}.gif", "roc": "roc.png", "histogram": "score_histogram.png"})
     return written
 
@@ -208,29 +210,29 @@ class MapShardWriter:
 
     A run with at most shard_size maps writes one maps.npz (as `cfa test` does); a longer one writes
     maps/shard-00000.npz, maps/shard-00001.npz, ... Each file is written atomically. Holds at most one
-    shard of maps in memory. With a pixel threshold, each file also holds the defect masks.
+    shard of maps in memory. With thresholds, each file also holds the defect masks.
     """
 
     def __init__(self, output: Path, shard_size: int = MAPS_SHARD_SIZE,
-                 pixel_threshold: float | None = None) -> None:
+                 thresholds: Thresholds | None = None) -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be at least 1, got {shard_size}")
         self.output = output
         self.shard_size = shard_size
-        self.pixel_threshold = pixel_threshold
+        self.thresholds = thresholds or Thresholds()
         self.written: list[Path] = []
         self._maps: list[np.ndarray] = []  # float16
-        self._masks: list[np.ndarray] = []  # bool, from the float32 map, with a pixel threshold
+        self._masks: list[np.ndarray] = []  # bool, from the float32 map, with thresholds
         self._paths: list[str] = []
         self._scores: list[float] = []
 
     def add(self, path: str, anomaly_map: np.ndarray, score: float, mask: np.ndarray | None = None) -> None:
-        """mask: the map >= the pixel threshold, when the caller has it already (else taken here)."""
+        """mask: the image's defect mask, when the caller has it already (else taken here)."""
         if len(self._maps) == self.shard_size:  # lazily, so that exactly shard_size maps stay one maps.npz
             self._write(self.output / "maps" / f"shard-{len(self.written):05d}.npz")
         self._maps.append(np.asarray(anomaly_map, dtype=np.float16))
-        if self.pixel_threshold is not None:
-            self._masks.append(np.asarray(anomaly_map) >= self.pixel_threshold if mask is None else mask)
+        if self.thresholds.outline_level is not None:
+            self._masks.append(self.thresholds.defect_mask(anomaly_map, score) if mask is None else mask)
         self._paths.append(path)
         self._scores.append(float(score))
 
@@ -244,7 +246,7 @@ class MapShardWriter:
     def _write(self, path: Path) -> None:
         masks = np.stack(self._masks) if self._masks else None
         arrays = _map_arrays(np.stack(self._maps), np.asarray(self._scores), self._paths,
-                             self.pixel_threshold, masks)
+                             self.thresholds, masks)
         atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
         self.written.append(path)
         self._maps, self._masks, self._paths, self._scores = [], [], [], []
@@ -268,9 +270,8 @@ class PanelNames:
 
 
 def write_stream_panel(folder: Path, image: np.ndarray, anomaly_map: np.ndarray, score: float,
-                       threshold: float | None, name: str, pixel_threshold: float | None = None) -> None:
+                       thresholds: Thresholds, name: str) -> None:
     """One panel (input | heatmap | predicted outline) as folder/<name>.png, drawn right away."""
-    scale = MapScale.of(anomaly_map, threshold)  # 0 .. 2 x threshold: streamed panels are comparable
-    panel = viz.render_panel(image, anomaly_map, score, threshold, (scale.low, scale.high),
-                             title=name, pixel_threshold=pixel_threshold)
+    scale = MapScale.of(anomaly_map, thresholds.image)  # 0 .. 2 x threshold: streamed panels are comparable
+    panel = viz.render_panel(image, anomaly_map, score, thresholds, (scale.low, scale.high), title=name)
     viz.write_panels(folder, [panel], [name])

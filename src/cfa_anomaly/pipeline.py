@@ -8,22 +8,23 @@ import platform
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cfa_anomaly import __version__
+from cfa_anomaly.calibration import thresholds_from_holdout
 from cfa_anomaly.checkpoint import restore_model, save_checkpoint
 from cfa_anomaly.config import Config, ConfigError, save_config
 from cfa_anomaly.data.dataset import AnomalyDataset, make_loader
 from cfa_anomaly.data.folder import dataset_samples
 from cfa_anomaly.data.images import unreadable
 from cfa_anomaly.data.samples import DatasetError, Sample, Split, folder_samples, split_holdout
-from cfa_anomaly.evaluate import Predictions, compute_test_metrics, predict
+from cfa_anomaly.evaluate import Predictions, compute_test_metrics, per_kind_metrics, predict
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.io_utils import atomic_write_json, file_sha256
 from cfa_anomaly.model import CFA
 from cfa_anomaly.model.factory import build_model, resolve_device
 from cfa_anomaly.outputs import format_metrics_table, write_maps, write_scores_csv, write_visuals
+from cfa_anomaly.thresholds import Thresholds
 from cfa_anomaly.train import TrainResult, fit
 from cfa_anomaly.validation import ValidationTracker, plot_validation, synthetic_validation_set
 
@@ -114,46 +115,41 @@ def refuse_shared_images(holdout: list[Sample], others: dict[str, list[Sample]])
                                        "remove the copy from data.holdout_dir")
 
 
-def holdout_threshold(model: CFA, holdout: list[Sample], cfg: Config) -> dict[str, Any]:
-    """Thresholds from held-out normal images only (never the test set): the image decision threshold (a
-    high quantile of their image scores) and the pixel threshold for outlines and defect masks (a high
-    quantile of their pixel scores). Their scores are kept so that another quantile can be chosen later."""
-    if not holdout:
-        return {"value": None, "source": "none: data.holdout_fraction is 0 and no data.holdout_dir"}
-    held = predict(Predictor.from_model(model, cfg, None), _loader_of(holdout, cfg), desc="holdout")
-    quantile, pixel_quantile = cfg.evaluation.threshold_quantile, cfg.evaluation.pixel_threshold_quantile
-    pixels = held.maps.size
-    return {"value": float(np.quantile(held.scores, quantile)), "quantile": quantile, "images": len(holdout),
-            "source": f"quantile {quantile} of the image scores of {len(holdout)} held-out normal images",
-            "holdout_scores": [round(float(v), 7) for v in held.scores],
-            "pixel": {"value": float(np.quantile(held.maps, pixel_quantile)), "quantile": pixel_quantile,
-                      "source": f"quantile {pixel_quantile} of the {pixels} pixel scores of {len(holdout)} "
-                                "held-out normal images"}}
-
-
-def decisions_at_threshold(predictions: Predictions, threshold: float | None,
-                           pixel_threshold: float | None = None) -> dict[str, Any] | None:
+def decisions_at_threshold(predictions: Predictions, thresholds: Thresholds) -> dict[str, Any] | None:
     """The outcome at the held-out thresholds: what a deployment would have seen. Images at the image
-    threshold; pixels (where every defective image has a mask) at the pixel threshold."""
-    if threshold is None or predictions.labels is None:
+    threshold; pixels (where every defective image has a mask) as outlined (Thresholds.defect_mask)."""
+    decided = thresholds.decide(predictions.scores)
+    if decided is None or predictions.labels is None:
         return None
-    flagged = predictions.scores >= threshold
     defective = predictions.labels == 1
     outcome: dict[str, Any] = {
-        "threshold": threshold,
-        "defective_flagged": f"{int((flagged & defective).sum())}/{int(defective.sum())}",
-        "good_flagged": f"{int((flagged & ~defective).sum())}/{int((~defective).sum())}",
-        "accuracy": round(float((flagged == defective).mean()), 4),
+        "threshold": thresholds.image,
+        "defective_flagged": f"{int((decided & defective).sum())}/{int(defective.sum())}",
+        "good_flagged": f"{int((decided & ~defective).sum())}/{int((~defective).sum())}",
+        "accuracy": round(float((decided == defective).mean()), 4),
+        "expected_false_alarm_rate": thresholds.false_alarm_rate(),
     }
     masks = predictions.pixel_masks()
-    if pixel_threshold is not None and masks is not None:
-        marked = predictions.maps >= pixel_threshold
-        hits = float((marked & masks).sum())
-        precision, recall = hits / max(float(marked.sum()), 1.0), hits / max(float(masks.sum()), 1.0)
-        outcome.update(pixel_threshold=pixel_threshold, pixel_precision=round(precision, 4),
+    if thresholds.outline_level is not None and masks is not None:
+        hits = marked = 0
+        for anomaly_map, score, mask in zip(predictions.maps, predictions.scores, masks):
+            outline = thresholds.defect_mask(anomaly_map, score)
+            hits += int((outline & mask).sum())
+            marked += int(outline.sum())
+        precision, recall = hits / max(marked, 1), hits / max(int(masks.sum()), 1)
+        outcome.update(pixel_threshold=thresholds.outline_level, pixel_relative=thresholds.pixel_relative,
+                       pixel_method=thresholds.pixel_method, pixel_precision=round(precision, 4),
                        pixel_recall=round(recall, 4),
                        pixel_f1=round(2 * precision * recall / (precision + recall), 4) if hits else 0.0)
     return outcome
+
+
+def outcomes_by_method(predictions: Predictions, thresholds: Thresholds) -> dict[str, Any] | None:
+    """decisions_at_threshold for every pixel calibration method the thresholds store (None without)."""
+    if not thresholds.pixel_candidates or predictions.labels is None:
+        return None
+    return {method: decisions_at_threshold(predictions, thresholds.with_method(method))
+            for method in thresholds.pixel_candidates}
 
 
 def _test_report(cfg: Config, predictions: Predictions, results: dict[str, Any],
@@ -182,17 +178,21 @@ def evaluate_and_write(predictor: Predictor, cfg: Config, output: Path,
                        extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score the test split of cfg's data; write metrics.json, scores.csv, maps.npz, panels, GIF and plots
     into output."""
-    threshold, pixel_threshold = predictor.threshold, predictor.pixel_threshold
+    thresholds = predictor.thresholds
     predictions = predict(predictor, _loader(cfg, "test"))
     report = _test_report(cfg, predictions, compute_test_metrics(predictions), predictor)
-    report["at_threshold"] = decisions_at_threshold(predictions, threshold, pixel_threshold)
+    report["per_kind"] = per_kind_metrics(predictions)
+    report["at_threshold"] = decisions_at_threshold(predictions, thresholds)
+    report["at_threshold_by_method"] = outcomes_by_method(predictions, thresholds)
+    report["threshold"] = thresholds.to_dict()
+    report["geometry"] = predictor.card.geometry
     report.update(extra or {})
     report["config"] = cfg.to_dict()
     report["environment"] = _environment(predictor)
-    write_scores_csv(output / "scores.csv", predictions, threshold)
-    write_maps(output / "maps.npz", predictions, pixel_threshold)
-    report["files"] = write_visuals(output, predictions, predictor.preprocess, threshold,
-                                    cfg.evaluation, title=cfg.data.category, pixel_threshold=pixel_threshold)
+    write_scores_csv(output / "scores.csv", predictions, thresholds)
+    write_maps(output / "maps.npz", predictions, thresholds)
+    report["files"] = write_visuals(output, predictions, predictor.preprocess, thresholds,
+                                    cfg.evaluation, title=cfg.data.category)
     atomic_write_json(output / "metrics.json", report)  # last: its presence marks a finished run
     return report
 
@@ -296,10 +296,11 @@ def train_and_test(cfg: Config, output: Path, run_test: bool = True, resume: dic
     summary = _train_summary(result, cfg.train.epochs)
     if tracker is not None:
         summary["validation"] = _select_by_validation(model, tracker, cfg, output)
-    summary["threshold"] = holdout_threshold(model, holdout, cfg)  # of the selected model
+    thresholds = thresholds_from_holdout(Predictor.from_model(model, cfg, None), holdout, cfg)  # selected model
+    summary["threshold"] = thresholds.to_dict()
     save_checkpoint(model, cfg, output / CHECKPOINT_NAME, extra=summary)
     state_path.unlink(missing_ok=True)  # the checkpoint supersedes it
-    predictor = Predictor.from_model(model, cfg, summary["threshold"])
+    predictor = Predictor.from_model(model, cfg, thresholds)
     atomic_write_json(output / "train.json", {**summary, "config": cfg.to_dict(),
                                               "environment": _environment(predictor)})
     if not run_test:
@@ -347,11 +348,21 @@ def print_report(report: dict[str, Any], output: Path) -> None:
     pixel_note = report.get("notes", {}).get("pixel_metrics")
     if pixel_note:
         print(f"  {pixel_note}")
+    for kind, row in (report.get("per_kind") or {}).items():
+        pixel = "undefined" if row["pixel_auroc"] is None else f"{row['pixel_auroc']:.4f}"
+        image = "undefined" if row["image_auroc"] is None else f"{row['image_auroc']:.4f}"
+        print(f"  {kind} ({row['images']} images): image AUROC {image}, pixel AUROC {pixel}")
     at = report.get("at_threshold")
     if at:
         print(f"  at the held-out threshold {at['threshold']:.4g}: defective flagged {at['defective_flagged']}, "
               f"good flagged {at['good_flagged']}")
+        statement = (report.get("threshold") or {}).get("image", {}).get("statement")
+        if statement:
+            print(f"  {statement}")
         if "pixel_f1" in at:
-            print(f"  at the held-out pixel threshold {at['pixel_threshold']:.4g}: pixel precision "
+            print(f"  outlines ({at['pixel_method']}, pixel threshold {at['pixel_threshold']:.4g}, "
+                  f"{at['pixel_relative']:.2f} of the way to each image's peak): pixel precision "
                   f"{at['pixel_precision']:.3f}, recall {at['pixel_recall']:.3f}, F1 {at['pixel_f1']:.3f}")
+    if report.get("geometry"):
+        print(f"  geometry: {report['geometry']}")
     print(f"results in {output}")

@@ -23,7 +23,6 @@ from cfa_anomaly.console import progress
 from cfa_anomaly.data.images import read_rgb, tensor_to_rgb
 from cfa_anomaly.data.samples import IMAGE_EXTENSIONS, DatasetError, list_images
 from cfa_anomaly.inference import ModelCard, Predictor
-from cfa_anomaly.inference.result import DEFECTIVE, decision_label
 from cfa_anomaly.outputs import (
     MAPS_SHARD_SIZE,
     MapShardWriter,
@@ -31,6 +30,7 @@ from cfa_anomaly.outputs import (
     ScoreRowWriter,
     write_stream_panel,
 )
+from cfa_anomaly.thresholds import DEFECTIVE, Thresholds
 
 
 def _folder_images(folder: Path, recursive: bool) -> list[Path]:
@@ -142,9 +142,9 @@ class PredictSummary:
         return self.scored / self.compute_seconds if self.compute_seconds > 0 else float("nan")
 
 
-def panel_wanted(panels: str, score: float, threshold: float | None) -> bool:
+def panel_wanted(panels: str, score: float, thresholds: Thresholds) -> bool:
     """Whether an image gets a panel: panels all, or defects and the image is decided defective."""
-    return panels == "all" or (panels == "defects" and decision_label(score, threshold) == DEFECTIVE)
+    return panels == "all" or (panels == "defects" and thresholds.label(score) == DEFECTIVE)
 
 
 def read_for_model(card: ModelCard, path: Path) -> torch.Tensor:
@@ -172,12 +172,11 @@ class PredictionSink:
     """Writes each scored batch right away: score rows, map shards and panels (local and Ray predict)."""
 
     def __init__(self, predictor: Predictor, output: Path, options: PredictOptions, panels: str) -> None:
-        self.threshold = predictor.threshold
-        self.pixel_threshold = predictor.pixel_threshold
+        self.thresholds = predictor.thresholds
         self.output = output
-        self.panels = panels if self.threshold is not None or panels != "defects" else "none"
+        self.panels = panels if self.thresholds.image is not None or panels != "defects" else "none"
         self.rows = ScoreRowWriter(output, options.formats)
-        self.maps = (MapShardWriter(output, options.shard_size, self.pixel_threshold) if options.maps == "npz"
+        self.maps = (MapShardWriter(output, options.shard_size, self.thresholds) if options.maps == "npz"
                      else None)
         self.summary = PredictSummary()
         self.panel_names = PanelNames()
@@ -190,17 +189,17 @@ class PredictionSink:
                picture: Callable[[], np.ndarray]) -> None:
         """A scored image's row, map and (where wanted) panel; picture() gives the (crop, crop, 3) uint8
         image the model saw, asked for only when a panel is drawn."""
-        decision = decision_label(score, self.threshold)
+        decision = self.thresholds.label(score)
         defective = decision == DEFECTIVE
-        mask = None if self.pixel_threshold is None else anomaly_map >= self.pixel_threshold
+        mask = self.thresholds.defect_mask(anomaly_map, score)
         self.rows.write(str(path), score, decision or "", None if mask is None else float(mask.mean()))
         self.summary.scored += 1
         self.summary.flagged += int(defective)
         if self.maps is not None:
             self.maps.add(str(path), anomaly_map, score, mask)
-        if panel_wanted(self.panels, score, self.threshold):
-            write_stream_panel(self.output / "panels", picture(), anomaly_map, score, self.threshold,
-                               self.panel_names(path), self.pixel_threshold)
+        if panel_wanted(self.panels, score, self.thresholds):
+            write_stream_panel(self.output / "panels", picture(), anomaly_map, score, self.thresholds,
+                               self.panel_names(path))
             self.summary.panels += 1
 
     def close(self, complete: bool) -> PredictSummary:

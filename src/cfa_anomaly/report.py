@@ -179,6 +179,33 @@ def csv_report(results: Mapping[str, Metrics], categories: Sequence[str] | None 
     return buffer.getvalue()
 
 
+PER_KIND_COLUMNS = ("images", "good_images", "image_auroc", "pixel_auroc")
+
+
+def per_kind_markdown(kinds: Mapping[str, Mapping[str, Mapping[str, float | int | None]]]) -> str:
+    """The results.md section with each category's defect types (category -> type -> per_kind row)."""
+    rows = [f"| {category} | {kind} | {row['images']} | {_cell(row['image_auroc'])} | {_cell(row['pixel_auroc'])} |"
+            for category, by_kind in kinds.items() for kind, row in by_kind.items()]
+    if not rows:
+        return ""
+    return ("\n## Per defect type\n\nImage AUROC of each defect type against the category's good test images, "
+            "pixel AUROC on those images; few images per type make these figures coarse.\n\n"
+            "| category | defect type | images | image AUROC | pixel AUROC |\n|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
+
+
+def per_kind_csv(kinds: Mapping[str, Mapping[str, Mapping[str, float | int | None]]]) -> str:
+    """category, defect_type, images, good_images, image_auroc, pixel_auroc: one row per defect type."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["category", "defect_type", *PER_KIND_COLUMNS])
+    for category, by_kind in kinds.items():
+        for kind, row in by_kind.items():
+            writer.writerow([category, kind, row["images"], row["good_images"],
+                             *_formatted([row["image_auroc"], row["pixel_auroc"]])])
+    return buffer.getvalue()
+
+
 def grid_csv_report(grid: Grid) -> str:
     """setting, seed, category, metrics: one row per cell; then per setting and category the rows
     seed=mean and seed=std over its seeds; then category=average rows: per seed, and their mean and std."""

@@ -18,6 +18,7 @@ from sklearn.metrics import roc_curve
 
 from cfa_anomaly import heatmap
 from cfa_anomaly.io_utils import atomic_write
+from cfa_anomaly.thresholds import GOOD, Thresholds
 
 PANEL_DPI = 100
 
@@ -63,14 +64,13 @@ def panel_caption(score: float, threshold: float | None, title: str) -> str:
     return f"{title}  score {score:.3g}: {decision}"
 
 
-def render_panel(image: np.ndarray, anomaly_map: np.ndarray, score: float, threshold: float | None,
+def render_panel(image: np.ndarray, anomaly_map: np.ndarray, score: float, thresholds: Thresholds,
                  scale: tuple[float, float], mask: np.ndarray | None = None, title: str = "",
-                 mask_missing: bool = False, pixel_threshold: float | None = None) -> np.ndarray:
+                 mask_missing: bool = False) -> np.ndarray:
     """One row: input | heatmap overlay | predicted outline | ground truth. Returns an RGB uint8 array.
 
-    image: (H, W, 3) uint8; anomaly_map: (H, W); scale: the (low, high) colour range. threshold decides the
-    image; the predicted outline is drawn where the map reaches pixel_threshold (the image threshold when
-    there is none). mask None: no ground-truth column, unless mask_missing (a test image without a mask):
+    image: (H, W, 3) uint8; anomaly_map: (H, W); scale: the (low, high) colour range. thresholds decide the
+    image and draw the predicted outline (Thresholds.defect_mask: none in an image decided good). mask None: no ground-truth column, unless mask_missing (a test image without a mask):
     an empty column labelled "no mask", so the panels of one category keep one layout.
     Composed with numpy and PIL, no figure (speed: benchmarks/panels.py).
     """
@@ -78,12 +78,13 @@ def render_panel(image: np.ndarray, anomaly_map: np.ndarray, score: float, thres
     rgb = _resized(np.asarray(image, np.uint8), tile, Image.Resampling.BILINEAR)
     level_map = _resized(np.asarray(anomaly_map, np.float32), tile, Image.Resampling.BILINEAR)
     heat = heatmap.heat_overlay(rgb, heatmap.MapScale("fixed", *scale).to_uint8(level_map))
-    outline_level = pixel_threshold if pixel_threshold is not None else threshold
+    outline = thresholds.defect_mask(level_map, score)
     views = [("input", rgb), ("anomaly map", heat)]
-    if outline_level is None:
+    if outline is None:
         views.append(("no threshold", rgb))
     else:
-        views.append(("predicted defect", heatmap.draw_outline(rgb, level_map >= outline_level, heatmap.PREDICTED_COLOUR)))
+        caption = "predicted defect" if thresholds.label(score) != GOOD else "predicted defect: none"
+        views.append((caption, heatmap.draw_outline(rgb, outline, heatmap.PREDICTED_COLOUR)))
     if mask is not None:
         views.append(("ground truth", heatmap.draw_outline(rgb, _resized(np.asarray(mask, bool), tile,
                                                                          Image.Resampling.NEAREST), heatmap.TRUTH_COLOUR)))
@@ -93,7 +94,7 @@ def render_panel(image: np.ndarray, anomaly_map: np.ndarray, score: float, thres
     width = len(views) * tile + (len(views) + 1) * PANEL_GAP
     canvas = Image.new("RGB", (width, TITLE_HEIGHT + CAPTION_HEIGHT + tile + PANEL_GAP), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((width / 2, TITLE_HEIGHT / 2), panel_caption(score, threshold, title), fill="black",
+    draw.text((width / 2, TITLE_HEIGHT / 2), panel_caption(score, thresholds.image, title), fill="black",
               font=_font(14), anchor="mm")
     top = TITLE_HEIGHT + CAPTION_HEIGHT
     for index, (caption, pixels) in enumerate(views):

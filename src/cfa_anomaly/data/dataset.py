@@ -14,7 +14,8 @@ from cfa_anomaly.data.samples import Sample
 
 
 class AnomalyDataset(Dataset):
-    """Items: {"image": (3,S,S) float 0..1, "mask": (S,S) bool, "mask_known": bool, "label": int, "path": str}.
+    """Items: {"image": (3,S,S) float 0..1, "mask": (S,S) bool, "mask_known": bool, "label": int, "path": str,
+    "defect_type": str}.
 
     mask_known is False for a defective image without a mask; its "mask" is then an all-False placeholder,
     not ground truth.
@@ -43,6 +44,7 @@ class AnomalyDataset(Dataset):
             "mask_known": sample.mask_known,
             "label": sample.label,
             "path": str(sample.image),
+            "defect_type": sample.defect_type,
         }
 
 

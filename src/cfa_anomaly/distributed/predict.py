@@ -96,7 +96,7 @@ class ScoringActor:
         if self.panels != "none":  # the image as the model saw it, only for the panels to draw
             pictures = np.zeros((count, crop, crop, 3), np.uint8)
             for k in readable:
-                if panel_wanted(self.panels, float(scores[k]), self.predictor.threshold):
+                if panel_wanted(self.panels, float(scores[k]), self.predictor.thresholds):
                     pictures[k] = tensor_to_rgb(torch.from_numpy(np.array(batch["image"][k])))
             result["picture"] = pictures
         return result

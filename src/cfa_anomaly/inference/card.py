@@ -11,6 +11,10 @@ import torch
 
 from cfa_anomaly.config import Config, config_from_dict
 from cfa_anomaly.data.images import image_to_tensor
+from cfa_anomaly.thresholds import Thresholds
+
+LEGACY_THRESHOLD_KEYS = ("threshold", "threshold_source", "pixel_threshold", "pixel_threshold_source",
+                         "holdout_scores")  # model cards written before the thresholds were one object
 
 
 @dataclass(frozen=True)
@@ -19,53 +23,57 @@ class ModelCard:
 
     resize: int  # images are squashed to resize x resize ...
     crop: int  # ... then centre-cropped to crop x crop, the graph's input size
-    threshold: float | None  # decision threshold from held-out normal images; None: no decision
-    threshold_source: str
     backbone: str
     precision: str  # the arithmetic the model was trained with (resolved, never auto)
     backbone_weights_sha256: str
     package_version: str
     category: str
     config: dict[str, Any]  # the full training config (Config.to_dict)
-    # Optional (older checkpoints and exports lack them): the pixel threshold for outlines and defect masks, and
-    # the held-out normal images' scores, from which another image threshold quantile can be taken.
-    pixel_threshold: float | None = None
-    pixel_threshold_source: str = "none stored: outlines at the image threshold"
-    holdout_scores: tuple[float, ...] | None = None
+    # The decision and outline thresholds from held-out normal images (none: no decision).
+    thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
     keep_aspect: bool = False  # the short side is resized to `resize` instead of squashing to a square
 
     @classmethod
-    def of(cls, cfg: Config, threshold: dict[str, Any] | None, precision: str, weights_sha256: str,
+    def of(cls, cfg: Config, thresholds: Thresholds | None, precision: str, weights_sha256: str,
            version: str) -> ModelCard:
-        """threshold: the record pipeline.holdout_threshold makes (stored with the checkpoint)."""
-        threshold = threshold or {}
-        pixel = threshold.get("pixel") or {}
-        scores = threshold.get("holdout_scores")
-        return cls(resize=cfg.data.resize, crop=cfg.data.crop, threshold=threshold.get("value"),
-                   threshold_source=threshold.get("source", "none"), backbone=cfg.model.backbone,
+        return cls(resize=cfg.data.resize, crop=cfg.data.crop, backbone=cfg.model.backbone,
                    precision=precision, backbone_weights_sha256=weights_sha256, package_version=version,
-                   category=cfg.data.category, config=cfg.to_dict(), pixel_threshold=pixel.get("value"),
-                   pixel_threshold_source=pixel.get("source", cls.pixel_threshold_source),
-                   holdout_scores=None if scores is None else tuple(float(v) for v in scores),
+                   category=cfg.data.category, config=cfg.to_dict(), thresholds=thresholds or Thresholds(),
                    keep_aspect=cfg.data.keep_aspect)
 
+    @property
+    def geometry(self) -> str:
+        """How an input becomes the model's input, in words (cfa predict's summary, the service's card)."""
+        fit = (f"short side resized to {self.resize}" if self.keep_aspect
+               else f"resized to {self.resize} x {self.resize}")
+        if self.crop == self.resize and not self.keep_aspect:
+            return f"{fit}, whole image scored"
+        return f"{fit}, centre {self.crop} x {self.crop} scored (the border outside it is not inspected)"
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**values, "thresholds": self.thresholds.to_dict(), "geometry": self.geometry}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str) -> ModelCard:
         """Rebuild from to_dict's output; a missing required key or an unknown key is a ValueError naming
         `source` (the optional keys may be missing: exports made before they existed)."""
         fields = dataclasses.fields(cls)
-        names = {f.name for f in fields}
-        required = {f.name for f in fields if f.default is dataclasses.MISSING}
+        names = {f.name for f in fields} | {"geometry"}
+        required = {f.name for f in fields
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         given = set(values) if isinstance(values, dict) else set()
-        if not isinstance(values, dict) or not required <= given <= names:
+        legacy = {key for key in LEGACY_THRESHOLD_KEYS if key in given}
+        if not isinstance(values, dict) or not required <= given <= names | legacy:
             raise ValueError(f"{source}: the model card must have the keys {sorted(required)} (optional: "
                              f"{sorted(names - required)}); missing {sorted(required - given)}, "
-                             f"unknown {sorted(given - names)}")
-        scores = values.get("holdout_scores")
-        return cls(**{**values, "holdout_scores": None if scores is None else tuple(scores)})
+                             f"unknown {sorted(given - names - legacy)}")
+        kept = {k: v for k, v in values.items() if k in names - {"geometry", "thresholds"}}
+        if "thresholds" in values:
+            thresholds = Thresholds.from_dict(values["thresholds"])
+        else:  # an export written before the thresholds were one object: its flat keys
+            thresholds = Thresholds.from_dict({key: values[key] for key in legacy} or None)
+        return cls(**kept, thresholds=thresholds)
 
     def preprocess(self, rgb: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (3, crop, crop) float32 in 0..1, the geometry the model was trained with."""

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from cfa_anomaly import __version__
-from cfa_anomaly.checkpoint import restore_model, saved_threshold
+from cfa_anomaly.checkpoint import restore_model, saved_thresholds
 from cfa_anomaly.inference.card import ModelCard
 from cfa_anomaly.inference.errors import ExportError
 from cfa_anomaly.inference.runtimes import (
@@ -116,7 +116,7 @@ def export_checkpoint(checkpoint: Path, fmt: str, output: Path, overwrite: bool 
         raise ExportError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     _target_folder(output, overwrite)
     model, cfg, payload = restore_model(checkpoint, "cpu", precision="float32")
-    card = ModelCard.of(cfg, saved_threshold(payload), payload.get("precision") or cfg.model.precision,
+    card = ModelCard.of(cfg, saved_thresholds(payload), payload.get("precision") or cfg.model.precision,
                         model.extractor.weights_hash(), __version__)
     graph = PlainCFA(model, cfg.data.crop).eval()
     example = torch.rand(EXAMPLE_BATCH, 3, cfg.data.crop, cfg.data.crop, generator=torch.Generator().manual_seed(0))

@@ -7,7 +7,6 @@ checkpoint (the torch model), from a model in memory (right after training), or 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -17,10 +16,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cfa_anomaly.config import Config, ConfigError
+from cfa_anomaly.config import Config
 from cfa_anomaly.data.images import array_to_rgb, map_to_input_size, pil_to_rgb, read_rgb
 from cfa_anomaly.inference.card import ModelCard
 from cfa_anomaly.inference.result import InferenceResult
+from cfa_anomaly.thresholds import Thresholds
 
 ImageInput = str | Path | Image.Image | np.ndarray
 Backend = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]  # (N,3,c,c) 0..1 -> (maps, scores)
@@ -56,19 +56,19 @@ class Predictor:
                         precision: str | None = None) -> Predictor:
         """The torch model of a checkpoint. graph: fast (the trained precision) or plain (exact float32).
         precision: override the stored one (float32, mixed, bfloat16, int8-search)."""
-        from cfa_anomaly.checkpoint import restore_model, saved_threshold
+        from cfa_anomaly.checkpoint import restore_model, saved_thresholds
 
         model, cfg, payload = restore_model(Path(path), device, precision)
-        return cls.from_model(model, cfg, saved_threshold(payload), graph=graph)
+        return cls.from_model(model, cfg, saved_thresholds(payload), graph=graph)
 
     @classmethod
-    def from_model(cls, model: Any, cfg: Config, threshold: dict[str, Any] | None,
+    def from_model(cls, model: Any, cfg: Config, thresholds: Thresholds | None,
                    graph: str = "fast") -> Predictor:
-        """A CFA model in memory (e.g. just trained) with its config and held-out threshold."""
+        """A CFA model in memory (e.g. just trained) with its config and held-out thresholds."""
         from cfa_anomaly import __version__
         from cfa_anomaly.inference.torch_backend import TorchBackend
 
-        card = ModelCard.of(cfg, threshold, model.precision, model.extractor.weights_hash(), __version__)
+        card = ModelCard.of(cfg, thresholds, model.precision, model.extractor.weights_hash(), __version__)
         predictor = cls(TorchBackend(model, cfg.data.crop, graph), card, cfg.data.batch_size)
         predictor._config = cfg
         return predictor
@@ -83,45 +83,39 @@ class Predictor:
         backend, card = open_export(Path(path), inference_precision, verify)
         return cls(backend, card, int(card.config.get("data", {}).get("batch_size", 4)))
 
-    def _with_card(self, **changes: Any) -> Predictor:
-        other = Predictor(self.backend, replace(self.card, **changes), self.batch_size)
+    def with_thresholds(self, thresholds: Thresholds) -> Predictor:
+        """The same model deciding and outlining with other thresholds."""
+        other = Predictor(self.backend, replace(self.card, thresholds=thresholds), self.batch_size)
         other._config = self._config
         return other
 
     def with_threshold(self, value: float, source: str) -> Predictor:
         """The same model deciding at another image-score threshold; `source` says where it came from."""
-        if not math.isfinite(value):
-            raise ConfigError(f"threshold {value} is invalid: it must be a finite number")
-        return self._with_card(threshold=float(value), threshold_source=source)
+        return self.with_thresholds(self.thresholds.with_image(value, source))
 
     def with_quantile(self, quantile: float) -> Predictor:
-        """The same model deciding at another quantile of its held-out normal images' scores (stored with it)."""
-        if not 0.0 < quantile <= 1.0:
-            raise ConfigError(f"quantile {quantile} is invalid: it must be a number in (0, 1]")
-        scores = self.card.holdout_scores
-        if not scores:
-            raise ConfigError("this model stores no held-out normal scores (trained without a hold-out, or "
-                              "before they were stored), so no quantile of them can be taken: give a "
-                              "threshold instead (--threshold X)")
-        return self.with_threshold(float(np.quantile(np.asarray(scores), quantile)),
-                                   f"quantile {quantile} of the image scores of {len(scores)} held-out normal images")
+        """The same model deciding at another (conformal) quantile of its held-out normal images' scores."""
+        return self.with_thresholds(self.thresholds.with_quantile(quantile))
 
     def with_pixel_threshold(self, value: float, source: str) -> Predictor:
         """The same model outlining defects (and making defect masks) at another pixel-score threshold."""
-        if not math.isfinite(value):
-            raise ConfigError(f"pixel threshold {value} is invalid: it must be a finite number")
-        return self._with_card(pixel_threshold=float(value), pixel_threshold_source=source)
+        return self.with_thresholds(self.thresholds.with_pixel(value, source))
 
     # ------------------------------------------------------------------ properties
     @property
+    def thresholds(self) -> Thresholds:
+        return self.card.thresholds
+
+    @property
     def threshold(self) -> float | None:
-        return self.card.threshold
+        """The image decision threshold; None: the model makes no decision."""
+        return self.card.thresholds.image
 
     @property
     def pixel_threshold(self) -> float | None:
-        """Where a pixel counts as defective (outlines, defect masks); the image threshold for models that
-        store none."""
-        return self.card.pixel_threshold if self.card.pixel_threshold is not None else self.card.threshold
+        """The pixel threshold (outlines, defect masks; Thresholds.pixel_level); the image threshold for
+        models that store none."""
+        return self.card.thresholds.outline_level
 
     @property
     def crop(self) -> int:
@@ -162,7 +156,7 @@ class Predictor:
 
     def decide(self, scores: np.ndarray) -> np.ndarray | None:
         """score >= threshold (defective) per image; None when the model has no threshold."""
-        return None if self.threshold is None else np.asarray(scores) >= self.threshold
+        return self.thresholds.decide(scores)
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> InferenceResult:
         """Score images given as paths, PIL images or uint8 arrays (any size, any mode); one or a list."""
@@ -182,5 +176,4 @@ class Predictor:
         input_maps = [map_to_input_size(m, size, self.card.resize, crop, self.card.keep_aspect)
                       for m, size in zip(all_maps, sizes)]
         return InferenceResult(sources=sources, scores=all_scores, maps=all_maps, input_maps=input_maps,
-                               threshold=self.threshold, decisions=self.decide(all_scores),
-                               pixel_threshold=self.pixel_threshold)
+                               thresholds=self.thresholds)

@@ -6,14 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFECTIVE, GOOD = "defective", "good"
+from cfa_anomaly.thresholds import DEFECTIVE, GOOD, Thresholds
 
-
-def decision_label(score: float, threshold: float | None) -> str | None:
-    """"defective" when the score reaches the threshold, else "good"; None without a threshold."""
-    if threshold is None:
-        return None
-    return DEFECTIVE if score >= threshold else GOOD
+__all__ = ["DEFECTIVE", "GOOD", "InferenceResult"]
 
 
 @dataclass
@@ -24,15 +19,28 @@ class InferenceResult:
     scores: np.ndarray  # (N,) float32 image scores (the maximum of each map)
     maps: np.ndarray  # (N, crop, crop) float32 anomaly maps on the model's input grid
     input_maps: list[np.ndarray]  # the maps on each input's own (H_i, W_i) pixels
-    threshold: float | None  # the held-out decision threshold; None when the model has none
-    decisions: np.ndarray | None  # (N,) bool, score >= threshold (defective); None without a threshold
-    pixel_threshold: float | None = None  # pixels whose map value reaches it are outlined as defective
+    thresholds: Thresholds  # the decision and outline thresholds (Thresholds() when the model has none)
 
     def __len__(self) -> int:
         return len(self.sources)
 
+    @property
+    def threshold(self) -> float | None:
+        """The image decision threshold; None when the model has none."""
+        return self.thresholds.image
+
+    @property
+    def pixel_threshold(self) -> float | None:
+        return self.thresholds.outline_level
+
+    @property
+    def decisions(self) -> np.ndarray | None:
+        """(N,) bool, score >= threshold (defective); None without a threshold."""
+        return self.thresholds.decide(self.scores)
+
     def defect_masks(self) -> list[np.ndarray] | None:
-        """Per input, on its own pixels: (H_i, W_i) bool, map >= pixel threshold; None without one."""
-        if self.pixel_threshold is None:
+        """Per input, on its own pixels: (H_i, W_i) bool, the outline of Thresholds.defect_mask (nothing in
+        an image decided good); None without thresholds."""
+        if self.thresholds.outline_level is None:
             return None
-        return [m >= self.pixel_threshold for m in self.input_maps]
+        return [self.thresholds.defect_mask(m, s) for m, s in zip(self.input_maps, self.scores)]

@@ -34,11 +34,11 @@ from cfa_anomaly.config import ConfigError
 from cfa_anomaly.data.images import tensor_to_rgb
 from cfa_anomaly.heatmap import PREDICTED_COLOUR, MapScale, draw_outline, heat_overlay
 from cfa_anomaly.inference import Predictor
-from cfa_anomaly.inference.result import DEFECTIVE, decision_label
 from cfa_anomaly.serve.errors import ServeError
 from cfa_anomaly.serve.limits import BodyLimit
 from cfa_anomaly.serve.uploads import decode_image, png_base64
 from cfa_anomaly.serve.worker import CpuGate, InferenceWorker, Scored
+from cfa_anomaly.thresholds import DEFECTIVE, GOOD
 
 log = logging.getLogger("cfa_anomaly.serve")
 FORM_OVERHEAD = 64 << 10  # multipart boundaries and headers allowed beyond the file limit
@@ -209,16 +209,18 @@ class Service:
     def _answer(self, prepared: Prepared, scored: Scored, with_map: bool, with_overlay: bool,
                 started: float) -> dict[str, Any]:
         """The JSON of one scored image (thread pool: PNG encoding)."""
-        threshold, pixel_threshold = self.predictor.threshold, self.predictor.pixel_threshold
-        decision = decision_label(scored.score, threshold)
+        thresholds = self.predictor.thresholds
+        threshold, pixel_threshold = thresholds.image, thresholds.outline_level
+        decision = thresholds.label(scored.score)
         anomaly_map = np.asarray(scored.anomaly_map, dtype=np.float32)
-        defect = None if pixel_threshold is None else anomaly_map >= pixel_threshold
+        defect = thresholds.defect_mask(anomaly_map, scored.score)
         answer: dict[str, Any] = {
             "score": scored.score,
             "decision": decision,
             "is_defective": None if decision is None else decision == DEFECTIVE,
             "threshold": threshold,
             "pixel_threshold": pixel_threshold,
+            "outline_level": thresholds.pixel_level(scored.score) if decision != GOOD else None,
             "defect_area": None if defect is None else float(defect.mean()),
             "model_id": self.info.model_id,
             "width": prepared.width,
@@ -289,6 +291,7 @@ class Service:
     def model(self) -> dict[str, Any]:
         return {"model_id": self.info.model_id, "engine": self.predictor.name, "source": self.info.source,
                 "path": self.info.path, "sha256": self.info.sha256, **self.predictor.card.to_dict(),
+                "threshold": self.predictor.threshold, "pixel_threshold": self.predictor.pixel_threshold,
                 "served_by": f"cfa-anomaly {__version__}", "limits": asdict(self.settings),
                 "scored": {"images": self.worker.images, "batches": self.worker.batches,
                            "busy_s": round(self.worker.busy_s, 3)}}
