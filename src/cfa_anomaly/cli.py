@@ -248,6 +248,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         summary = predict_images(predictor, args.inputs, output, options)
         engine = predictor.name
     print_predict_summary(summary, output, engine)
+    print(f"geometry: {predictor.card.geometry}; decisions: {predictor.thresholds.image_source}")
     if summary.images and not summary.scored:
         raise DatasetError(f"none of the {summary.images} input file(s) could be read; see {output}")
 
@@ -276,9 +277,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     run_server(predictor, settings, info, host=args.host, port=args.port, access_log=not args.no_access_log)
 
 
+# The demo's generated categories: 48 normal images, half of them held out so that its thresholds rest on
+# 24 normal images (a new good part exceeds the image threshold with probability 1/25), and 20 good test
+# images so that its false-alarm share can be read.
+DEMO_COUNTS = {"n_train": 48, "n_test_good": 20, "n_test_per_defect": 3}
+
+
 def demo_overrides(extra: Sequence[str]) -> list[str]:
     """The embedded default: an offline ImageNet backbone and the paper's training settings."""
-    return ["model.backbone=mobilenet_v2", "train.epochs=30", "data.holdout_fraction=0.2", *extra]
+    return ["model.backbone=mobilenet_v2", "train.epochs=30", "data.holdout_fraction=0.5", *extra]
 
 
 def report_problems(summary: dict[str, Any], requested: int, noun: str = "categories") -> int:
@@ -305,7 +312,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     categories = [f"{DEMO_CATEGORY}_{kind}" for kind in args.kinds]
     for kind, category in zip(args.kinds, categories):
         log.info("generating a synthetic %s dataset in %s", kind, data_root / category)
-        generate_dataset(data_root, category=category, kind=kind, seed=seed)
+        generate_dataset(data_root, category=category, kind=kind, seed=seed, **DEMO_COUNTS)
     summary = run_benchmark(data_root, output, categories, demo_overrides(args.overrides), config_dir=None)
     print((output / "results.md").read_text().split("'-' is a category")[0].rstrip() + "\n")
     print(f"results, panels, GIFs and plots in {output} (tables: {output / 'results.md'})")

@@ -50,11 +50,15 @@ class DataConfig:
     normal_test_dir: str | None = None
     mask_dir: str | None = None
     normal_test_fraction: float = 0.2
-    resize: int = 256
+    # Geometry: images are resized to resize x resize, then the central crop x crop square is scored. The
+    # default scores the whole image (crop = resize), so no defect at the border is lost; the MVTec AD
+    # configs keep the paper's benchmark convention (resize 256, crop 224: 16 px of every border unseen).
+    resize: int = 224
     crop: int = 224
-    # false: images are squashed to resize x resize (the paper's pipeline). true: the short side is resized
-    # to `resize` and the long side in proportion, so non-square products keep their shape; both then keep
-    # the central crop x crop square. Masks get the same geometry; maps are mapped back the same way.
+    # false: images are squashed to resize x resize. true: the short side is resized to `resize` and the
+    # long side in proportion, so non-square products keep their shape, and the central crop x crop square
+    # is scored (a long image's ends are then not inspected). Masks get the same geometry; maps are mapped
+    # back the same way.
     keep_aspect: bool = False
     batch_size: int = 4
     num_workers: int = 0
