@@ -32,12 +32,14 @@ def write_yaml(path: Path, content: dict | str) -> Path:
 # --------------------------------------------------------------------------- defaults and YAML
 def test_defaults_validate_and_follow_the_paper():
     cfg = Config().validate()
-    assert (cfg.data.resize, cfg.data.crop) == (256, 224)
+    assert (cfg.data.resize, cfg.data.crop) == (224, 224)  # a user's data: the whole image is scored
     assert (cfg.model.K, cfg.model.J) == (3, 3)
     assert cfg.model.nu == pytest.approx(1e-3) and cfg.model.alpha == pytest.approx(0.1)
     assert cfg.model.radius_init == pytest.approx(1e-5)
     assert (cfg.train.epochs, cfg.train.lr, cfg.train.weight_decay) == (30, pytest.approx(1e-3), pytest.approx(5e-4))
     assert load_config().to_dict() == Config().to_dict()
+    paper = load_config(Path(__file__).resolve().parents[1] / "configs/anomaly/unsupervised/cfa/bottle.yaml")
+    assert (paper.data.resize, paper.data.crop) == (256, 224)  # the paper's MVTec AD convention
 
 
 def test_yaml_file_is_applied_on_top_of_defaults(tmp_path):

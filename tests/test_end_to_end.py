@@ -25,6 +25,7 @@ from cfa_anomaly.evaluate import predict
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.pipeline import CHECKPOINT_NAME, load_model, train_and_test
 from cfa_anomaly.model.factory import build_model
+from cfa_anomaly.thresholds import quantile_threshold
 from cfa_anomaly.train import fit
 
 from conftest import REPO_ROOT, SYNTH_CATEGORY, SYNTH_COUNTS, requires_mobilenet_weights, small_config, \
@@ -106,7 +107,7 @@ def test_scores_maps_and_panels_agree(run):
     # image score = max of its map (maps are stored as float16)
     np.testing.assert_allclose(maps.reshape(N_TEST, -1).max(1), scores, rtol=2e-3)
     # decisions follow the held-out threshold
-    threshold = report["threshold"]["value"]
+    threshold = report["threshold"]["image"]["value"]
     assert threshold is not None
     for row in rows:
         assert row["decision"] == ("defective" if float(row["score"]) >= threshold else "good")
@@ -124,8 +125,8 @@ def test_training_summary(run):
     assert len(losses) == cfg.train.epochs
     assert all(math.isfinite(v) and v >= 0 for v in losses)
     # every train/good image is used either for training or for the held-out threshold, never both
-    assert report["train"]["images"] + report["threshold"]["images"] == SYNTH_COUNTS["n_train"]
-    assert report["threshold"]["images"] >= 1
+    assert report["train"]["images"] + report["threshold"]["image"]["images"] == SYNTH_COUNTS["n_train"]
+    assert report["threshold"]["image"]["images"] >= 1
     _, payload = read_checkpoint(output / CHECKPOINT_NAME)
     radius = float(payload["state"]["loss_fn.radius"])
     assert radius == pytest.approx(report["train"]["radius"])
@@ -136,13 +137,13 @@ def test_threshold_is_quantile_of_held_out_normal_scores(run):
     cfg, output, report = run
     train = make_samples(cfg.data.root, cfg.data.category, "train")
     kept, held = split_holdout(train, cfg.data.holdout_fraction, cfg.train.seed)
-    assert len(held) == report["threshold"]["images"]
+    assert len(held) == report["threshold"]["image"]["images"]
     assert {s.image for s in kept}.isdisjoint(s.image for s in held)
     assert {s.image for s in kept} | {s.image for s in held} == {s.image for s in train}
     predictor = Predictor.from_checkpoint(output / CHECKPOINT_NAME, device="cpu")
     scores = predict(predictor, loader_of(held, cfg)).scores
-    expected = float(np.quantile(scores, cfg.evaluation.threshold_quantile))
-    assert report["threshold"]["value"] == pytest.approx(expected, rel=1e-5)
+    expected = quantile_threshold(scores, cfg.evaluation.threshold_quantile)
+    assert report["threshold"]["image"]["value"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_localises_better_than_chance(run):
@@ -268,7 +269,7 @@ def test_cli_predict_writes_scores_matching_the_test_run(run, tmp_path, capsys):
     predicted = read_csv(out / "scores.csv")
     assert [r["path"] for r in predicted] == [r["path"] for r in chosen]
     assert "label" not in predicted[0]
-    threshold = json.loads((output / "metrics.json").read_text())["threshold"]["value"]
+    threshold = json.loads((output / "metrics.json").read_text())["threshold"]["image"]["value"]
     assert [r["decision"] for r in predicted] == [r["decision"] for r in chosen]
     assert all(r["decision"] == ("defective" if float(r["score"]) >= threshold else "good") for r in predicted)
     for got, expected in zip(predicted, chosen):
@@ -389,7 +390,7 @@ def test_killed_run_resumes_from_its_last_epoch_to_the_same_model(synth_root, tm
     _, full = read_checkpoint(tmp_path / "full" / CHECKPOINT_NAME)
     _, resumed = read_checkpoint(killed / CHECKPOINT_NAME)
     assert full["extra"]["train"]["loss_per_epoch"] == resumed["extra"]["train"]["loss_per_epoch"]
-    assert full["extra"]["threshold"]["value"] == resumed["extra"]["threshold"]["value"]
+    assert full["extra"]["threshold"] == resumed["extra"]["threshold"]
     assert full["extra"].get("validation") == resumed["extra"].get("validation")  # history and selection
     for key, tensor in full["state"].items():
         assert torch.equal(tensor, resumed["state"][key]), key

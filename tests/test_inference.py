@@ -86,7 +86,7 @@ def test_predictor_takes_paths_pil_images_and_arrays_alike(trained):
     assert len(result) == 4 and result.sources[0] == path
     np.testing.assert_allclose(result.scores, result.scores[0], rtol=1e-6)
     assert result.maps.shape == (4, cfg.data.crop, cfg.data.crop)
-    threshold = read_checkpoint(checkpoint)[1]["extra"]["threshold"]["value"]
+    threshold = read_checkpoint(checkpoint)[1]["extra"]["threshold"]["image"]["value"]
     assert result.threshold == threshold is not None
     np.testing.assert_array_equal(result.decisions, result.scores >= threshold)
 
@@ -192,7 +192,8 @@ def test_export_metadata_says_what_a_runtime_needs(exported, trained):
     assert metadata["runtime"] == runtime
     card = metadata["card"]
     assert (card["resize"], card["crop"], card["backbone"]) == (cfg.data.resize, cfg.data.crop, cfg.model.backbone)
-    assert card["threshold"] == read_checkpoint(checkpoint)[1]["extra"]["threshold"]["value"]
+    assert card["thresholds"] == read_checkpoint(checkpoint)[1]["extra"]["threshold"]
+    assert "geometry" in card
     assert card["precision"] in ("float32", "mixed") and card["package_version"]
     assert metadata["input"]["shape"] == ["N", 3, cfg.data.crop, cfg.data.crop]
     assert set(metadata["files"]) == {p.name for p in folder.iterdir()} - {"model.json"}
@@ -244,9 +245,9 @@ def test_export_metadata_without_a_card_key_is_refused(exported, tmp_path):
     _, folder = exported
     copy = copied(folder, tmp_path / "copy")
     metadata = json.loads((copy / "model.json").read_text())
-    del metadata["card"]["threshold"]
+    del metadata["card"]["backbone"]
     (copy / "model.json").write_text(json.dumps(metadata))
-    with pytest.raises(ExportError, match="threshold"):
+    with pytest.raises(ExportError, match="backbone"):
         Predictor.from_export(copy)
 
 

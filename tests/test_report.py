@@ -15,6 +15,7 @@ from cfa_anomaly import viz
 from cfa_anomaly.benchmark import run_benchmark
 from cfa_anomaly.config import MVTEC_CATEGORIES, load_config
 from cfa_anomaly.report import TABLES, average, column_title, csv_report, markdown_report, markdown_table
+from cfa_anomaly.thresholds import Thresholds
 from conftest import SYNTH_CATEGORY, requires_mobilenet_weights, small_overrides
 
 RESULTS = {
@@ -112,8 +113,8 @@ def test_panel_has_one_column_per_view_and_gif_has_the_requested_frames(tmp_path
     anomaly_map = rng.random((64, 64))
     mask = np.zeros((64, 64), bool)
     mask[10:20, 10:20] = True
-    with_truth = viz.render_panel(image, anomaly_map, 0.9, 0.5, (0.0, 1.0), mask, title="a")
-    without = viz.render_panel(image, anomaly_map, 0.9, 0.5, (0.0, 1.0), None, title="b")
+    with_truth = viz.render_panel(image, anomaly_map, 0.9, Thresholds(image=0.5), (0.0, 1.0), mask, title="a")
+    without = viz.render_panel(image, anomaly_map, 0.9, Thresholds(image=0.5), (0.0, 1.0), None, title="b")
     assert with_truth.dtype == np.uint8 and with_truth.shape[2] == 3
     assert with_truth.shape[1] > without.shape[1]  # the ground-truth column is added
 
@@ -121,7 +122,7 @@ def test_panel_has_one_column_per_view_and_gif_has_the_requested_frames(tmp_path
     order = viz.gif_order(labels, good_frames=2, max_frames=10)
     assert order == [1, 3, 4, 0, 2]  # defective first, then two good ones
     assert viz.gif_order(labels, good_frames=2, max_frames=3) == [1, 0, 2]
-    frames = [viz.render_panel(image, anomaly_map * (i + 1), 0.9, 0.5, (0.0, 5.0), mask, title=str(i))
+    frames = [viz.render_panel(image, anomaly_map * (i + 1), 0.9, Thresholds(image=0.5), (0.0, 5.0), mask, title=str(i))
               for i in range(len(order))]  # distinct frames: GIF writers merge identical ones
     viz.write_gif(tmp_path / "x.gif", frames, max_width=300)
     gif = iio.imread(tmp_path / "x.gif", index=None)
@@ -141,7 +142,7 @@ def test_benchmark_writes_tables_gifs_and_resumes(synth_root, tmp_path):
     assert "dataset not found" in summary["problems"]["absent_part"]
     metrics_path = output / SYNTH_CATEGORY / "metrics.json"
     report = json.loads(metrics_path.read_text())
-    assert report["threshold"]["images"] == 1  # 20% of 6 training images, held out
+    assert report["threshold"]["image"]["images"] == 1  # 20% of 6 training images, held out
     assert report["train"]["images"] == 5
     gif = output / "assets" / f"{SYNTH_CATEGORY}.gif"
     with Image.open(gif) as handle:
@@ -152,6 +153,14 @@ def test_benchmark_writes_tables_gifs_and_resumes(synth_root, tmp_path):
         assert (output / SYNTH_CATEGORY / name).stat().st_size > 0
     text = (output / "results.md").read_text()
     assert "Synth" in text and "absent_part" in text
+    assert "## Per defect type" in text
+    by_kind = list(csv.DictReader(io.StringIO((output / "results_by_kind.csv").read_text())))
+    assert {row["defect_type"] for row in by_kind} == set(report["per_kind"])
+    for row in by_kind:
+        kind = report["per_kind"][row["defect_type"]]
+        assert row["category"] == SYNTH_CATEGORY and int(row["images"]) == kind["images"] == 1
+        assert float(row["image_auroc"]) == pytest.approx(kind["image_auroc"], abs=1e-6)
+        assert f"| {SYNTH_CATEGORY} | {row['defect_type']} | 1 |" in text
 
     stamp = metrics_path.stat().st_mtime_ns
     again = run_benchmark(synth_root, output, [SYNTH_CATEGORY], overrides, config_dir=None)

@@ -117,7 +117,7 @@ def assert_matches(answer: dict, trained, index: int) -> None:
     assert answer["is_defective"] == bool(reference.decisions[index])
     assert answer["decision"] == ("defective" if reference.decisions[index] else "good")
     assert answer["pixel_threshold"] == pytest.approx(predictor.pixel_threshold)
-    area = float((reference.maps[index] >= predictor.pixel_threshold).mean())
+    area = float(predictor.thresholds.defect_mask(reference.maps[index], reference.scores[index]).mean())
     assert answer["defect_area"] == pytest.approx(area, abs=2.0 / reference.maps[index].size)
 
 
