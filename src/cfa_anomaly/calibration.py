@@ -30,6 +30,7 @@ from cfa_anomaly import metrics
 from cfa_anomaly.config import Config
 from cfa_anomaly.data.dataset import AnomalyDataset, make_loader
 from cfa_anomaly.data.samples import Sample
+from cfa_anomaly.data.synthetic import PAINTED_DEFECTS
 from cfa_anomaly.evaluate import predict
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.thresholds import Thresholds, quantile_threshold
@@ -39,11 +40,10 @@ log = logging.getLogger(__name__)
 
 
 def painted_maps(predictor: Predictor, holdout: Sequence[Sample], cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """(maps, masks) of the held-out images, clean and with every painted defect kind, on the crop grid."""
+    """(maps, masks) of the held-out images (a tiled model: a few tiles of each), clean and with every
+    painted defect kind, on the model's input grid."""
     painted = synthetic_validation_set(list(holdout), cfg)
-    step = max(predictor.batch_size, 1)
-    maps = [predictor.score_batch(painted.images[i: i + step])[0] for i in range(0, len(painted.labels), step)]
-    return np.concatenate(maps), painted.masks
+    return predictor.score_tiles(painted.images), painted.masks
 
 
 RELATIVE_STEPS = np.round(np.arange(0.0, 0.96, 0.05), 2)  # the fractions of the way to the peak tried
@@ -87,7 +87,9 @@ def thresholds_from_holdout(predictor: Predictor, holdout: Sequence[Sample], cfg
         holdout_scores=tuple(float(v) for v in held.scores))
     if evaluation.pixel_threshold_method != "quantile":
         maps, masks = painted_maps(predictor, holdout, cfg)
-        painted = f"{count} held-out normal images and {len(maps) - count} copies with painted defects"
+        clean = len(maps) // (len(PAINTED_DEFECTS) + 1)
+        views = "normal images" if clean == count else f"tiles of {count} normal images"
+        painted = f"{clean} held-out {views} and {len(maps) - clean} copies with painted defects"
         level, f1 = metrics.best_f1_threshold(masks, maps)
         relative, relative_f1 = best_relative(thresholds, maps, masks)
         candidates = {**thresholds.pixel_candidates, "synthetic-f1": (level, 0.0),

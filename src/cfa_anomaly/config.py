@@ -60,12 +60,22 @@ class DataConfig:
     # is scored (a long image's ends are then not inspected). Masks get the same geometry; maps are mapped
     # back the same way.
     keep_aspect: bool = False
+    # Tiles for high-resolution images (tiling.py): 0 = off. N > 0: the resize x resize image (data.crop
+    # must equal data.resize) is cut into N x N squares overlapping by tile_overlap of their side, each the
+    # model's input; their maps are blended into one map of the whole image. E.g. resize 2048, tile 256.
+    tile: int = 0
+    tile_overlap: float = 0.25
     batch_size: int = 4
     num_workers: int = 0
     # Normal images held out of training to set the decision threshold (never the test set):
     # a seeded fraction of train/good, or a folder of normal images given here.
     holdout_fraction: float = 0.1
     holdout_dir: str | None = None
+    @property
+    def input_size(self) -> int:
+        """The side of the model's input: a tile, or the crop."""
+        return self.tile or self.crop
+
     # Label-free validation: null (none), or synthetic: defects painted onto the held-out normal images,
     # scored every train.validate_every epochs (validation.py). Needs held-out images; test labels unused.
     validation: str | None = None
@@ -173,6 +183,15 @@ class Config:
             ("data.resize", self.data.resize > 0, "a positive integer"),
             ("data.crop", 0 < self.data.crop <= self.data.resize, f"a positive integer <= data.resize ({self.data.resize})"),
             ("data.batch_size", self.data.batch_size > 0, "a positive integer"),
+            ("data.tile", self.data.tile == 0 or 32 <= self.data.tile <= self.data.resize,
+             f"0 (no tiles) or from 32 to data.resize ({self.data.resize})"),
+            ("data.tile_overlap", 0.0 <= self.data.tile_overlap <= 0.75, "a number from 0 to 0.75"),
+            ("data.crop", self.data.tile == 0 or self.data.crop == self.data.resize,
+             f"equal to data.resize ({self.data.resize}) when data.tile is set: the tiles cover the whole image"),
+            ("data.keep_aspect", self.data.tile == 0 or not self.data.keep_aspect,
+             "false when data.tile is set (the image is resized to data.resize square, then tiled)"),
+            ("data.validation", self.data.tile == 0 or self.data.validation is None,
+             "null when data.tile is set (validation scores whole images, not tiles)"),
             ("data.num_workers", self.data.num_workers >= 0, "an integer >= 0"),
             ("data.holdout_fraction", 0.0 <= self.data.holdout_fraction <= 0.5, "a number from 0 to 0.5"),
             ("data.normal_test_fraction", 0.0 < self.data.normal_test_fraction <= 0.5,
@@ -194,8 +213,9 @@ class Config:
             ("model.alpha", self.model.alpha >= 0, "a number >= 0"),
             ("model.radius_init", self.model.radius_init >= 0, "a number >= 0"),
             ("model.blur_sigma", self.model.blur_sigma >= 0, "a number >= 0 (0 disables smoothing)"),
-            ("model.blur_sigma", int(4.0 * self.model.blur_sigma + 0.5) < self.data.crop,
-             f"small enough that the Gaussian's radius round(4 sigma) is below data.crop ({self.data.crop})"),
+            ("model.blur_sigma", int(4.0 * self.model.blur_sigma + 0.5) < self.data.input_size,
+             f"small enough that the Gaussian's radius round(4 sigma) is below the model's input size "
+             f"({self.data.input_size})"),
             ("model.kmeans_iters", self.model.kmeans_iters >= 1, "an integer >= 1"),
             ("train.epochs", self.train.epochs >= 0, "an integer >= 0"),
             ("train.lr", self.train.lr > 0, "a positive number"),
@@ -237,17 +257,17 @@ class Config:
             raise ConfigError(f"model.precision = int8-search runs on a CPU only, but train.device = "
                               f"{device!r}: use model.precision=mixed (or auto) on a GPU")
         # Memory-bank size limits that depend on the feature-map size (stride 4 of the crop).
-        positions = (self.data.crop // 4) ** 2
+        positions = (self.data.input_size // 4) ** 2
         centres = positions // self.model.gamma_c
         if centres < 1:
             raise ConfigError(
-                f"model.gamma_c = {self.model.gamma_c} is too large: the {self.data.crop}px crop gives "
+                f"model.gamma_c = {self.model.gamma_c} is too large: the {self.data.input_size}px input gives "
                 f"{positions} patch positions, so gamma_c must be <= {positions}"
             )
         if self.model.K + self.model.J > centres:
             raise ConfigError(
                 f"model.K + model.J = {self.model.K + self.model.J} exceeds the memory bank size {centres} "
-                f"(crop {self.data.crop}px, gamma_c {self.model.gamma_c}); lower K/J or gamma_c"
+                f"(input {self.data.input_size}px, gamma_c {self.model.gamma_c}); lower K/J or gamma_c"
             )
         return self
 

@@ -14,7 +14,7 @@ from cfa_anomaly import __version__
 from cfa_anomaly.calibration import thresholds_from_holdout
 from cfa_anomaly.checkpoint import restore_model, save_checkpoint
 from cfa_anomaly.config import Config, ConfigError, save_config
-from cfa_anomaly.data.dataset import AnomalyDataset, make_loader
+from cfa_anomaly.data.dataset import AnomalyDataset, TiledDataset, make_loader
 from cfa_anomaly.data.folder import dataset_samples
 from cfa_anomaly.data.images import unreadable
 from cfa_anomaly.data.samples import DatasetError, Sample, Split, folder_samples, split_holdout
@@ -25,6 +25,7 @@ from cfa_anomaly.model import CFA
 from cfa_anomaly.model.factory import build_model, resolve_device
 from cfa_anomaly.outputs import format_metrics_table, write_maps, write_scores_csv, write_visuals
 from cfa_anomaly.thresholds import Thresholds
+from cfa_anomaly.tiling import TileGrid
 from cfa_anomaly.train import TrainResult, fit
 from cfa_anomaly.validation import ValidationTracker, plot_validation, synthetic_validation_set
 
@@ -47,6 +48,15 @@ def _environment(predictor: Predictor | None = None) -> dict[str, Any]:
 def _loader_of(samples, cfg: Config):
     dataset = AnomalyDataset(samples, cfg.data.resize, cfg.data.crop, cfg.data.keep_aspect)
     return make_loader(dataset, cfg.data.batch_size, cfg.data.num_workers)
+
+
+def training_loader(samples: list[Sample], cfg: Config):
+    """The training images, or with data.tile every tile of them (the model's inputs)."""
+    if not cfg.data.tile:
+        return _loader_of(samples, cfg)
+    dataset = AnomalyDataset(samples, cfg.data.resize, cfg.data.crop, cfg.data.keep_aspect)
+    grid = TileGrid(cfg.data.crop, cfg.data.tile, cfg.data.tile_overlap)
+    return make_loader(TiledDataset(dataset, grid), cfg.data.batch_size, cfg.data.num_workers)
 
 
 def _loader(cfg: Config, split: Split):
@@ -291,7 +301,7 @@ def train_and_test(cfg: Config, output: Path, run_test: bool = True, resume: dic
     save_config(cfg, output / "config.yaml")
     state_path = output / TRAIN_STATE_NAME
     tracker = _validation_tracker(model, holdout, cfg)
-    result = fit(model, _loader_of(train_samples, cfg), cfg, device, state_path=state_path, resume=resume,
+    result = fit(model, training_loader(train_samples, cfg), cfg, device, state_path=state_path, resume=resume,
                  observer=tracker)
     summary = _train_summary(result, cfg.train.epochs)
     if tracker is not None:

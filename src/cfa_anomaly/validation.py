@@ -26,6 +26,7 @@ from cfa_anomaly.data.samples import Sample
 from cfa_anomaly.data.synthetic import PAINTED_DEFECTS, paint_defect
 from cfa_anomaly.model import CFA
 from cfa_anomaly.model.cfa import Layers
+from cfa_anomaly.tiling import TileGrid
 from cfa_anomaly.train import cache_features, select_images
 
 log = logging.getLogger(__name__)
@@ -36,18 +37,31 @@ SELECTION_METRIC = "aupro"
 class ValidationSet:
     """M images on the model's input grid with their labels and exact masks."""
 
-    images: torch.Tensor  # (M, 3, crop, crop) float32 in 0..1
+    images: torch.Tensor  # (M, 3, s, s) float32 in 0..1, s the model's input size
     labels: np.ndarray  # (M,) 0 clean, 1 painted
     masks: np.ndarray  # (M, crop, crop) bool
     kinds: list[str]  # "good" or the painted defect kind, per image
 
 
+TILES_PER_IMAGE = 4  # a tiled model's painted set: this many tiles of each held-out image, spread evenly
+
+
+def model_views(rgb: np.ndarray, cfg: Config) -> list[np.ndarray]:
+    """What the model sees of a (crop, crop, 3) image: the image, or with data.tile a few of its tiles."""
+    if not cfg.data.tile:
+        return [rgb]
+    grid = TileGrid(cfg.data.crop, cfg.data.tile, cfg.data.tile_overlap)
+    tiles = grid.cut(torch.from_numpy(rgb).permute(2, 0, 1)[None])
+    chosen = np.unique(np.linspace(0, len(tiles) - 1, min(TILES_PER_IMAGE, len(tiles))).round().astype(int))
+    return [tiles[i].permute(1, 2, 0).numpy() for i in chosen]
+
+
 def synthetic_validation_set(holdout: list[Sample], cfg: Config) -> ValidationSet:
-    """Each held-out normal image, clean and with one painted defect of every kind (seeded by
-    train.seed)."""
+    """Each held-out normal image (a tiled model: a few of its tiles), clean and with one painted defect of
+    every kind (seeded by train.seed), on the model's input grid."""
     data = cfg.data
-    crops = [tensor_to_rgb(image_to_tensor(read_rgb(s.image), data.resize, data.crop, data.keep_aspect))
-             for s in holdout]
+    crops = [view for s in holdout for view in model_views(
+        tensor_to_rgb(image_to_tensor(read_rgb(s.image), data.resize, data.crop, data.keep_aspect)), cfg)]
     images, labels, masks, kinds = [], [], [], []
     for index, rgb in enumerate(crops):
         images.append(rgb)

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cfa_anomaly.data.images import check_same_size, image_to_tensor, mask_to_tensor, read_mask, read_rgb
 from cfa_anomaly.data.samples import Sample
+from cfa_anomaly.tiling import TileGrid
 
 
 class AnomalyDataset(Dataset):
@@ -52,3 +53,23 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> Data
     """Deterministic order (no shuffling is needed: features are cached and batches re-drawn per epoch)."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+class TiledDataset(Dataset):
+    """Every tile of every image of `images` (image by image, tiling.TileGrid.cut's order): the training
+    items of a tiled model. Items: {"image": (3, tile, tile), "path": str}; the last image's tiles are kept,
+    so in order each image is read once."""
+
+    def __init__(self, images: AnomalyDataset, grid: TileGrid) -> None:
+        self.images = images
+        self.grid = grid
+        self._cached: tuple[int, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.images) * self.grid.count
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image_index, tile_index = divmod(index, self.grid.count)
+        if self._cached is None or self._cached[0] != image_index:
+            self._cached = (image_index, self.grid.cut(self.images[image_index]["image"][None]))
+        return {"image": self._cached[1][tile_index], "path": str(self.images.samples[image_index].image)}

@@ -185,13 +185,13 @@ def _curve_distance(n: int, pts: np.ndarray, pad: float) -> np.ndarray:
 
 
 def _scratch(
-    rng: np.random.Generator, img: np.ndarray, support: np.ndarray, bg: np.ndarray
+    rng: np.random.Generator, img: np.ndarray, support: np.ndarray, bg: np.ndarray, scale: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Thin (2-4 px) bright or dark line, 30-90 px long, straight or curved."""
     n = img.shape[0]
-    s = n / 256
+    s = n / 256 * scale
     thick = rng.uniform(2, 4) * s
-    min_len = max(30 * s, 1.2 * _MIN_AREA_FRAC * n * n / thick)
+    min_len = max(30 * s, 1.2 * _MIN_AREA_FRAC * scale**2 * n * n / thick)
     length = rng.uniform(min(min_len, 90 * s), 90 * s)
     centre = np.array(_sample_centre(rng, support, length / 2 + thick))
     ang = rng.uniform(0, np.pi)
@@ -211,11 +211,11 @@ def _flat(img: np.ndarray, rgb: np.ndarray) -> np.ndarray:
 
 
 def _hole(
-    rng: np.random.Generator, img: np.ndarray, support: np.ndarray, bg: np.ndarray
+    rng: np.random.Generator, img: np.ndarray, support: np.ndarray, bg: np.ndarray, scale: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dark filled ellipse (radii 7-14 px) with slight radial shading."""
     n = img.shape[0]
-    s = n / 256
+    s = n / 256 * scale
     a, b = rng.uniform(7, 14, size=2) * s
     cy, cx = _sample_centre(rng, support, max(a, b) + 1)
     ang = rng.uniform(0, np.pi)
@@ -230,11 +230,11 @@ def _hole(
 
 
 def _stain(
-    rng: np.random.Generator, img: np.ndarray, support: np.ndarray, bg: np.ndarray
+    rng: np.random.Generator, img: np.ndarray, support: np.ndarray, bg: np.ndarray, scale: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Irregular smooth blob of a clearly different hue, alpha-blended."""
     n = img.shape[0]
-    s = n / 256
+    s = n / 256 * scale
     radius = rng.uniform(12, 24) * s
     cy, cx = _sample_centre(rng, support, 1.45 * radius)
     y, x = _grid(n)
@@ -253,11 +253,11 @@ def _stain(
 
 
 def _missing(
-    rng: np.random.Generator, img: np.ndarray, support: np.ndarray, bg: np.ndarray
+    rng: np.random.Generator, img: np.ndarray, support: np.ndarray, bg: np.ndarray, scale: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Texture: a patch replaced by a flat fill. Object: a bite out of the rim."""
     n = img.shape[0]
-    s = n / 256
+    s = n / 256 * scale
     y, x = _grid(n)
     if support.all():  # texture
         h, w = rng.uniform(16, 40, size=2) * s
@@ -285,20 +285,21 @@ _DEFECTS: dict[str, _DefectFn] = {
 }
 
 
-def _mask_ok(mask: np.ndarray) -> bool:
-    """Area within bounds and (nearly) entirely inside the centre crop."""
+def _mask_ok(mask: np.ndarray, scale: float = 1.0) -> bool:
+    """Area within bounds (for defects `scale` times the usual size) and (nearly) inside the centre crop."""
     n = mask.shape[0]
     area = int(mask.sum())
-    if not _MIN_AREA_FRAC * n * n <= area <= _MAX_AREA_FRAC * n * n:
+    if not _MIN_AREA_FRAC * scale**2 * n * n <= area <= _MAX_AREA_FRAC * n * n:
         return False
     m = _crop_margin(n)
     return mask[m : n - m, m : n - m].sum() >= 0.98 * area
 
 
 def make_defective(
-    kind: Kind, defect: str, rng: np.random.Generator, image_size: int = 256
+    kind: Kind, defect: str, rng: np.random.Generator, image_size: int = 256, defect_scale: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Render a normal image and add one defect.
+    """Render a normal image and add one defect, sized as on a 256 px image scaled to image_size, times
+    defect_scale (e.g. 128 / image_size: the defects of a 128 px image, 8-16 px across, on any size).
 
     Returns ``(clean, defective, mask)``: two RGB uint8 images and a bool mask.
     ``defective`` differs from ``clean`` exactly on ``mask``."""
@@ -307,8 +308,8 @@ def make_defective(
     img, support, bg = _render_layers(kind, rng, image_size)
     clean = _to_uint8(img)
     for _ in range(100):
-        mask, paint = _DEFECTS[defect](rng, img, support, bg)
-        if _mask_ok(mask):
+        mask, paint = _DEFECTS[defect](rng, img, support, bg, defect_scale)
+        if _mask_ok(mask, defect_scale):
             break
     else:  # pragma: no cover - the samplers are designed to succeed quickly
         raise RuntimeError(f"could not place a valid {defect!r} defect")
@@ -376,7 +377,8 @@ def _save_png(arr: np.ndarray, path: Path) -> None:
 
 
 def _write_tree(
-    out: Path, kind: Kind, counts: dict[str, int], n_train: int, image_size: int, seed: int
+    out: Path, kind: Kind, counts: dict[str, int], n_train: int, image_size: int, seed: int,
+    defect_scale: float = 1.0,
 ) -> None:
     for i in range(n_train):
         img = render_normal(kind, sample_rng(seed, "train", "good", i), image_size)
@@ -387,7 +389,7 @@ def _write_tree(
             if defect == "good":
                 _save_png(render_normal(kind, rng, image_size), out / "test" / "good" / f"{i:03d}.png")
                 continue
-            _, img, mask = make_defective(kind, defect, rng, image_size)
+            _, img, mask = make_defective(kind, defect, rng, image_size, defect_scale)
             _save_png(img, out / "test" / defect / f"{i:03d}.png")
             _save_png(mask.astype(np.uint8) * 255, out / "ground_truth" / defect / f"{i:03d}_mask.png")
 
@@ -401,8 +403,10 @@ def generate_dataset(
     n_test_per_defect: int = 3,
     image_size: int = 256,
     seed: int = 0,
+    defect_scale: float = 1.0,
 ) -> Path:
-    """Write a synthetic MVTec AD-style category under ``root/category``.
+    """Write a synthetic MVTec AD-style category under ``root/category``. Defects are sized as on a 256 px
+    image scaled to image_size, times defect_scale (make_defective).
 
     Generation happens in a temporary folder under ``root`` that is renamed
     into place only when complete, so a failure leaves no half-written tree.
@@ -415,6 +419,8 @@ def generate_dataset(
         raise ValueError("n_train must be >= 1 and the test counts >= 0")
     if image_size < 64:
         raise ValueError(f"image_size must be >= 64, got {image_size}")
+    if not 0 < defect_scale <= 1:
+        raise ValueError(f"defect_scale must be in (0, 1], got {defect_scale}")
     root = Path(root)
     target = root / category
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -423,7 +429,7 @@ def generate_dataset(
     tmp = Path(tempfile.mkdtemp(prefix=f".{category}.partial-", dir=root))
     try:
         counts = {"good": n_test_good, **{d: n_test_per_defect for d in DEFECT_TYPES}}
-        _write_tree(tmp, kind, counts, n_train, image_size, seed)
+        _write_tree(tmp, kind, counts, n_train, image_size, seed, defect_scale)
         for defect in DEFECT_TYPES:  # keep the layout complete even for zero counts
             (tmp / "test" / defect).mkdir(parents=True, exist_ok=True)
             (tmp / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)

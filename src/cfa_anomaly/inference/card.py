@@ -12,6 +12,7 @@ import torch
 from cfa_anomaly.config import Config, config_from_dict
 from cfa_anomaly.data.images import image_to_tensor
 from cfa_anomaly.thresholds import Thresholds
+from cfa_anomaly.tiling import TileGrid
 
 LEGACY_THRESHOLD_KEYS = ("threshold", "threshold_source", "pixel_threshold", "pixel_threshold_source",
                          "holdout_scores")  # model cards written before the thresholds were one object
@@ -32,6 +33,8 @@ class ModelCard:
     # The decision and outline thresholds from held-out normal images (none: no decision).
     thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
     keep_aspect: bool = False  # the short side is resized to `resize` instead of squashing to a square
+    tile: int = 0  # > 0: the crop x crop image is scored in overlapping tiles of this side (tiling.py)
+    tile_overlap: float = 0.25
 
     @classmethod
     def of(cls, cfg: Config, thresholds: Thresholds | None, precision: str, weights_sha256: str,
@@ -39,13 +42,25 @@ class ModelCard:
         return cls(resize=cfg.data.resize, crop=cfg.data.crop, backbone=cfg.model.backbone,
                    precision=precision, backbone_weights_sha256=weights_sha256, package_version=version,
                    category=cfg.data.category, config=cfg.to_dict(), thresholds=thresholds or Thresholds(),
-                   keep_aspect=cfg.data.keep_aspect)
+                   keep_aspect=cfg.data.keep_aspect, tile=cfg.data.tile, tile_overlap=cfg.data.tile_overlap)
+
+    @property
+    def grid(self) -> TileGrid | None:
+        """The tiles of the crop x crop image, or None when the model scores it whole."""
+        return TileGrid(self.crop, self.tile, self.tile_overlap) if self.tile else None
+
+    @property
+    def input_size(self) -> int:
+        """The side of the model graph's input: a tile, or the crop."""
+        return self.tile or self.crop
 
     @property
     def geometry(self) -> str:
         """How an input becomes the model's input, in words (cfa predict's summary, the service's card)."""
         fit = (f"short side resized to {self.resize}" if self.keep_aspect
                else f"resized to {self.resize} x {self.resize}")
+        if self.grid is not None:
+            return f"{fit}, {self.grid.describe()}"
         if self.crop == self.resize and not self.keep_aspect:
             return f"{fit}, whole image scored"
         return f"{fit}, centre {self.crop} x {self.crop} scored (the border outside it is not inspected)"

@@ -74,18 +74,20 @@ WRITERS = {"onnx": _write_onnx, "openvino": _write_openvino, "torchscript": _wri
 
 
 def _metadata(fmt: str, card: ModelCard, files: dict[str, str], checkpoint: Path) -> dict[str, Any]:
-    crop = card.crop
+    crop, size = card.crop, card.input_size
+    tiling = "" if card.grid is None else (f"; then cut into tiles as model.json's card says ({card.grid.describe()}), "
+                                           "each scored alone and their maps blended (cfa_anomaly.tiling)")
     return {
         "format": EXPORT_FORMAT,
         "runtime": fmt,
         "files": files,
-        "input": {"name": INPUT_NAME, "shape": ["N", 3, crop, crop], "dtype": "float32", "layout": "NCHW, RGB",
+        "input": {"name": INPUT_NAME, "shape": ["N", 3, size, size], "dtype": "float32", "layout": "NCHW, RGB",
                   "range": [0.0, 1.0],
                   "preprocessing": (f"resize the short side to {card.resize} keeping the aspect ratio"
                                     if card.keep_aspect else f"resize to {card.resize}x{card.resize}")
                                    + f" (bilinear, antialiased), centre crop {crop}x{crop}; the backbone's "
-                                     "normalisation is inside the graph"},
-        "outputs": {OUTPUT_NAMES[0]: ["N", crop, crop], OUTPUT_NAMES[1]: ["N"]},
+                                     "normalisation is inside the graph" + tiling},
+        "outputs": {OUTPUT_NAMES[0]: ["N", size, size], OUTPUT_NAMES[1]: ["N"]},
         "card": card.to_dict(),
         "checkpoint": {"file": str(checkpoint), "sha256": file_sha256(checkpoint)},
         "exported_with": {"package_version": __version__, "torch": torch.__version__,
@@ -118,8 +120,9 @@ def export_checkpoint(checkpoint: Path, fmt: str, output: Path, overwrite: bool 
     model, cfg, payload = restore_model(checkpoint, "cpu", precision="float32")
     card = ModelCard.of(cfg, saved_thresholds(payload), payload.get("precision") or cfg.model.precision,
                         model.extractor.weights_hash(), __version__)
-    graph = PlainCFA(model, cfg.data.crop).eval()
-    example = torch.rand(EXAMPLE_BATCH, 3, cfg.data.crop, cfg.data.crop, generator=torch.Generator().manual_seed(0))
+    graph = PlainCFA(model, cfg.data.input_size).eval()
+    size = cfg.data.input_size
+    example = torch.rand(EXAMPLE_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:

@@ -69,7 +69,7 @@ class Predictor:
         from cfa_anomaly.inference.torch_backend import TorchBackend
 
         card = ModelCard.of(cfg, thresholds, model.precision, model.extractor.weights_hash(), __version__)
-        predictor = cls(TorchBackend(model, cfg.data.crop, graph), card, cfg.data.batch_size)
+        predictor = cls(TorchBackend(model, cfg.data.input_size, graph), card, cfg.data.batch_size)
         predictor._config = cfg
         return predictor
 
@@ -149,10 +149,21 @@ class Predictor:
         return self.card.preprocess(rgb)
 
     def score_batch(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Preprocessed images (N, 3, crop, crop) in 0..1 -> (maps (N, crop, crop), scores (N,)) float32."""
+        """Preprocessed images (N, 3, crop, crop) in 0..1 -> (maps (N, crop, crop), scores (N,)) float32.
+        A tiled model scores the tiles and blends their maps (tiling.py); a score is its map's maximum."""
         if images.ndim != 4 or tuple(images.shape[1:]) != (3, self.crop, self.crop):
             raise ValueError(f"expected images of shape (N, 3, {self.crop}, {self.crop}), got {tuple(images.shape)}")
-        return self.backend(images.float())
+        grid = self.card.grid
+        if grid is None:
+            return self.backend(images.float())
+        maps = grid.stitch(self.score_tiles(grid.cut(images.float())))
+        return maps, maps.reshape(len(maps), -1).max(axis=1)
+
+    def score_tiles(self, tiles: torch.Tensor) -> np.ndarray:
+        """Model inputs (M, 3, s, s), s = card.input_size -> their maps (M, s, s), a few batches at a time."""
+        step = max(self.batch_size, 1) * 4
+        maps = [self.backend(tiles[i: i + step])[0] for i in range(0, len(tiles), step)]
+        return np.concatenate(maps) if maps else np.zeros((0, *tiles.shape[-2:]), np.float32)
 
     def decide(self, scores: np.ndarray) -> np.ndarray | None:
         """score >= threshold (defective) per image; None when the model has no threshold."""
