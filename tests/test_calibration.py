@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
 from cfa_anomaly.checkpoint import read_checkpoint
@@ -42,6 +43,15 @@ def test_false_alarm_rate_matches_simulated_normal_parts():
     assert expected.false_alarm_rate() == pytest.approx(2 / 21)  # rank 19 of 20: 2 of 21 above
     assert expected.supported() is True
     assert exceed / trials == pytest.approx(2 / 21, abs=0.015)  # the bound is exact for order statistics
+
+
+def test_the_realised_false_alarm_rate_exceeds_its_bound_one_time_in_ten():
+    rng = np.random.default_rng(1)
+    held, trials = 24, 4000
+    bound = Thresholds(image=0.0, quantile=0.99, holdout_scores=tuple(np.linspace(-1, 0, held))).false_alarm_rate_bound()
+    assert bound == pytest.approx(1 - 0.1 ** (1 / held))
+    realised = norm.sf(rng.normal(size=(trials, held)).max(axis=1))  # each hold-out's true rate at its maximum
+    assert (realised > bound).mean() == pytest.approx(0.1, abs=0.015)
 
 
 def test_what_a_small_hold_out_supports_is_stated():

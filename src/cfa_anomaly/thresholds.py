@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from cfa_anomaly.config import ConfigError
 
@@ -130,6 +131,16 @@ class Thresholds:
         above = int((np.asarray(self.holdout_scores) > self.image).sum())
         return (above + 1) / (self.holdout_images + 1)
 
+    def false_alarm_rate_bound(self, confidence: float = 0.9) -> float | None:
+        """The share of good parts flagged that this one hold-out exceeds with probability 1 - confidence:
+        the realised rate at the k-th smallest of n held-out scores is Beta(n - k + 1, k) distributed
+        (k = n - #scores above the threshold). false_alarm_rate is its mean over hold-outs."""
+        if self.image is None or not self.holdout_scores:
+            return None
+        above = int((np.asarray(self.holdout_scores) > self.image).sum())
+        rank = self.holdout_images - above
+        return 1.0 if rank < 1 else float(stats.beta.ppf(confidence, above + 1, rank))
+
     def supported(self) -> bool | None:
         """Whether the hold-out is large enough for the quantile it was asked for; None when not a quantile."""
         if self.quantile is None or not self.holdout_scores:
@@ -141,13 +152,15 @@ class Thresholds:
         rate = self.false_alarm_rate()
         if rate is None:
             return None
-        n = self.holdout_images
+        n, bound = self.holdout_images, self.false_alarm_rate_bound()
+        spread = f"; with {n} held-out images the rate a deployment sees exceeds {bound:.1%} one time in ten"
         if self.supported() is False:
             return (f"{n} held-out normal images cannot support the {self.quantile} quantile (it needs at least "
                     f"{images_needed(self.quantile)}): the threshold is their highest score, and a new normal "
                     f"part scores above it with probability 1/{n + 1}, so expect about {rate:.1%} of good parts "
-                    "flagged; hold out more normal images (data.holdout_fraction, data.holdout_dir) to lower it")
-        return f"expected false alarms on good parts: at most {rate:.1%} (from {n} held-out normal images)"
+                    f"flagged{spread}; hold out more normal images (data.holdout_fraction, data.holdout_dir) "
+                    "to lower both")
+        return f"expected false alarms on good parts: at most {rate:.1%} (from {n} held-out normal images){spread}"
 
     # ------------------------------------------------------------------ changed copies
     def with_image(self, value: float, source: str) -> Thresholds:
@@ -178,6 +191,7 @@ class Thresholds:
         """The record checkpoints, model.json and metrics.json hold (from_dict reads it back)."""
         return {"image": {"value": self.image, "source": self.image_source, "quantile": self.quantile,
                           "images": self.holdout_images, "expected_false_alarm_rate": self.false_alarm_rate(),
+                          "false_alarm_rate_90": self.false_alarm_rate_bound(0.9),
                           "supported": self.supported(), "statement": self.statement()},
                 "pixel": {"value": self.pixel, "relative_to_peak": self.pixel_relative,
                           "source": self.pixel_source, "method": self.pixel_method,
