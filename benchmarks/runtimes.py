@@ -277,10 +277,11 @@ def trained_set(name: str, backbone: str, epochs: int, cache: Path, retrain: boo
 
 def calibration_batches(cfg: Config) -> list[torch.Tensor]:
     """The training images (the held-out threshold images and the test split excluded), one per batch."""
-    from cfa_anomaly.pipeline import _loader_of, training_split
+    from cfa_anomaly.data.dataset import image_loader
+    from cfa_anomaly.pipeline import training_split
 
     train, _ = training_split(cfg)
-    return [image[None] for batch in _loader_of(train, cfg) for image in batch["image"]]
+    return [image[None] for batch in image_loader(train, cfg) for image in batch["image"]]
 
 
 def run_accuracy(args: argparse.Namespace, variants: list[str]) -> dict[str, dict[str, dict[str, float]]]:

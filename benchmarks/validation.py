@@ -27,7 +27,8 @@ from cfa_anomaly.data.synthetic import generate_dataset
 from cfa_anomaly.evaluate import compute_test_metrics, predict
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.model.factory import build_model, resolve_device
-from cfa_anomaly.pipeline import _loader, _loader_of, _validation_tracker, training_split
+from cfa_anomaly.data.dataset import image_loader
+from cfa_anomaly.pipeline import _loader, _validation_tracker, training_split
 from cfa_anomaly.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def run(name: str, overrides: list[str], backbone: str, epochs: int, every: int)
     model = build_model(cfg, device)
     train, holdout = training_split(cfg)
     scoring = TestScoring(_validation_tracker(model, holdout, cfg), cfg, model)
-    fit(model, _loader_of(train, cfg), cfg, device, observer=scoring)
+    fit(model, image_loader(train, cfg), cfg, device, observer=scoring)
     return [{"backbone": backbone, "epoch": h["epoch"], "validation": h, "test": scoring.test[h["epoch"]]}
             for h in scoring.tracker.history]
 

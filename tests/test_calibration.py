@@ -10,12 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
 from cfa_anomaly.checkpoint import read_checkpoint
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test
+from cfa_anomaly.crossfit import folds_of
+from cfa_anomaly.data.dataset import image_loader, training_loader
+from cfa_anomaly.data.samples import DatasetError
+from cfa_anomaly.evaluate import predict
+from cfa_anomaly.inference import Predictor
+from cfa_anomaly.model.factory import build_model
+from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test, training_split
 from cfa_anomaly.thresholds import Thresholds, ThresholdError, conformal_rank, quantile_threshold
+from cfa_anomaly.train import fit
 
 from conftest import SYNTH_CATEGORY, requires_mobilenet_weights, small_config
 
@@ -138,3 +146,31 @@ def test_per_defect_type_figures(synth_root, tmp_path):
         expected = roc_auc_score([r["kind"] == kind for r in chosen], [float(r["score"]) for r in chosen])
         assert row["image_auroc"] == pytest.approx(expected)
     assert json.loads((tmp_path / "metrics.json").read_text())["per_kind"] == per_kind
+
+
+def test_folds_partition_the_training_images():
+    samples = list(range(10))
+    folds = folds_of(samples, 3, seed=0)
+    assert sorted(x for fold in folds for x in fold) == samples and sorted(map(len, folds)) == [3, 3, 4]
+    assert folds == folds_of(samples, 3, seed=0) and folds != folds_of(samples, 3, seed=1)
+    with pytest.raises(DatasetError, match="cross_fit_folds"):
+        folds_of(samples[:3], 3, seed=0)
+
+
+@requires_mobilenet_weights
+def test_cross_fitted_scores_join_the_held_out_ones(synth_root, tmp_path):
+    cfg = small_config(synth_root, **{"data.holdout_fraction": "0.34", "evaluation.cross_fit_folds": "2"})
+    report = train_and_test(cfg, tmp_path, run_test=False)
+    image = report["threshold"]["image"]
+    train, holdout = training_split(cfg)
+    assert (image["images"], image["cross_fitted"]) == (len(holdout), len(train)) == (2, 4)
+    scores = report["threshold"]["holdout_scores"]
+    assert len(scores) == 6 and image["value"] == pytest.approx(max(scores))
+    assert image["expected_false_alarm_rate"] == pytest.approx(1 / 7)
+    assert "4 out-of-fold scores" in image["statement"]
+    # the first fold's images, scored by a model trained the same way without them
+    fold = folds_of(train, 2, cfg.train.seed)[0]
+    model = build_model(cfg, torch.device("cpu"))
+    fit(model, training_loader([s for s in train if s not in fold], cfg), cfg, torch.device("cpu"))
+    expected = predict(Predictor.from_model(model, cfg, None), image_loader(fold, cfg)).scores
+    np.testing.assert_allclose(scores[2: 2 + len(fold)], expected, rtol=1e-5)

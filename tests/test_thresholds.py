@@ -18,7 +18,8 @@ from cfa_anomaly.data.samples import list_images
 from cfa_anomaly.evaluate import predict
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.inference.export import export_checkpoint
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, _loader_of, train_and_test, training_split
+from cfa_anomaly.data.dataset import image_loader
+from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test, training_split
 
 from conftest import SYNTH_CATEGORY, requires_mobilenet_weights, small_config
 
@@ -44,7 +45,7 @@ def test_both_thresholds_come_from_the_held_out_normal_images(trained):
     cfg, output = trained
     record = read_checkpoint(output / CHECKPOINT_NAME)[1]["extra"]["threshold"]
     predictor = Predictor.from_checkpoint(output / CHECKPOINT_NAME, device="cpu")
-    held = predict(predictor, _loader_of(training_split(cfg)[1], cfg), desc="holdout")
+    held = predict(predictor, image_loader(training_split(cfg)[1], cfg), desc="holdout")
     image, pixel = record["image"], record["pixel"]
     assert len(record["holdout_scores"]) == len(held.scores) == image["images"] == 3
     np.testing.assert_allclose(record["holdout_scores"], held.scores, rtol=1e-5)

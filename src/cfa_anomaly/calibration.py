@@ -28,7 +28,7 @@ import numpy as np
 
 from cfa_anomaly import metrics
 from cfa_anomaly.config import Config
-from cfa_anomaly.data.dataset import AnomalyDataset, make_loader
+from cfa_anomaly.data.dataset import image_loader
 from cfa_anomaly.data.samples import Sample
 from cfa_anomaly.data.synthetic import PAINTED_DEFECTS
 from cfa_anomaly.evaluate import predict
@@ -67,24 +67,28 @@ def best_relative(base: Thresholds, maps: np.ndarray, masks: np.ndarray) -> tupl
     return relative, f1
 
 
-def thresholds_from_holdout(predictor: Predictor, holdout: Sequence[Sample], cfg: Config) -> Thresholds:
-    """Image and pixel thresholds from held-out normal images (never the test set)."""
+def thresholds_from_holdout(predictor: Predictor, holdout: Sequence[Sample], cfg: Config,
+                            cross_fitted: np.ndarray | None = None) -> Thresholds:
+    """Image and pixel thresholds from held-out normal images (never the test set); cross_fitted:
+    out-of-fold scores of training images (crossfit.py) that join the held-out scores for the image
+    threshold."""
     if not holdout:
         return Thresholds(image_source="none: data.holdout_fraction is 0 and no data.holdout_dir",
                           pixel_source="none: no held-out normal images")
     evaluation = cfg.evaluation
-    loader = make_loader(AnomalyDataset(holdout, cfg.data.resize, cfg.data.crop, cfg.data.keep_aspect),
-                         cfg.data.batch_size, cfg.data.num_workers)
-    held = predict(predictor, loader, desc="holdout")
+    held = predict(predictor, image_loader(holdout, cfg), desc="holdout")
     count, quantile, pixel_quantile = len(holdout), evaluation.threshold_quantile, evaluation.pixel_threshold_quantile
     normal_level = float(np.quantile(held.maps, pixel_quantile))
+    extra = np.zeros(0) if cross_fitted is None else np.asarray(cross_fitted, dtype=np.float64)
+    normal_scores = np.concatenate([held.scores, extra])
+    also = f" and {len(extra)} out-of-fold scores of training images" if len(extra) else ""
     thresholds = Thresholds(
-        image=quantile_threshold(held.scores, quantile), quantile=quantile,
-        image_source=f"quantile {quantile} of the image scores of {count} held-out normal images",
+        image=quantile_threshold(normal_scores, quantile), quantile=quantile,
+        image_source=f"quantile {quantile} of the image scores of {count} held-out normal images{also}",
         pixel=normal_level, pixel_method="quantile", pixel_candidates={"quantile": (normal_level, 0.0)},
         pixel_source=f"quantile {pixel_quantile} of the {held.maps.size} pixel scores of {count} held-out "
                      "normal images",
-        holdout_scores=tuple(float(v) for v in held.scores))
+        holdout_scores=tuple(float(v) for v in normal_scores), cross_fitted=len(extra))
     if evaluation.pixel_threshold_method != "quantile":
         maps, masks = painted_maps(predictor, holdout, cfg)
         clean = len(maps) // (len(PAINTED_DEFECTS) + 1)

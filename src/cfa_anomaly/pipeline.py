@@ -14,7 +14,9 @@ from cfa_anomaly import __version__
 from cfa_anomaly.calibration import thresholds_from_holdout
 from cfa_anomaly.checkpoint import restore_model, save_checkpoint
 from cfa_anomaly.config import Config, ConfigError, save_config
-from cfa_anomaly.data.dataset import AnomalyDataset, TiledDataset, make_loader
+from cfa_anomaly.crossfit import out_of_fold_scores
+from cfa_anomaly.data.dataset import image_loader
+from cfa_anomaly.data.dataset import training_loader
 from cfa_anomaly.data.folder import dataset_samples
 from cfa_anomaly.data.images import unreadable
 from cfa_anomaly.data.samples import DatasetError, Sample, Split, folder_samples, split_holdout
@@ -25,7 +27,6 @@ from cfa_anomaly.model import CFA
 from cfa_anomaly.model.factory import build_model, resolve_device
 from cfa_anomaly.outputs import format_metrics_table, write_maps, write_scores_csv, write_visuals
 from cfa_anomaly.thresholds import Thresholds
-from cfa_anomaly.tiling import TileGrid
 from cfa_anomaly.train import TrainResult, fit
 from cfa_anomaly.validation import ValidationTracker, plot_validation, synthetic_validation_set
 
@@ -45,22 +46,8 @@ def _environment(predictor: Predictor | None = None) -> dict[str, Any]:
     return info
 
 
-def _loader_of(samples, cfg: Config):
-    dataset = AnomalyDataset(samples, cfg.data.resize, cfg.data.crop, cfg.data.keep_aspect)
-    return make_loader(dataset, cfg.data.batch_size, cfg.data.num_workers)
-
-
-def training_loader(samples: list[Sample], cfg: Config):
-    """The training images, or with data.tile every tile of them (the model's inputs)."""
-    if not cfg.data.tile:
-        return _loader_of(samples, cfg)
-    dataset = AnomalyDataset(samples, cfg.data.resize, cfg.data.crop, cfg.data.keep_aspect)
-    grid = TileGrid(cfg.data.crop, cfg.data.tile, cfg.data.tile_overlap)
-    return make_loader(TiledDataset(dataset, grid), cfg.data.batch_size, cfg.data.num_workers)
-
-
 def _loader(cfg: Config, split: Split):
-    return _loader_of(dataset_samples(cfg.data, split), cfg)
+    return image_loader(dataset_samples(cfg.data, split), cfg)
 
 
 def training_split(cfg: Config) -> tuple[list[Sample], list[Sample]]:
@@ -306,7 +293,9 @@ def train_and_test(cfg: Config, output: Path, run_test: bool = True, resume: dic
     summary = _train_summary(result, cfg.train.epochs)
     if tracker is not None:
         summary["validation"] = _select_by_validation(model, tracker, cfg, output)
-    thresholds = thresholds_from_holdout(Predictor.from_model(model, cfg, None), holdout, cfg)  # selected model
+    cross_fitted = out_of_fold_scores(train_samples, cfg, device) if cfg.evaluation.cross_fit_folds else None
+    thresholds = thresholds_from_holdout(Predictor.from_model(model, cfg, None), holdout, cfg,  # selected model
+                                         cross_fitted)
     summary["threshold"] = thresholds.to_dict()
     save_checkpoint(model, cfg, output / CHECKPOINT_NAME, extra=summary)
     state_path.unlink(missing_ok=True)  # the checkpoint supersedes it

@@ -66,7 +66,10 @@ class Thresholds:
     pixel_source: str = "none"
     pixel_method: str | None = None  # a calibration method, "given"; None: outlines at the image threshold
     pixel_candidates: dict[str, tuple[float, float]] = field(default_factory=dict)  # method: (pixel, relative)
-    holdout_scores: tuple[float, ...] | None = None  # image scores of the held-out normal images
+    # Image scores of the normal images behind the image threshold: the held-out ones, then `cross_fitted`
+    # out-of-fold scores of training images (crossfit.py).
+    holdout_scores: tuple[float, ...] | None = None
+    cross_fitted: int = 0
 
     # ------------------------------------------------------------------ decisions
     @property
@@ -153,14 +156,21 @@ class Thresholds:
         if rate is None:
             return None
         n, bound = self.holdout_images, self.false_alarm_rate_bound()
-        spread = f"; with {n} held-out images the rate a deployment sees exceeds {bound:.1%} one time in ten"
+        spread = f"; with {n} normal scores the rate a deployment sees exceeds {bound:.1%} one time in ten"
         if self.supported() is False:
-            return (f"{n} held-out normal images cannot support the {self.quantile} quantile (it needs at least "
+            return (f"{self._scores_in_words()} cannot support the {self.quantile} quantile (it needs at least "
                     f"{images_needed(self.quantile)}): the threshold is their highest score, and a new normal "
                     f"part scores above it with probability 1/{n + 1}, so expect about {rate:.1%} of good parts "
                     f"flagged{spread}; hold out more normal images (data.holdout_fraction, data.holdout_dir) "
-                    "to lower both")
-        return f"expected false alarms on good parts: at most {rate:.1%} (from {n} held-out normal images){spread}"
+                    "or cross-fit (evaluation.cross_fit_folds) to lower both")
+        return f"expected false alarms on good parts: at most {rate:.1%} (from {self._scores_in_words()}){spread}"
+
+    def _scores_in_words(self) -> str:
+        held = self.holdout_images - self.cross_fitted
+        if not self.cross_fitted:
+            return f"{held} held-out normal images"
+        return (f"the scores of {held} held-out normal images and {self.cross_fitted} out-of-fold scores of "
+                "training images")
 
     # ------------------------------------------------------------------ changed copies
     def with_image(self, value: float, source: str) -> Thresholds:
@@ -190,7 +200,8 @@ class Thresholds:
     def to_dict(self) -> dict[str, Any]:
         """The record checkpoints, model.json and metrics.json hold (from_dict reads it back)."""
         return {"image": {"value": self.image, "source": self.image_source, "quantile": self.quantile,
-                          "images": self.holdout_images, "expected_false_alarm_rate": self.false_alarm_rate(),
+                          "images": self.holdout_images - self.cross_fitted, "cross_fitted": self.cross_fitted,
+                          "expected_false_alarm_rate": self.false_alarm_rate(),
                           "false_alarm_rate_90": self.false_alarm_rate_bound(0.9),
                           "supported": self.supported(), "statement": self.statement()},
                 "pixel": {"value": self.pixel, "relative_to_peak": self.pixel_relative,
@@ -213,7 +224,8 @@ class Thresholds:
                        quantile=image.get("quantile"), pixel=_number(pixel.get("value")),
                        pixel_relative=float(pixel.get("relative_to_peak") or 0.0),
                        pixel_source=pixel.get("source", "none"), pixel_method=pixel.get("method"),
-                       pixel_candidates=candidates, holdout_scores=scores)
+                       pixel_candidates=candidates, holdout_scores=scores,
+                       cross_fitted=int(image.get("cross_fitted") or 0))
         if "threshold" in record:  # a model card's flat keys
             pixel_value = _number(record.get("pixel_threshold"))
             return cls(image=_number(record.get("threshold")), image_source=record.get("threshold_source", "none"),

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cfa_anomaly.config import Config
 from cfa_anomaly.data.images import check_same_size, image_to_tensor, mask_to_tensor, read_mask, read_rgb
 from cfa_anomaly.data.samples import Sample
 from cfa_anomaly.tiling import TileGrid
@@ -73,3 +74,18 @@ class TiledDataset(Dataset):
         if self._cached is None or self._cached[0] != image_index:
             self._cached = (image_index, self.grid.cut(self.images[image_index]["image"][None]))
         return {"image": self._cached[1][tile_index], "path": str(self.images.samples[image_index].image)}
+
+
+def image_loader(samples: Sequence[Sample], cfg: Config) -> DataLoader:
+    """The samples' whole images with the config's geometry, in order (test, hold-out, scoring)."""
+    dataset = AnomalyDataset(samples, cfg.data.resize, cfg.data.crop, cfg.data.keep_aspect)
+    return make_loader(dataset, cfg.data.batch_size, cfg.data.num_workers)
+
+
+def training_loader(samples: Sequence[Sample], cfg: Config) -> DataLoader:
+    """The training images, or with data.tile every tile of them (the model's inputs)."""
+    if not cfg.data.tile:
+        return image_loader(samples, cfg)
+    dataset = AnomalyDataset(samples, cfg.data.resize, cfg.data.crop, cfg.data.keep_aspect)
+    grid = TileGrid(cfg.data.crop, cfg.data.tile, cfg.data.tile_overlap)
+    return make_loader(TiledDataset(dataset, grid), cfg.data.batch_size, cfg.data.num_workers)
