@@ -49,14 +49,22 @@ def painted_maps(predictor: Predictor, holdout: Sequence[Sample], cfg: Config) -
 RELATIVE_STEPS = np.round(np.arange(0.0, 0.96, 0.05), 2)  # the fractions of the way to the peak tried
 
 
-def pooled_f1(thresholds: Thresholds, maps: np.ndarray, masks: np.ndarray) -> float:
-    """Pixel F1 over all images of the outlines `thresholds` draws (Thresholds.defect_mask)."""
+def outline_overlap(thresholds: Thresholds, maps: np.ndarray, masks: np.ndarray,
+                    scores: np.ndarray | None = None) -> tuple[int, int, int]:
+    """(outlined pixels that are defective, outlined pixels, defective pixels) over all images, for the
+    outlines `thresholds` draws (Thresholds.defect_mask; scores: the images' scores, default their maps'
+    maxima)."""
     hits = marked = 0
-    for anomaly_map, mask in zip(maps, masks):
-        outline = thresholds.defect_mask(anomaly_map)
+    for index, (anomaly_map, mask) in enumerate(zip(maps, masks)):
+        outline = thresholds.defect_mask(anomaly_map, None if scores is None else scores[index])
         hits += int((outline & mask).sum())
         marked += int(outline.sum())
-    truth = int(masks.sum())
+    return hits, marked, int(masks.sum())
+
+
+def pooled_f1(thresholds: Thresholds, maps: np.ndarray, masks: np.ndarray) -> float:
+    """Pixel F1 over all images of the outlines `thresholds` draws."""
+    hits, marked, truth = outline_overlap(thresholds, maps, masks)
     return 2.0 * hits / (marked + truth) if marked + truth else 0.0
 
 

@@ -11,12 +11,11 @@ from typing import Any
 import torch
 
 from cfa_anomaly import __version__
-from cfa_anomaly.calibration import thresholds_from_holdout
+from cfa_anomaly.calibration import outline_overlap, thresholds_from_holdout
 from cfa_anomaly.checkpoint import restore_model, save_checkpoint
 from cfa_anomaly.config import Config, ConfigError, save_config
 from cfa_anomaly.crossfit import out_of_fold_scores
-from cfa_anomaly.data.dataset import image_loader
-from cfa_anomaly.data.dataset import training_loader
+from cfa_anomaly.data.dataset import image_loader, training_loader
 from cfa_anomaly.data.folder import dataset_samples
 from cfa_anomaly.data.images import unreadable
 from cfa_anomaly.data.samples import DatasetError, Sample, Split, folder_samples, split_holdout
@@ -128,12 +127,8 @@ def decisions_at_threshold(predictions: Predictions, thresholds: Thresholds) -> 
     }
     masks = predictions.pixel_masks()
     if thresholds.outline_level is not None and masks is not None:
-        hits = marked = 0
-        for anomaly_map, score, mask in zip(predictions.maps, predictions.scores, masks):
-            outline = thresholds.defect_mask(anomaly_map, score)
-            hits += int((outline & mask).sum())
-            marked += int(outline.sum())
-        precision, recall = hits / max(marked, 1), hits / max(int(masks.sum()), 1)
+        hits, marked, truth = outline_overlap(thresholds, predictions.maps, masks, predictions.scores)
+        precision, recall = hits / max(marked, 1), hits / max(truth, 1)
         outcome.update(pixel_threshold=thresholds.outline_level, pixel_relative=thresholds.pixel_relative,
                        pixel_method=thresholds.pixel_method, pixel_precision=round(precision, 4),
                        pixel_recall=round(recall, 4),

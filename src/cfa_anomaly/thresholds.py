@@ -43,7 +43,7 @@ def quantile_threshold(scores: np.ndarray, quantile: float) -> float:
     return float(ordered[rank - 1])
 
 
-def images_needed(quantile: float) -> int:
+def images_needed(quantile: float) -> float:
     """How many held-out normal images a conformal `quantile` needs: n >= quantile / (1 - quantile)."""
     return math.inf if quantile >= 1.0 else math.ceil(quantile / (1.0 - quantile) - 1e-9)
 
@@ -122,7 +122,8 @@ class Thresholds:
 
     # ------------------------------------------------------------------ what the hold-out supports
     @property
-    def holdout_images(self) -> int:
+    def normal_count(self) -> int:
+        """How many normal scores are behind the image threshold (held-out and cross-fitted)."""
         return len(self.holdout_scores or ())
 
     def false_alarm_rate(self) -> float | None:
@@ -132,7 +133,7 @@ class Thresholds:
         if self.image is None or not self.holdout_scores:
             return None
         above = int((np.asarray(self.holdout_scores) > self.image).sum())
-        return (above + 1) / (self.holdout_images + 1)
+        return (above + 1) / (self.normal_count + 1)
 
     def false_alarm_rate_bound(self, confidence: float = 0.9) -> float | None:
         """The share of good parts flagged that this one hold-out exceeds with probability 1 - confidence:
@@ -141,21 +142,21 @@ class Thresholds:
         if self.image is None or not self.holdout_scores:
             return None
         above = int((np.asarray(self.holdout_scores) > self.image).sum())
-        rank = self.holdout_images - above
+        rank = self.normal_count - above
         return 1.0 if rank < 1 else float(stats.beta.ppf(confidence, above + 1, rank))
 
     def supported(self) -> bool | None:
         """Whether the hold-out is large enough for the quantile it was asked for; None when not a quantile."""
         if self.quantile is None or not self.holdout_scores:
             return None
-        return conformal_rank(self.holdout_images, self.quantile) <= self.holdout_images
+        return conformal_rank(self.normal_count, self.quantile) <= self.normal_count
 
     def statement(self) -> str | None:
         """What the hold-out supports, in words, for the run's output and metrics.json."""
         rate = self.false_alarm_rate()
         if rate is None:
             return None
-        n, bound = self.holdout_images, self.false_alarm_rate_bound()
+        n, bound = self.normal_count, self.false_alarm_rate_bound()
         spread = f"; with {n} normal scores the rate a deployment sees exceeds {bound:.1%} one time in ten"
         if self.supported() is False:
             return (f"{self._scores_in_words()} cannot support the {self.quantile} quantile (it needs at least "
@@ -166,7 +167,7 @@ class Thresholds:
         return f"expected false alarms on good parts: at most {rate:.1%} (from {self._scores_in_words()}){spread}"
 
     def _scores_in_words(self) -> str:
-        held = self.holdout_images - self.cross_fitted
+        held = self.normal_count - self.cross_fitted
         if not self.cross_fitted:
             return f"{held} held-out normal images"
         return (f"the scores of {held} held-out normal images and {self.cross_fitted} out-of-fold scores of "
@@ -188,8 +189,7 @@ class Thresholds:
                                  "threshold instead (--threshold X)")
         value = quantile_threshold(np.asarray(self.holdout_scores), quantile)
         return replace(self, image=value, quantile=quantile,
-                       image_source=f"quantile {quantile} of the image scores of {self.holdout_images} "
-                                    "held-out normal images")
+                       image_source=f"quantile {quantile} of {self._scores_in_words()}")
 
     def with_pixel(self, value: float, source: str) -> Thresholds:
         if not math.isfinite(value):
@@ -200,7 +200,7 @@ class Thresholds:
     def to_dict(self) -> dict[str, Any]:
         """The record checkpoints, model.json and metrics.json hold (from_dict reads it back)."""
         return {"image": {"value": self.image, "source": self.image_source, "quantile": self.quantile,
-                          "images": self.holdout_images - self.cross_fitted, "cross_fitted": self.cross_fitted,
+                          "images": self.normal_count - self.cross_fitted, "cross_fitted": self.cross_fitted,
                           "expected_false_alarm_rate": self.false_alarm_rate(),
                           "false_alarm_rate_90": self.false_alarm_rate_bound(0.9),
                           "supported": self.supported(), "statement": self.statement()},
