@@ -22,7 +22,9 @@ def rows(run: Path) -> list[str]:
         f1 = outcome.get("pixel_f1")
         ratio = "-" if f1 is None or not f1_max else f"{f1 / f1_max:.2f}"
         used = " (used)" if method == (report.get("at_threshold") or {}).get("pixel_method") else ""
-        lines.append(f"| {report['category']} | {report['backbone']} | {image.get('images')} | "
+        normals = f"{image.get('images')} + {image['cross_fitted']} cross-fitted" if image.get("cross_fitted") \
+            else str(image.get("images"))
+        lines.append(f"| {report['category']} | {report['backbone']} | {normals} | "
                      f"{outcome['good_flagged']} | {outcome['defective_flagged']} | {method}{used} | "
                      f"{outcome.get('pixel_relative', 0):.2f} | {f1 if f1 is not None else '-'} | "
                      f"{f1_max:.3f} | {ratio} |")
@@ -33,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders holding metrics.json")
     args = parser.parse_args()
-    print("| category | backbone | held-out images | good flagged | defective flagged | pixel method | "
+    print("| category | backbone | normal scores | good flagged | defective flagged | pixel method | "
           "r | pixel F1 at it | pixel F1-max (test-fitted) | ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for run in args.runs:

@@ -48,6 +48,7 @@ def small_overrides(data_root: Path | str, **extra: str) -> list[str]:
         "train.epochs": "3",
         "train.device": "cpu",
         "train.seed": "0",
+        "evaluation.cross_fit_below": "0",  # no cross-fitted models (tests/test_calibration.py tests them)
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]

@@ -15,7 +15,7 @@ from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
 from cfa_anomaly.checkpoint import read_checkpoint
-from cfa_anomaly.crossfit import folds_of
+from cfa_anomaly.crossfit import folds_of, wanted
 from cfa_anomaly.data.dataset import image_loader, training_loader
 from cfa_anomaly.data.samples import DatasetError
 from cfa_anomaly.evaluate import predict
@@ -148,6 +148,15 @@ def test_per_defect_type_figures(synth_root, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["per_kind"] == per_kind
 
 
+def test_cross_fitting_is_wanted_for_small_hold_outs_only(caplog):
+    cfg = small_config("unused", **{"evaluation.cross_fit_below": "20"})
+    few, many = list(range(19)), list(range(20))
+    assert wanted(few, list(range(30)), cfg) and not wanted(many, list(range(30)), cfg)
+    assert not wanted([], list(range(30)), cfg)  # no hold-out: no thresholds at all
+    assert not wanted(few, list(range(5)), cfg) and "too few" in caplog.text  # 5 images, 5 folds
+    assert not wanted(few, list(range(30)), small_config("unused"))  # cross_fit_below = 0: never
+
+
 def test_folds_partition_the_training_images():
     samples = list(range(10))
     folds = folds_of(samples, 3, seed=0)
@@ -159,7 +168,8 @@ def test_folds_partition_the_training_images():
 
 @requires_mobilenet_weights
 def test_cross_fitted_scores_join_the_held_out_ones(synth_root, tmp_path):
-    cfg = small_config(synth_root, **{"data.holdout_fraction": "0.34", "evaluation.cross_fit_folds": "2"})
+    cfg = small_config(synth_root, **{"data.holdout_fraction": "0.34", "evaluation.cross_fit_folds": "2",
+                                      "evaluation.cross_fit_below": "20"})
     report = train_and_test(cfg, tmp_path, run_test=False)
     image = report["threshold"]["image"]
     train, holdout = training_split(cfg)

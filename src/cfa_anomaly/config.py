@@ -153,9 +153,12 @@ class EvaluationConfig:
     # exceeds it with probability at most 1 - quantile; with too few held-out images, their highest score,
     # and the run says which false-alarm rate that gives).
     threshold_quantile: float = 0.99
-    # k >= 2: k more models, each trained without one fold of the training images, add those images'
-    # out-of-fold scores to the held-out ones behind the decision threshold (crossfit.py); 0: off.
-    cross_fit_folds: int = 0
+    # With fewer than cross_fit_below held-out normal images (a small set: their highest score would flag
+    # many good parts), cross_fit_folds more models, each trained without one fold of the training images,
+    # add those images' out-of-fold scores to the held-out ones behind the decision threshold (crossfit.py).
+    # cross_fit_below = 0: never.
+    cross_fit_folds: int = 5
+    cross_fit_below: int = 20
     # Pixel threshold (outlines, defect masks, defect_area), calibration.py: quantile takes
     # pixel_threshold_quantile of the held-out normal images' pixel scores; synthetic-peak (from that level,
     # the fraction of the way to each image's peak with the best pixel F1 on defects painted onto the
@@ -205,11 +208,8 @@ class Config:
              "a number in (0, 1]"),
             ("evaluation.pixel_threshold_method", self.evaluation.pixel_threshold_method in PIXEL_METHODS,
              f"one of {', '.join(PIXEL_METHODS)}"),
-            ("evaluation.cross_fit_folds", self.evaluation.cross_fit_folds == 0 or self.evaluation.cross_fit_folds >= 2,
-             "0 (off) or an integer >= 2"),
-            ("evaluation.cross_fit_folds", self.evaluation.cross_fit_folds == 0 or self.data.holdout_fraction > 0
-             or bool(self.data.holdout_dir),
-             "0 without held-out normal images (the outline is calibrated on them: set data.holdout_fraction > 0)"),
+            ("evaluation.cross_fit_folds", self.evaluation.cross_fit_folds >= 2, "an integer >= 2"),
+            ("evaluation.cross_fit_below", self.evaluation.cross_fit_below >= 0, "an integer >= 0 (0: never)"),
             ("evaluation.gif_good_frames", self.evaluation.gif_good_frames >= 0, "an integer >= 0"),
             ("evaluation.gif_max_frames", self.evaluation.gif_max_frames >= 1, "an integer >= 1"),
             ("evaluation.gif_width", self.evaluation.gif_width >= 64, "an integer >= 64"),

@@ -1,9 +1,10 @@
 """More normal scores than a small hold-out gives: out-of-fold scores of the training images.
 
 With the few normal images of a new product or a small set, the hold-out is a handful of images and the
-image threshold is their highest score: 2 held-out images flag about 1 good part in 3. With
-`evaluation.cross_fit_folds` = k >= 2 the training images are split into k seeded folds; for each fold a
-model is trained with the same config on the other folds and scores the fold's images. These out-of-fold
+image threshold is their highest score: 2 held-out images flag about 1 good part in 3. With fewer than
+`evaluation.cross_fit_below` (20) held-out images, the training images are split into
+`evaluation.cross_fit_folds` (k = 5) seeded folds; for each fold a model is trained with the same config on
+the other folds and scores the fold's images. These out-of-fold
 scores join the held-out scores behind the image threshold (thresholds.Thresholds.cross_fitted counts
 them). Their models saw (k - 1) / k of the training images, so they score normal images a little higher
 than the final model does: the threshold errs towards fewer false alarms. It costs k more trainings.
@@ -25,6 +26,19 @@ from cfa_anomaly.model.factory import build_model
 from cfa_anomaly.train import fit
 
 log = logging.getLogger(__name__)
+
+
+def wanted(holdout: list[Sample], train: list[Sample], cfg: Config) -> bool:
+    """Whether to cross-fit: a hold-out (the outline is calibrated on it) of fewer than cross_fit_below
+    images, and enough training images for the folds (else a warning says why not)."""
+    folds = cfg.evaluation.cross_fit_folds
+    if not holdout or len(holdout) >= cfg.evaluation.cross_fit_below:
+        return False
+    if len(train) <= folds:
+        log.warning("not cross-fitting: %d training images are too few for %d folds (evaluation.cross_fit_folds)",
+                    len(train), folds)
+        return False
+    return True
 
 
 def folds_of(samples: list[Sample], count: int, seed: int) -> list[list[Sample]]:

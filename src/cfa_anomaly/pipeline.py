@@ -10,11 +10,10 @@ from typing import Any
 
 import torch
 
-from cfa_anomaly import __version__
+from cfa_anomaly import __version__, crossfit
 from cfa_anomaly.calibration import outline_overlap, thresholds_from_holdout
 from cfa_anomaly.checkpoint import restore_model, save_checkpoint
 from cfa_anomaly.config import Config, ConfigError, save_config
-from cfa_anomaly.crossfit import out_of_fold_scores
 from cfa_anomaly.data.dataset import image_loader, training_loader
 from cfa_anomaly.data.folder import dataset_samples
 from cfa_anomaly.data.images import unreadable
@@ -288,7 +287,8 @@ def train_and_test(cfg: Config, output: Path, run_test: bool = True, resume: dic
     summary = _train_summary(result, cfg.train.epochs)
     if tracker is not None:
         summary["validation"] = _select_by_validation(model, tracker, cfg, output)
-    cross_fitted = out_of_fold_scores(train_samples, cfg, device) if cfg.evaluation.cross_fit_folds else None
+    wanted = crossfit.wanted(holdout, train_samples, cfg)
+    cross_fitted = crossfit.out_of_fold_scores(train_samples, cfg, device) if wanted else None
     thresholds = thresholds_from_holdout(Predictor.from_model(model, cfg, None), holdout, cfg,  # selected model
                                          cross_fitted)
     summary["threshold"] = thresholds.to_dict()

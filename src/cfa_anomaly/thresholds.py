@@ -163,7 +163,7 @@ class Thresholds:
                     f"{images_needed(self.quantile)}): the threshold is their highest score, and a new normal "
                     f"part scores above it with probability 1/{n + 1}, so expect about {rate:.1%} of good parts "
                     f"flagged{spread}; hold out more normal images (data.holdout_fraction, data.holdout_dir) "
-                    "or cross-fit (evaluation.cross_fit_folds) to lower both")
+                    "to lower both")
         return f"expected false alarms on good parts: at most {rate:.1%} (from {self._scores_in_words()}){spread}"
 
     def _scores_in_words(self) -> str:
