@@ -91,3 +91,24 @@ def test_a_tiled_model_predicts_and_exports_the_same_maps(tiled, synth_root, tmp
                      "--panels", "none", *map(str, images)]) == 0
     with np.load(tmp_path / "out" / "maps.npz") as saved:
         np.testing.assert_allclose(saved["scores"], exported.scores, rtol=1e-5)
+
+
+@requires_mobilenet_weights
+def test_the_service_scores_a_tiled_model_as_the_predictor_does(tiled, synth_root):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from cfa_anomaly.serve import ModelInfo, ServeSettings, create_app
+
+    _, output, _ = tiled
+    predictor = Predictor.from_checkpoint(output / CHECKPOINT_NAME, device="cpu")
+    image = sorted((synth_root / SYNTH_CATEGORY / "test" / "stain").iterdir())[0]
+    expected = predictor.predict([image])
+    app = create_app(predictor, ServeSettings(), ModelInfo("tiled", "checkpoint", str(output), "0" * 64))
+    with TestClient(app) as client:
+        answer = client.post("/predict?overlay=true", content=image.read_bytes()).json()
+        card = client.get("/model").json()
+    assert answer["score"] == pytest.approx(float(expected.scores[0]), rel=1e-5)
+    assert answer["decision"] == expected.thresholds.label(float(expected.scores[0]))
+    assert (answer["overlay"]["width"], answer["overlay"]["height"]) == (96, 96)
+    assert card["tile"] == 64 and "tiles of 64 px" in card["geometry"]
