@@ -70,7 +70,8 @@ def render_panel(image: np.ndarray, anomaly_map: np.ndarray, score: float, thres
     """One row: input | heatmap overlay | predicted outline | ground truth. Returns an RGB uint8 array.
 
     image: (H, W, 3) uint8; anomaly_map: (H, W); scale: the (low, high) colour range. thresholds decide the
-    image and draw the predicted outline (Thresholds.defect_mask: none in an image decided good). mask None: no ground-truth column, unless mask_missing (a test image without a mask):
+    image and draw the predicted outline (Thresholds.defect_mask: none in an image decided good). mask
+    None: no ground-truth column, unless mask_missing (a test image without a mask):
     an empty column labelled "no mask", so the panels of one category keep one layout.
     Composed with numpy and PIL, no figure (speed: benchmarks/panels.py).
     """

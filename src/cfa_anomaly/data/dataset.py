@@ -84,8 +84,8 @@ def image_loader(samples: Sequence[Sample], cfg: Config) -> DataLoader:
 
 def training_loader(samples: Sequence[Sample], cfg: Config) -> DataLoader:
     """The training images, or with data.tile every tile of them (the model's inputs)."""
+    images = image_loader(samples, cfg)
     if not cfg.data.tile:
-        return image_loader(samples, cfg)
-    dataset = AnomalyDataset(samples, cfg.data.resize, cfg.data.crop, cfg.data.keep_aspect)
+        return images
     grid = TileGrid(cfg.data.crop, cfg.data.tile, cfg.data.tile_overlap)
-    return make_loader(TiledDataset(dataset, grid), cfg.data.batch_size, cfg.data.num_workers)
+    return make_loader(TiledDataset(images.dataset, grid), cfg.data.batch_size, cfg.data.num_workers)
