@@ -361,3 +361,42 @@ def test_cli_threshold_overrides_the_stored_one_and_version_prints(trained, tmp_
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--version"])
     assert exit_info.value.code == 0 and "cfa 0." in capsys.readouterr().out
+
+
+def test_every_convolution_of_the_plain_graph_runs_inside_the_float32_guard(trained, monkeypatch):
+    """On CUDA a convolution outside runtime.true_float32_convolutions runs in TF32; here (CPU) the guard is
+    replaced by one that records, and every conv2d call of the plain graph (backbone, descriptor, blur) must
+    happen inside it."""
+    import contextlib
+
+    import torch.nn.functional as F
+
+    from cfa_anomaly.checkpoint import restore_model
+    from cfa_anomaly.model import plain, scorer
+    from cfa_anomaly.model.plain import PlainCFA
+
+    depth, inside = [0], []
+
+    @contextlib.contextmanager
+    def recording_guard(device):
+        depth[0] += 1
+        try:
+            yield
+        finally:
+            depth[0] -= 1
+
+    real_conv2d = F.conv2d
+
+    def conv2d(*args, **kwargs):
+        inside.append(depth[0] > 0)
+        return real_conv2d(*args, **kwargs)
+
+    _, checkpoint, images, _ = trained
+    model, cfg, _ = restore_model(checkpoint, "cpu", precision="float32")
+    graph = PlainCFA(model, cfg.data.crop).eval()
+    monkeypatch.setattr(plain, "true_float32_convolutions", recording_guard)
+    monkeypatch.setattr(scorer, "true_float32_convolutions", recording_guard, raising=False)
+    monkeypatch.setattr(F, "conv2d", conv2d)
+    with torch.no_grad():
+        graph(images[:2])
+    assert len(inside) >= 3 and all(inside)  # descriptor 1x1 convolutions and the two blur passes at least

@@ -69,12 +69,12 @@ class PlainCFA(nn.Module):
         """Images -> (N, D, H, W) patch features minus the bank's mean centre."""
         with true_float32_convolutions(images.device):
             pooled = pool_maps(self.extractor(images, last_stage_bfloat16=False))
-        size = tuple(pooled[0].shape[-2:])
-        maps = pooled if self.per_layer else [align_maps(pooled)]
-        total = self.position
-        for index, grid in enumerate(maps):
-            projected = F.conv2d(grid, getattr(self, f"kernel{index}"))
-            total = total + resize_map(projected, size)
+            size = tuple(pooled[0].shape[-2:])
+            maps = pooled if self.per_layer else [align_maps(pooled)]
+            total = self.position
+            for index, grid in enumerate(maps):
+                projected = F.conv2d(grid, getattr(self, f"kernel{index}"))  # the descriptor's 1x1 convolution
+                total = total + resize_map(projected, size)
         return total
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
