@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cfa_anomaly import runfiles
 from cfa_anomaly.cells import DONE, ERROR_FILE, FAILED, REUSED, SKIPPED, Cell, CellOutcome, failure, run_cell
 from cfa_anomaly.config import MVTEC_CATEGORIES, ConfigError, config_from_dict, load_config
 from cfa_anomaly.data.samples import DatasetError, category_dir
@@ -31,7 +32,7 @@ from cfa_anomaly.report import (
 from cfa_anomaly.sweep import BACKBONE_KEY, Setting, parse_axes, setting_row, settings_grid
 
 CONFIG_DIR = Path("configs/anomaly/unsupervised/cfa")
-METRICS_FILE = "metrics.json"
+METRICS_FILE = runfiles.METRICS
 log = logging.getLogger(__name__)
 
 
@@ -238,7 +239,7 @@ def run_benchmark(root: str | Path, output: Path, categories: Sequence[str] = MV
         last = list(points.values())[-1].row if points else None
         write_benchmark_files(output, summary["results"], summary["problems"], row_label or last or "cfa",
                               categories)
-    atomic_write_json(output / "summary.json", summary)
+    atomic_write_json(output / runfiles.SUMMARY, summary)
     return summary
 
 
@@ -255,7 +256,7 @@ def write_benchmark_files(output: Path, results: dict[str, dict[str, float | Non
                           row_label: str, categories: Sequence[str] | None = None) -> None:
     """One backbone, one seed: results.md (four tables), results.csv, and each category's GIF copied to
     assets/<category>.gif. categories: the requested ones, each a column ('-' where it has no result)."""
-    assets = output / "assets"
+    assets = output / runfiles.ASSETS
     assets.mkdir(exist_ok=True)
     gifs = {}
     for category in results:
@@ -264,11 +265,11 @@ def write_benchmark_files(output: Path, results: dict[str, dict[str, float | Non
             shutil.copyfile(gif, assets / f"{category}.gif")
             gifs[category] = f"{category}.gif"
     kinds = {category: (finished_metrics(output / category) or {}).get("per_kind") or {} for category in results}
-    atomic_write_text(output / "results.md", grid_report(single_row(results, row_label), problems,
+    atomic_write_text(output / runfiles.RESULTS, grid_report(single_row(results, row_label), problems,
                                                          categories=categories)
                       + per_kind_markdown(kinds) + _demo_section(gifs))
-    atomic_write_text(output / "results.csv", csv_report(results, categories))
-    atomic_write_text(output / "results_by_kind.csv", per_kind_csv(kinds))
+    atomic_write_text(output / runfiles.RESULTS_CSV, csv_report(results, categories))
+    atomic_write_text(output / runfiles.RESULTS_BY_KIND, per_kind_csv(kinds))
 
 
 def validation_aupro(folder: Path) -> float | None:
@@ -320,7 +321,7 @@ def write_grid_files(output: Path, results: dict[str, dict[str, float | None]], 
     if selection:  # a row of the chosen settings' test metrics, chosen without test labels
         tables[SELECTED_ROW] = {category: dict(tables[chosen["setting"]][category])
                                 for category, chosen in selection.items()}
-    assets = output / "assets"
+    assets = output / runfiles.ASSETS
     assets.mkdir(exist_ok=True)
     gifs = {}
     for (row, category), key in lowest.items():
@@ -335,6 +336,6 @@ def write_grid_files(output: Path, results: dict[str, dict[str, float | None]], 
         preamble = (f"Row \"{SELECTED_ROW}\": per category, the setting with the best AUPRO on synthetic "
                     "defects painted onto held-out normal images (test labels unused; see "
                     f"benchmarks/README.md for how far that ranking can be trusted): {chosen}.")
-    atomic_write_text(output / "results.md", grid_report(tables, problems, preamble, categories)
+    atomic_write_text(output / runfiles.RESULTS, grid_report(tables, problems, preamble, categories)
                       + _demo_section(gifs))
-    atomic_write_text(output / "results.csv", grid_csv_report(tables))
+    atomic_write_text(output / runfiles.RESULTS_CSV, grid_csv_report(tables))

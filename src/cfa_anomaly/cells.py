@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cfa_anomaly import runfiles
 from cfa_anomaly.config import config_from_dict
 from cfa_anomaly.io_utils import atomic_write_text
 
-ERROR_FILE = "error.txt"
+ERROR_FILE = runfiles.ERROR
 DONE, REUSED, SKIPPED, FAILED = "done", "reused", "skipped", "failed"
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cfa_anomaly import __version__
+from cfa_anomaly import __version__, runfiles
 from cfa_anomaly.config import MVTEC_CATEGORIES, Config, ConfigError, load_config
 from cfa_anomaly.console import configure_logging
 from cfa_anomaly.data.samples import DatasetError
@@ -314,8 +314,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         log.info("generating a synthetic %s dataset in %s", kind, data_root / category)
         generate_dataset(data_root, category=category, kind=kind, seed=seed, **DEMO_COUNTS)
     summary = run_benchmark(data_root, output, categories, demo_overrides(args.overrides), config_dir=None)
-    print((output / "results.md").read_text().split("'-' is a category")[0].rstrip() + "\n")
-    print(f"results, panels, GIFs and plots in {output} (tables: {output / 'results.md'})")
+    print((output / runfiles.RESULTS).read_text().split("'-' is a category")[0].rstrip() + "\n")
+    print(f"results, panels, GIFs and plots in {output} (tables: {output / runfiles.RESULTS})")
     return report_problems(summary, len(categories))
 
 
@@ -341,7 +341,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                             select_by_validation=args.select_by == "validation")
     noun = "categories" if len(summary["status"]) == len(args.categories) else "cells"
     done = [c for c, s in summary["status"].items() if s in ("done", "reused")]
-    print(f"\n{len(done)} of {len(summary['status'])} {noun} in {output / 'results.md'} and results.csv")
+    print(f"\n{len(done)} of {len(summary['status'])} {noun} in {output / runfiles.RESULTS} and {runfiles.RESULTS_CSV}")
     return report_problems(summary, len(summary["status"]), noun)
 
 

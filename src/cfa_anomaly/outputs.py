@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cfa_anomaly import viz
+from cfa_anomaly import runfiles, viz
 from cfa_anomaly.config import EvaluationConfig
 from cfa_anomaly.data.images import read_rgb, tensor_to_rgb
 from cfa_anomaly.errors import CfaError
@@ -136,18 +136,18 @@ def write_visuals(output: Path, predictions: Predictions, preprocess: Callable[[
     rendered: dict[int, np.ndarray] = {}
     if evaluation.panels:
         rendered = {i: render(i) for i in range(len(names))}
-        viz.write_panels(output / "panels", list(rendered.values()), names)
-        written["panels"] = "panels/"
+        viz.write_panels(output / runfiles.PANELS, list(rendered.values()), names)
+        written["panels"] = f"{runfiles.PANELS}/"
     if not labelled:
         return written
     order = viz.gif_order(predictions.labels, evaluation.gif_good_frames, evaluation.gif_max_frames)
     frames = [rendered[i] if i in rendered else render(i) for i in order]  # panels are rendered once
     viz.write_gif(output / f"{title}.gif", frames, max_width=evaluation.gif_width)
-    viz.plot_roc(output / "roc.png", predictions.labels, predictions.scores, predictions.pixel_masks(),
+    viz.plot_roc(output / runfiles.ROC, predictions.labels, predictions.scores, predictions.pixel_masks(),
                  predictions.maps, title=title)  # pixel ROC only when every defective image has a mask
-    viz.plot_score_histogram(output / "score_histogram.png", predictions.labels, predictions.scores,
+    viz.plot_score_histogram(output / runfiles.HISTOGRAM, predictions.labels, predictions.scores,
                              thresholds.image, title=title)
-    written.update({"gif": f"{title}.gif", "roc": "roc.png", "histogram": "score_histogram.png"})
+    written.update({"gif": f"{title}.gif", "roc": runfiles.ROC, "histogram": runfiles.HISTOGRAM})
     return written
 
 
@@ -165,7 +165,7 @@ class ScoreRowWriter:
     """
 
     def __init__(self, output: Path, formats: tuple[str, ...]) -> None:
-        self.paths = [output / f"scores.{kind}" for kind in formats]
+        self.paths = [output / runfiles.scores_file(kind) for kind in formats]
         self._handles = [open(self._partial(p), "w", newline="", encoding="utf-8")  # noqa: SIM115 (open across batches)
                          for p in self.paths]
         self._csv = {kind: csv.writer(h) for kind, h in zip(formats, self._handles) if kind == "csv"}
@@ -229,7 +229,7 @@ class MapShardWriter:
     def add(self, path: str, anomaly_map: np.ndarray, score: float, mask: np.ndarray | None = None) -> None:
         """mask: the image's defect mask, when the caller has it already (else taken here)."""
         if len(self._maps) == self.shard_size:  # lazily, so that exactly shard_size maps stay one maps.npz
-            self._write(self.output / "maps" / f"shard-{len(self.written):05d}.npz")
+            self._write(runfiles.map_shard(self.output, len(self.written)))
         self._maps.append(np.asarray(anomaly_map, dtype=np.float16))
         if self.thresholds.outline_level is not None:
             self._masks.append(self.thresholds.defect_mask(anomaly_map, score) if mask is None else mask)
@@ -239,8 +239,8 @@ class MapShardWriter:
     def close(self) -> list[Path]:
         """Write what is left (maps.npz when nothing was sharded yet); returns the files written."""
         if self._maps:
-            self._write(self.output / ("maps.npz" if not self.written else
-                                       f"maps/shard-{len(self.written):05d}.npz"))
+            self._write(runfiles.map_shard(self.output, len(self.written)) if self.written
+                        else self.output / runfiles.MAPS)
         return self.written
 
     def _write(self, path: Path) -> None:

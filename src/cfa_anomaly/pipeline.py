@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from cfa_anomaly import __version__, crossfit
+from cfa_anomaly import __version__, crossfit, runfiles
 from cfa_anomaly.calibration import outline_overlap, thresholds_from_holdout
 from cfa_anomaly.checkpoint import restore_model, save_checkpoint
 from cfa_anomaly.config import Config, ConfigError, save_config
@@ -28,8 +28,8 @@ from cfa_anomaly.thresholds import Thresholds
 from cfa_anomaly.train import TrainResult, fit
 from cfa_anomaly.validation import ValidationTracker, plot_validation, synthetic_validation_set
 
-CHECKPOINT_NAME = "checkpoint.pt"
-TRAIN_STATE_NAME = "train_state.pt"  # per-epoch training state of an unfinished run (for --resume)
+CHECKPOINT_NAME = runfiles.CHECKPOINT
+TRAIN_STATE_NAME = runfiles.TRAIN_STATE
 log = logging.getLogger(__name__)
 
 
@@ -180,11 +180,11 @@ def evaluate_and_write(predictor: Predictor, cfg: Config, output: Path,
     report.update(extra or {})
     report["config"] = cfg.to_dict()
     report["environment"] = _environment(predictor)
-    write_scores_csv(output / "scores.csv", predictions, thresholds)
-    write_maps(output / "maps.npz", predictions, thresholds)
+    write_scores_csv(output / runfiles.scores_file(), predictions, thresholds)
+    write_maps(output / runfiles.MAPS, predictions, thresholds)
     report["files"] = write_visuals(output, predictions, predictor.preprocess, thresholds,
                                     cfg.evaluation, title=cfg.data.category)
-    atomic_write_json(output / "metrics.json", report)  # last: its presence marks a finished run
+    atomic_write_json(output / runfiles.METRICS, report)  # last: its presence marks a finished run
     return report
 
 
@@ -263,7 +263,7 @@ def _select_by_validation(model: CFA, tracker: ValidationTracker, cfg: Config, o
     if cfg.train.select == "best-validation" and tracker.best is not None:
         model.load_learned_state(tracker.best["state"])
         model.eval()
-    plot_validation(output / "validation.png", summary["history"], summary["selected"]["epoch"],
+    plot_validation(output / runfiles.VALIDATION_PLOT, summary["history"], summary["selected"]["epoch"],
                     title=f"{cfg.data.category}: validation on synthetic defects")
     return summary
 
@@ -279,7 +279,7 @@ def train_and_test(cfg: Config, output: Path, run_test: bool = True, resume: dic
     device = resolve_device(cfg.train.device)
     train_samples, holdout = split if split is not None else check_data(cfg, run_test)
     model = build_model(cfg, device)
-    save_config(cfg, output / "config.yaml")
+    save_config(cfg, output / runfiles.CONFIG)
     state_path = output / TRAIN_STATE_NAME
     tracker = _validation_tracker(model, holdout, cfg)
     result = fit(model, training_loader(train_samples, cfg), cfg, device, state_path=state_path, resume=resume,
@@ -295,7 +295,7 @@ def train_and_test(cfg: Config, output: Path, run_test: bool = True, resume: dic
     save_checkpoint(model, cfg, output / CHECKPOINT_NAME, extra=summary)
     state_path.unlink(missing_ok=True)  # the checkpoint supersedes it
     predictor = Predictor.from_model(model, cfg, thresholds)
-    atomic_write_json(output / "train.json", {**summary, "config": cfg.to_dict(),
+    atomic_write_json(output / runfiles.TRAIN_SUMMARY, {**summary, "config": cfg.to_dict(),
                                               "environment": _environment(predictor)})
     if not run_test:
         return summary

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cfa_anomaly import runfiles
 from cfa_anomaly.console import progress
 from cfa_anomaly.data.images import read_rgb, tensor_to_rgb
 from cfa_anomaly.data.samples import IMAGE_EXTENSIONS, DatasetError, list_images
@@ -198,7 +199,7 @@ class PredictionSink:
         if self.maps is not None:
             self.maps.add(str(path), anomaly_map, score, mask)
         if panel_wanted(self.panels, score, self.thresholds):
-            write_stream_panel(self.output / "panels", picture(), anomaly_map, score, self.thresholds,
+            write_stream_panel(self.output / runfiles.PANELS, picture(), anomaly_map, score, self.thresholds,
                                self.panel_names(path))
             self.summary.panels += 1
 

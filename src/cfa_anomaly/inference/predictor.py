@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cfa_anomaly import runfiles
 from cfa_anomaly.config import Config
 from cfa_anomaly.data.images import array_to_rgb, map_to_input_size, pil_to_rgb, read_rgb
 from cfa_anomaly.inference.card import ModelCard
@@ -27,7 +28,7 @@ Backend = Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]  # (N,3,c,c) 0
 
 
 def _is_checkpoint(path: Path) -> bool:
-    return path.is_file() and path.suffix in (".pt", ".pth", ".ckpt") and not (path.parent / "model.json").is_file()
+    return path.is_file() and path.suffix in (".pt", ".pth", ".ckpt") and not (path.parent / runfiles.MODEL_METADATA).is_file()
 
 
 class Predictor:

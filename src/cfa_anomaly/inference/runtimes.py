@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from cfa_anomaly import runfiles
 from cfa_anomaly.inference.card import ModelCard
 from cfa_anomaly.inference.errors import ExportError
 from cfa_anomaly.io_utils import file_sha256
 
 EXPORT_FORMAT = "cfa-anomaly-export-v1"
-METADATA_NAME = "model.json"
+METADATA_NAME = runfiles.MODEL_METADATA
 MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml", "torchscript": "model.pt"}
 INPUT_NAME, OUTPUT_NAMES = "images", ("maps", "scores")
 INFERENCE_PRECISIONS = ("f32", "bf16")
