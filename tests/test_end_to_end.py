@@ -268,7 +268,10 @@ def test_cli_predict_writes_scores_matching_the_test_run(run, tmp_path, capsys):
     assert code == 0
     predicted = read_csv(out / "scores.csv")
     assert [r["path"] for r in predicted] == [r["path"] for r in chosen]
-    assert "label" not in predicted[0]
+    assert list(predicted[0]) == list(rows[0])  # one schema for cfa test and cfa predict
+    assert predicted[0]["label"] == "" and rows[0]["label"] in ("0", "1")
+    np.testing.assert_allclose([float(r["defect_area"]) for r in predicted],
+                               [float(r["defect_area"]) for r in chosen], atol=1e-3)
     threshold = json.loads((output / "metrics.json").read_text())["threshold"]["image"]["value"]
     assert [r["decision"] for r in predicted] == [r["decision"] for r in chosen]
     assert all(r["decision"] == ("defective" if float(r["score"]) >= threshold else "good") for r in predicted)

@@ -9,7 +9,6 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -67,18 +66,30 @@ def format_metrics_table(results: dict[str, float | None]) -> str:
     return "\n".join(lines)
 
 
+# The one schema of scores.csv (cfa test and cfa predict; scores.jsonl has the same keys). defect_area: the
+# outlined fraction of the model's input grid; label: 1 defective / 0 good where known (cfa test), else
+# empty; error: why an input could not be scored (cfa predict), else empty.
+SCORE_COLUMNS = ("path", "score", "decision", "defect_area", "label", "error")
+
+
+def score_row(path: str, score: float | None, decision: str | None, area: float | None,
+              label: int | None = None, error: str = "") -> list[str]:
+    """One scores.csv row in SCORE_COLUMNS' order."""
+    return [path, "" if score is None else f"{score:.6g}", decision or "", "" if area is None else f"{area:.4g}",
+            "" if label is None else str(int(label)), error]
+
+
 def write_scores_csv(path: Path, predictions: Predictions, thresholds: Thresholds) -> None:
-    """path, score, decision at the held-out threshold (when there is one), label (when known)."""
+    """scores.csv of a test: every image's score, decision and outlined area at the thresholds, label."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    has_labels = predictions.labels is not None
-    writer.writerow(["path", "score", "decision", *(["label"] if has_labels else [])])
+    writer.writerow(SCORE_COLUMNS)
     for index, image_path in enumerate(predictions.paths):
         score = float(predictions.scores[index])
-        row: list[Any] = [image_path, f"{score:.6g}", thresholds.label(score) or ""]
-        if has_labels:
-            row.append(int(predictions.labels[index]))
-        writer.writerow(row)
+        outline = thresholds.defect_mask(predictions.maps[index], score)
+        label = None if predictions.labels is None else int(predictions.labels[index])
+        writer.writerow(score_row(image_path, score, thresholds.label(score),
+                                  None if outline is None else float(outline.mean()), label))
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -160,8 +171,7 @@ class ScoreRowWriter:
     """scores.csv and/or scores.jsonl written row by row, flushed per batch.
 
     The files are written as <name>.partial and renamed at close(), so a killed run never leaves a file
-    that looks complete. A row is (path, score or None, decision or "", defect area or None, error or ""):
-    the defect area is the fraction of the model's input grid at or above the pixel threshold.
+    that looks complete. A row has SCORE_COLUMNS (the label empty: inputs to predict have none).
     """
 
     def __init__(self, output: Path, formats: tuple[str, ...]) -> None:
@@ -171,7 +181,7 @@ class ScoreRowWriter:
         self._csv = {kind: csv.writer(h) for kind, h in zip(formats, self._handles) if kind == "csv"}
         self._kinds = formats
         for writer in self._csv.values():
-            writer.writerow(["path", "score", "decision", "defect_area", "error"])
+            writer.writerow(SCORE_COLUMNS)
 
     @staticmethod
     def _partial(path: Path) -> Path:
@@ -181,13 +191,12 @@ class ScoreRowWriter:
               error: str = "") -> None:
         for kind, handle in zip(self._kinds, self._handles):
             if kind == "csv":
-                self._csv[kind].writerow([path, "" if score is None else f"{score:.6g}", decision,
-                                          "" if area is None else f"{area:.4g}", error])
+                self._csv[kind].writerow(score_row(path, score, decision, area, error=error))
             else:
                 record = {"path": path, "score": None if score is None else float(f"{score:.6g}"),
                           "decision": decision or None,
                           "defect_area": None if area is None else float(f"{area:.4g}"),
-                          "error": error or None}
+                          "label": None, "error": error or None}
                 handle.write(json.dumps(record) + "\n")
 
     def flush(self) -> None:
