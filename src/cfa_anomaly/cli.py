@@ -262,7 +262,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    """Load the model once, then answer HTTP requests until interrupted (see README.md, "HTTP service")."""
+    """Load the model once, then answer HTTP requests until interrupted (see docs/deployment.md, "HTTP service")."""
     try:
         from cfa_anomaly.serve import ServeSettings, describe_model, run_server
     except ImportError as err:
@@ -368,7 +368,7 @@ def add_executor_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     """--executor local|ray and --address (benchmark: a Ray task per cell; predict: Ray Data actors)."""
     parser.add_argument("--executor", choices=("local", "ray"), default="local",
                         help=f"local: in this process (default); ray: a Ray {what}, on a local Ray instance "
-                             "or the cluster at --address (extra [ray], see README.md)")
+                             "or the cluster at --address (extra [ray], see docs/ray.md)")
     parser.add_argument("--address", metavar="ADDR",
                         help="--executor ray: a running Ray cluster (auto, or <head node>:6379; default: "
                              "$RAY_ADDRESS, else the cluster this machine runs (ray start), else a Ray "

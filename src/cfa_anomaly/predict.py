@@ -105,7 +105,7 @@ PANELS_ALL_UP_TO = 200  # default --panels: all for up to this many images, else
 
 @dataclass
 class PredictOptions:
-    """How `cfa predict` writes its outputs (see README.md, "Scoring many images")."""
+    """How `cfa predict` writes its outputs (see docs/deployment.md, "Scoring many images")."""
 
     formats: tuple[str, ...] = ("csv",)  # scores.csv and/or scores.jsonl
     maps: str = "npz"  # npz: maps.npz or maps/shard-*.npz; none

@@ -52,7 +52,7 @@ def ray_session(address: str | None = None) -> Iterator[ModuleType]:
         ray.init(**options)
     except ConnectionError as err:
         raise RayConnectionError(f"no Ray cluster at --address {address} ({err}); start one with `ray start "
-                                 "--head` on the head node (see README.md, \"A Ray cluster\")") from err
+                                 "--head` on the head node (see docs/ray.md)") from err
     resources = cluster_resources(ray)
     log.info("Ray at %s: %g CPUs, %g GPUs", ray.get_runtime_context().gcs_address, resources["CPU"],
              resources["GPU"])

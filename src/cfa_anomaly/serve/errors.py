@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# status -> the codes it carries; README.md ("HTTP service") documents the same table.
+# status -> the codes it carries; docs/deployment.md ("HTTP service") documents the same table.
 STATUS_OF_CODE = {
     "empty_upload": 400,  # no bytes, or no `file` / `files` field in a multipart form
     "bad_request": 400,  # a malformed multipart form or query parameter
