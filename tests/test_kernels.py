@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from cfa_anomaly.model import kernels
+from cfa_anomaly.model import int8_probe, kernels
 from cfa_anomaly.model.distances import candidate_centres, centre_bank, centre_points, search_rows
 
 
@@ -100,7 +100,7 @@ def test_auto_precision_takes_what_measurably_pays_bfloat16_first_then_int8(fres
 
     monkeypatch.setattr(factory, "has_bfloat16_matrix_units", lambda device: units)
     monkeypatch.setattr(kernels, "probe_bfloat16", probe("bfloat16", bfloat16))
-    monkeypatch.setattr(kernels, "probe_int8", probe("int8", int8))
+    monkeypatch.setattr(int8_probe, "probe_int8", probe("int8", int8))
     cpu = torch.device("cpu")
     assert factory.resolve_precision("auto", cpu) == expected
     assert factory.resolve_precision("auto", cpu) == expected  # remembered: each probe runs at most once
@@ -114,7 +114,7 @@ def test_a_real_bfloat16_probe_times_both(fresh_cache):
 
 
 def test_a_real_int8_probe_times_both(fresh_cache):
-    seconds = kernels.probe_int8(32, 35, 64)
+    seconds = int8_probe.probe_int8(32, 35, 64)
     assert set(seconds) == {"float32", "int8"} and all(v > 0 for v in seconds.values())
 
 
@@ -175,5 +175,5 @@ def test_an_int8_product_that_fails_here_leaves_auto_at_float32(fresh_cache, mon
         raise RuntimeError("no int8 kernels on this CPU")
 
     monkeypatch.setattr(factory, "has_bfloat16_matrix_units", lambda device: False)
-    monkeypatch.setattr(kernels, "probe_int8", broken)
+    monkeypatch.setattr(int8_probe, "probe_int8", broken)
     assert factory.resolve_precision("auto", torch.device("cpu")) == "float32"

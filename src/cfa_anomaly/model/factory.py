@@ -10,7 +10,8 @@ from cfa_anomaly.backbones import FeatureExtractor
 from cfa_anomaly.config import Config
 from cfa_anomaly.errors import CfaError
 from cfa_anomaly.model.cfa import CFA
-from cfa_anomaly.model.kernels import bfloat16_pays, int8_pays
+from cfa_anomaly.model.int8_probe import int8_pays
+from cfa_anomaly.model.kernels import bfloat16_pays
 from cfa_anomaly.runtime import reuse_freed_memory
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ same kernels; set CFA_ANOMALY_BANK_LAYOUT=view|contiguous|packed to fix it. On a
 Likewise auto precision picks `mixed` on a CPU only where the flags announce bfloat16 units and a probe
 of the wide_resnet50_2 search product finds bfloat16 at least 1.25x faster than float32 (on the AMX Xeon
 above: ~5x; a CPU that emulates bfloat16 would lose accuracy for nothing); failing that, `int8-search`
-where the int8 search (product and key, distances.int8_key) is at least 1.25x faster than float32's product.
+where the int8 search (product and key: int8_probe.py) is at least 1.25x faster than float32's product.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def search_operands(chunk: int, inner: int, centres: int, dtype: torch.dtype) ->
     return operands
 
 
-def _best_seconds(candidates: dict[str, Products]) -> dict[str, float]:
+def best_seconds(candidates: dict[str, Products]) -> dict[str, float]:
     """Seconds of the fastest product of each candidate, timed alternately (a busy machine slows all alike),
     best of PROBE_ROUNDS, after one warm-up each (kernel generation and caches)."""
     for name, products in candidates.items():
@@ -132,7 +132,7 @@ def _best_seconds(candidates: dict[str, Products]) -> dict[str, float]:
 def probe_layout(chunk: int, inner: int, centres: int, dtype: torch.dtype) -> tuple[str, dict[str, float]]:
     """Time the search product with each layout available on random data; the fastest (the view unless
     another wins by MARGIN) and the seconds each took."""
-    seconds = _best_seconds(search_operands(chunk, inner, centres, dtype))
+    seconds = best_seconds(search_operands(chunk, inner, centres, dtype))
     fastest = min(seconds, key=seconds.__getitem__)
     best = fastest if seconds[fastest] < (1.0 - MARGIN) * seconds["view"] else "view"
     return best, seconds
@@ -198,32 +198,10 @@ def probe_bfloat16(chunk: int, inner: int, centres: int) -> dict[str, float]:
         name = str(dtype).split(".")[-1]
         candidates[name] = [product for layout, products in layouts.items() if layout != "packed"
                             for product in products]
-    return _best_seconds(candidates)
+    return best_seconds(candidates)
 
 
-def probe_int8(chunk: int, inner: int, centres: int) -> dict[str, float]:
-    """Seconds of the search step's product in float32 (its faster layout) and of the int8 search's key
-    (the rows rounded to int8, their product with the bank, its scales applied: distances.int8_key), on
-    random data."""
-    from cfa_anomaly.model.distances import centre_bank, int8_key, quantize_rows
-
-    generator = torch.Generator().manual_seed(0)
-    rows = torch.randn(chunk, inner - 3, generator=generator)
-    bank = centre_bank(torch.randn(centres, inner - 3, generator=generator), search=torch.int8)
-    layouts = search_operands(chunk, inner, centres, torch.float32)
-    candidates: dict[str, Products] = {"float32": [product for layout, products in layouts.items()
-                                                   if layout != "packed" for product in products]}
-    seconds = _best_seconds(candidates)
-    int8_key(quantize_rows(rows), bank)  # warm-up
-    best = float("inf")
-    for _ in range(PROBE_ROUNDS):
-        start = time.perf_counter()
-        int8_key(quantize_rows(rows), bank)
-        best = min(best, time.perf_counter() - start)
-    return {**seconds, "int8": best}
-
-
-def _pays(name: str, probe: Callable[..., dict[str, float]]) -> bool:
+def pays(name: str, probe: Callable[..., dict[str, float]]) -> bool:
     """Whether `name` (a key of probe's result) runs the search at least BFLOAT16_GAIN times faster than
     float32 on this CPU: probed once at PRECISION_PROBE_SHAPE, remembered per machine like the layout."""
     shape = "x".join(map(str, PRECISION_PROBE_SHAPE))
@@ -239,22 +217,8 @@ def _pays(name: str, probe: Callable[..., dict[str, float]]) -> bool:
     return _remembered(key, (name, "float32"), measure) == name
 
 
-def int8_pays() -> bool:
-    """Whether the int8 search (product and key) runs at least BFLOAT16_GAIN times faster than the float32
-    product here: auto precision's choice on a CPU where bfloat16 does not pay. A build whose int8 product
-    fails on this CPU counts as not paying (remembered like a slow one)."""
-    def probe(*shape: int) -> dict[str, float]:
-        try:
-            return probe_int8(*shape)  # looked up when probed: replaceable in tests
-        except RuntimeError as err:
-            log.debug("the int8 search cannot run here (%s): auto keeps float32", err)
-            return {"float32": 1.0, "int8": float("inf")}
-
-    return _pays("int8", probe)
-
-
 def bfloat16_pays() -> bool:
     """Whether this CPU runs the search product in bfloat16 at least BFLOAT16_GAIN times faster than in
     float32: where it does not, auto precision does not pick mixed even on a CPU whose flags announce
     bfloat16 units."""
-    return _pays("bfloat16", lambda *shape: probe_bfloat16(*shape))
+    return pays("bfloat16", lambda *shape: probe_bfloat16(*shape))
