@@ -119,11 +119,6 @@ def grid_coverage_lines(grid: Grid, metric: str, categories: Sequence[str] | Non
     return lines
 
 
-def coverage_line(results: Mapping[str, Metrics], metric: str, categories: Sequence[str] | None = None) -> str:
-    """The line under a one-row table: which categories its Avg is over (grid_coverage_lines)."""
-    return "\n".join(grid_coverage_lines(single_row(results, "cfa"), metric, categories))
-
-
 def _seed_counts(grid: Grid) -> list[int]:
     return sorted({len(by_seed) for row in grid.values() for by_seed in row.values()})
 
