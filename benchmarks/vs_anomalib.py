@@ -47,7 +47,7 @@ from cfa_anomaly.model.factory import resolve_precision
 HERE = Path(__file__).resolve().parent
 VENV = REPO / ".venv-anomalib"
 ANOMALIB = "anomalib==2.7.0"
-# the goals: this project's speed over anomalib's on this CPU (goal, stretch)
+# the speed goals: this project's speed over anomalib's on this CPU (goal, stretch)
 GOALS = {"training": (10.0, 14.0), "inference": (4.0, 5.6)}
 LOWER_IS_BETTER = ("bank_ms_per_image", "feature_ms_per_image", "train_ms_per_image_epoch", "peak_rss_gib")
 

@@ -126,22 +126,26 @@ class Thresholds:
         """How many normal scores are behind the image threshold (held-out and cross-fitted)."""
         return len(self.holdout_scores or ())
 
+    def _scores_above(self) -> int | None:
+        """How many normal scores lie above the image threshold; None without either."""
+        if self.image is None or not self.holdout_scores:
+            return None
+        return int((np.asarray(self.holdout_scores) > self.image).sum())
+
     def false_alarm_rate(self) -> float | None:
         """Upper bound on the share of new normal parts decided defective at the image threshold,
         (#held-out scores above it + 1) / (n + 1) for n exchangeable held-out normal scores (exact when the
         threshold is one of them); None without threshold or held-out scores."""
-        if self.image is None or not self.holdout_scores:
-            return None
-        above = int((np.asarray(self.holdout_scores) > self.image).sum())
-        return (above + 1) / (self.normal_count + 1)
+        above = self._scores_above()
+        return None if above is None else (above + 1) / (self.normal_count + 1)
 
     def false_alarm_rate_bound(self, confidence: float = 0.9) -> float | None:
         """The share of good parts flagged that this one hold-out exceeds with probability 1 - confidence:
         the realised rate at the k-th smallest of n held-out scores is Beta(n - k + 1, k) distributed
         (k = n - #scores above the threshold). false_alarm_rate is its mean over hold-outs."""
-        if self.image is None or not self.holdout_scores:
+        above = self._scores_above()
+        if above is None:
             return None
-        above = int((np.asarray(self.holdout_scores) > self.image).sum())
         rank = self.normal_count - above
         return 1.0 if rank < 1 else float(stats.beta.ppf(confidence, above + 1, rank))
 
