@@ -14,6 +14,7 @@ import torch
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
+from cfa_anomaly.calibration import thresholds_from_holdout
 from cfa_anomaly.checkpoint import read_checkpoint
 from cfa_anomaly.crossfit import folds_of, wanted
 from cfa_anomaly.data.dataset import image_loader, training_loader
@@ -184,3 +185,14 @@ def test_cross_fitted_scores_join_the_held_out_ones(synth_root, tmp_path):
     fit(model, training_loader([s for s in train if s not in fold], cfg), cfg, torch.device("cpu"))
     expected = predict(Predictor.from_model(model, cfg, None), image_loader(fold, cfg)).scores
     np.testing.assert_allclose(scores[2: 2 + len(fold)], expected, rtol=1e-5)
+
+
+@requires_mobilenet_weights
+def test_the_validations_painted_set_gives_the_same_thresholds_as_a_fresh_one(synth_root, tmp_path):
+    """With data.validation=synthetic, calibration reuses the painted set training built: the same
+    thresholds as painting the held-out images afresh."""
+    cfg = small_config(synth_root, **{"data.holdout_fraction": "0.5", "data.validation": "synthetic"})
+    report = train_and_test(cfg, tmp_path, run_test=False)
+    predictor = Predictor.from_checkpoint(tmp_path / CHECKPOINT_NAME, device="cpu")
+    fresh = thresholds_from_holdout(predictor, training_split(cfg)[1], cfg)
+    assert fresh.to_dict() == report["threshold"]

@@ -34,15 +34,17 @@ from cfa_anomaly.data.synthetic import PAINTED_DEFECTS
 from cfa_anomaly.evaluate import predict
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.thresholds import Thresholds, quantile_threshold
-from cfa_anomaly.validation import synthetic_validation_set
+from cfa_anomaly.validation import ValidationSet, synthetic_validation_set
 
 log = logging.getLogger(__name__)
 
 
-def painted_maps(predictor: Predictor, holdout: Sequence[Sample], cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+def painted_maps(predictor: Predictor, holdout: Sequence[Sample], cfg: Config,
+                 painted: ValidationSet | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(maps, masks) of the held-out images (a tiled model: a few tiles of each), clean and with every
-    painted defect kind, on the model's input grid."""
-    painted = synthetic_validation_set(list(holdout), cfg)
+    painted defect kind, on the model's input grid. painted: that set when the caller has it already (the
+    label-free validation's, the same images and seeds)."""
+    painted = painted if painted is not None else synthetic_validation_set(list(holdout), cfg)
     return predictor.score_tiles(painted.images), painted.masks
 
 
@@ -76,10 +78,11 @@ def best_relative(base: Thresholds, maps: np.ndarray, masks: np.ndarray) -> tupl
 
 
 def thresholds_from_holdout(predictor: Predictor, holdout: Sequence[Sample], cfg: Config,
-                            cross_fitted: np.ndarray | None = None) -> Thresholds:
+                            cross_fitted: np.ndarray | None = None,
+                            painted: ValidationSet | None = None) -> Thresholds:
     """Image and pixel thresholds from held-out normal images (never the test set); cross_fitted:
     out-of-fold scores of training images (crossfit.py) that join the held-out scores for the image
-    threshold."""
+    threshold; painted: the held-out images' painted set where training built it already."""
     if not holdout:
         return Thresholds(image_source="none: data.holdout_fraction is 0 and no data.holdout_dir",
                           pixel_source="none: no held-out normal images")
@@ -98,18 +101,18 @@ def thresholds_from_holdout(predictor: Predictor, holdout: Sequence[Sample], cfg
                      "normal images",
         holdout_scores=tuple(float(v) for v in normal_scores), cross_fitted=len(extra))
     if evaluation.pixel_threshold_method != "quantile":
-        maps, masks = painted_maps(predictor, holdout, cfg)
+        maps, masks = painted_maps(predictor, holdout, cfg, painted)
         clean = len(maps) // (len(PAINTED_DEFECTS) + 1)
         views = "normal images" if clean == count else f"tiles of {count} normal images"
-        painted = f"{clean} held-out {views} and {len(maps) - clean} copies with painted defects"
+        described = f"{clean} held-out {views} and {len(maps) - clean} copies with painted defects"
         level, f1 = metrics.best_f1_threshold(masks, maps)
         relative, relative_f1 = best_relative(thresholds, maps, masks)
         candidates = {**thresholds.pixel_candidates, "synthetic-f1": (level, 0.0),
                       "synthetic-peak": (normal_level, relative)}
-        sources = {"synthetic-f1": f"best pixel F1 ({f1:.3f}) on {painted}",
+        sources = {"synthetic-f1": f"best pixel F1 ({f1:.3f}) on {described}",
                    "synthetic-peak": f"{relative:.2f} of the way from the quantile {pixel_quantile} of the normal "
                                      f"pixel scores to each image's peak: best pixel F1 ({relative_f1:.3f}) on "
-                                     f"{painted}"}
+                                     f"{described}"}
         method = evaluation.pixel_threshold_method
         thresholds = replace(thresholds, pixel_candidates=candidates).with_method(method)
         thresholds = replace(thresholds, pixel_source=sources[method])

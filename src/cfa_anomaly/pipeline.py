@@ -290,7 +290,7 @@ def train_and_test(cfg: Config, output: Path, run_test: bool = True, resume: dic
     wanted = crossfit.wanted(holdout, train_samples, cfg)
     cross_fitted = crossfit.out_of_fold_scores(train_samples, cfg, device) if wanted else None
     thresholds = thresholds_from_holdout(Predictor.from_model(model, cfg, None), holdout, cfg,  # selected model
-                                         cross_fitted)
+                                         cross_fitted, tracker.validation if tracker is not None else None)
     summary["threshold"] = thresholds.to_dict()
     save_checkpoint(model, cfg, output / CHECKPOINT_NAME, extra=summary)
     state_path.unlink(missing_ok=True)  # the checkpoint supersedes it
