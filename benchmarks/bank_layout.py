@@ -46,7 +46,7 @@ def tflops(left: torch.Tensor, right: torch.Tensor, packed: bool, inner: int, ce
 
 def available(dtype: torch.dtype) -> list[str]:
     return [layout for layout in kernels.LAYOUTS
-            if layout != "packed" or kernels.packing_available(torch.device("cpu"), dtype)]
+            if layout != "packed" or kernels.bank_packing_available(torch.device("cpu"), dtype)]
 
 
 def accuracy(layout: str) -> dict[str, dict[str, float]]:

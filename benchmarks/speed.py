@@ -147,14 +147,15 @@ def neighbour_run(name: str, backbone: str, epochs: int, precision: str = "mixed
     from cfa_anomaly.data.dataset import AnomalyDataset, make_loader
     from cfa_anomaly.data.samples import make_samples
     from cfa_anomaly.model.matching import describe_and_match, described_rows
-    from cfa_anomaly.pipeline import load_model, train_and_test
+    from cfa_anomaly.checkpoint import restore_model
+    from cfa_anomaly.pipeline import train_and_test
 
     root, category = REAL_SETS[name]
     cfg = load_config(None, [f"data.root={root}", f"data.category={category}", f"model.backbone={backbone}",
                              f"model.precision={precision}", f"train.epochs={epochs}", "train.device=cpu"])
     with tempfile.TemporaryDirectory() as tmp:
         train_and_test(cfg, Path(tmp))
-        model, cfg, _ = load_model(Path(tmp) / "checkpoint.pt", "cpu")
+        model, cfg, _ = restore_model(Path(tmp) / "checkpoint.pt", "cpu")
     test = make_samples(root, category, "test")
     counts = {k: [0, 0.0] for k in (cfg.model.K, cfg.model.K + cfg.model.J)}
     patches = 0

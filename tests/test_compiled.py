@@ -66,7 +66,7 @@ def test_compiled_front_equals_eager_in_distances_indices_and_gradients():
     torch.manual_seed(0)
     layer = CoordConv1x1(24, 24)
     layers = tiny_layers()
-    bank = centre_bank(torch.randn(64, 24), low_precision=True)
+    bank = centre_bank(torch.randn(64, 24), torch.bfloat16)
     results = []
     for use_compiled in (False, True):
         layer.zero_grad()

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from cfa_anomaly.inference import Predictor
 from cfa_anomaly.model.distances import centre_bank
 from cfa_anomaly.model.matching import describe_and_match
-from cfa_anomaly.pipeline import evaluate_checkpoint, train_and_test
+from cfa_anomaly.pipeline import evaluate_predictor, train_and_test
 from conftest import SYNTH_CATEGORY, requires_mobilenet_weights, small_config
 from test_fast_path import CPU, assert_paths_agree, run_precision
 from test_matching import layer_and_inputs, plain_reference, pyramid_and_bank
@@ -22,7 +23,8 @@ GPU = torch.device("cuda")
 
 def fused_step(layer, maps, centres, k: int, weights, low_precision: bool):
     """Distances, indices and parameter gradients of the fused step, all returned on the CPU."""
-    values, indices = describe_and_match(layer, maps, centre_bank(centres, low_precision), k)
+    bank = centre_bank(centres, torch.bfloat16 if low_precision else torch.float32)
+    values, indices = describe_and_match(layer, maps, bank, k)
     (values.double() * weights).sum().backward()
     grads = [param.grad.detach().cpu().clone() for param in layer.parameters()]
     layer.zero_grad()
@@ -55,7 +57,7 @@ def test_fused_step_on_the_gpu_in_bfloat16_returns_exact_distances_of_nearly_the
     k = 5
     layer, maps, centres = layer_and_inputs(3)
     ref_values, ref_indices = plain_reference(layer, maps, centres, k)
-    values, indices = describe_and_match(layer.to(GPU), maps.to(GPU), centre_bank(centres.to(GPU), True), k)
+    values, indices = describe_and_match(layer.to(GPU), maps.to(GPU), centre_bank(centres.to(GPU), torch.bfloat16), k)
     values, indices = values.cpu(), indices.cpu()
     assert values.dtype == torch.float32
     assert torch.all(values[:, 1:] >= values[:, :-1])
@@ -78,7 +80,8 @@ def test_training_and_scoring_on_the_gpu_agree_with_the_cpu(synth_root, precisio
 def test_a_checkpoint_trained_on_the_gpu_scores_the_same_on_the_cpu(synth_root, tmp_path):
     cfg = small_config(synth_root, **{"train.device": "cuda", "model.precision": "float32"})
     trained = train_and_test(cfg, tmp_path / "gpu")
-    tested = evaluate_checkpoint(tmp_path / "gpu" / "checkpoint.pt", tmp_path / "cpu", device_name="cpu")
+    checkpoint = tmp_path / "gpu" / "checkpoint.pt"
+    tested = evaluate_predictor(Predictor.from_checkpoint(checkpoint, device="cpu"), tmp_path / "cpu")
     gpu_maps = np.load(tmp_path / "gpu" / "maps.npz")["maps"].astype(np.float64)
     cpu_maps = np.load(tmp_path / "cpu" / "maps.npz")["maps"].astype(np.float64)
     correlation = np.corrcoef(gpu_maps.ravel(), cpu_maps.ravel())[0, 1]
@@ -94,7 +97,6 @@ def test_the_plain_graph_on_the_gpu_equals_the_cpu(synth_root, tmp_path):
     """The exported graph's torch form (model/plain.py) on a GPU: float32 convolutions and products."""
     from cfa_anomaly.data.dataset import AnomalyDataset
     from cfa_anomaly.data.samples import make_samples
-    from cfa_anomaly.inference import Predictor
 
     cfg = small_config(synth_root, **{"train.device": "cpu", "model.precision": "float32"})
     train_and_test(cfg, tmp_path / "run", run_test=False)

@@ -17,13 +17,19 @@ import yaml
 from PIL import Image
 
 from cfa_anomaly import cli
-from cfa_anomaly.checkpoint import CheckpointError, load_state_into, read_checkpoint, save_checkpoint
+from cfa_anomaly.checkpoint import (
+    CheckpointError,
+    load_state_into,
+    read_checkpoint,
+    restore_model,
+    save_checkpoint,
+)
 from cfa_anomaly.config import load_config
 from cfa_anomaly.data.dataset import AnomalyDataset, make_loader
 from cfa_anomaly.data.samples import make_samples, split_holdout
 from cfa_anomaly.evaluate import predict
 from cfa_anomaly.inference import Predictor
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, load_model, train_and_test
+from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test
 from cfa_anomaly.model.factory import build_model
 from cfa_anomaly.thresholds import quantile_threshold
 from cfa_anomaly.train import fit
@@ -164,8 +170,8 @@ def test_checkpoint_round_trip_gives_the_same_maps(in_memory):
     cfg, model, result, path = in_memory
     assert all(math.isfinite(v) for v in result.losses)
     assert result.radius != cfg.model.radius_init
-    loaded, loaded_cfg, device = load_model(path, "cpu")
-    assert loaded_cfg.to_dict() == cfg.to_dict() and device == CPU
+    loaded, loaded_cfg, _ = restore_model(path, "cpu")
+    assert loaded_cfg.to_dict() == cfg.to_dict() and loaded.memory_bank.device == CPU
     images = next(iter(split_loader(cfg)))["image"]
     with torch.no_grad():
         maps_a, scores_a = model(images)
@@ -190,17 +196,17 @@ def test_checkpoint_from_another_backbone_is_rejected(in_memory, tmp_path):
     other = build_model(other_cfg, CPU)
     with pytest.raises(CheckpointError, match=str(path)):
         load_state_into(other, payload, path)
-    # the same through load_model: a checkpoint whose config names another backbone
+    # the same through restore_model: a checkpoint whose config names another backbone
     payload["config"] = other_cfg.to_dict()
     edited = tmp_path / "edited.pt"
     torch.save(payload, edited)
     with pytest.raises(CheckpointError, match="edited.pt"):
-        load_model(edited, "cpu")
+        restore_model(edited, "cpu")
 
 
 def test_bad_checkpoint_files_are_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="absent.pt"):
-        load_model(tmp_path / "absent.pt")
+        restore_model(tmp_path / "absent.pt")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00not a checkpoint")
     with pytest.raises(CheckpointError, match="garbage.pt"):
@@ -229,7 +235,7 @@ def test_random_backbone_checkpoint_round_trip(synth_root, tmp_path):
                                         cfg.data.resize, cfg.data.crop), cfg.data.batch_size)
     fit(model, loader, cfg, CPU)
     save_checkpoint(model, cfg, tmp_path / CHECKPOINT_NAME)
-    loaded, _, _ = load_model(tmp_path / CHECKPOINT_NAME, "cpu")
+    loaded, _, _ = restore_model(tmp_path / CHECKPOINT_NAME, "cpu")
     images = next(iter(split_loader(cfg)))["image"]
     with torch.no_grad():
         assert torch.allclose(model(images)[0], loaded(images)[0])

@@ -20,7 +20,12 @@ import cfa_anomaly.train as train
 from cfa_anomaly.config import Config, load_config
 from cfa_anomaly.model import CFA
 from cfa_anomaly.model.descriptor import CoordConv1x1, align_maps, coordinate_channels
-from cfa_anomaly.model.distances import centre_bank, gathered_squared_distances
+from cfa_anomaly.model.distances import (
+    centre_bank,
+    centre_points,
+    chosen_distances_backward,
+    chosen_squared_distances,
+)
 from cfa_anomaly.model.matching import describe_and_match
 from cfa_anomaly.train import (
     batch_loss_backward,
@@ -207,26 +212,28 @@ def near_centre_points(generator: torch.Generator, count: int = 64, dimension: i
 
 
 def test_a_distance_clamped_at_zero_passes_no_gradient():
+    """The step's exact distances (chosen_squared_distances) and their gradient in the points
+    (chosen_distances_backward), as _DescribeAndMatch runs them."""
     generator = torch.Generator().manual_seed(0)
     points, centres = near_centre_points(generator)
     indices = torch.stack((torch.arange(40), torch.randint(40, 64, (40,), generator=generator)), dim=1)
-    points.requires_grad_(True)
-    distances = gathered_squared_distances(points, centres, indices)
-    clamped = distances.detach() == 0
+    bank = centre_bank(centres)
+    centred = centre_points(points, bank)
+    distances = chosen_squared_distances(centred, bank, indices)
+    clamped = distances == 0
     assert 5 <= int(clamped.sum()) <= 35 and not clamped[:, 1].any()  # the case under test does occur
 
     # only the clamped distances carry an upstream gradient: none may reach the points
-    (distances * clamped).sum().backward(retain_graph=True)
-    assert torch.equal(points.grad, torch.zeros_like(points))
+    gradient = chosen_distances_backward(centred, bank, indices, clamped.float(), clamped)
+    assert torch.equal(gradient, torch.zeros_like(gradient))
 
     # with weights on every distance: the float64 gradient with the clamped pairs left out (their share,
     # 2e-5 per pair, is below this tolerance: the check above is the one that sees it)
-    points.grad = None
     weights = torch.randn(40, 2, generator=generator)
-    (distances * weights).sum().backward()
-    exact = 2.0 * (points.detach().double().unsqueeze(1) - centres.double()[indices])  # (40, 2, D)
+    gradient = chosen_distances_backward(centred, bank, indices, weights, clamped)
+    exact = 2.0 * (points.double().unsqueeze(1) - centres.double()[indices])  # (40, 2, D)
     expected = (exact * (weights.double() * ~clamped).unsqueeze(-1)).sum(1)
-    torch.testing.assert_close(points.grad.double(), expected, rtol=0, atol=1e-4)
+    torch.testing.assert_close(gradient.double(), expected, rtol=0, atol=1e-4)
 
 
 def test_the_fused_step_passes_no_gradient_through_a_clamped_distance():

@@ -53,7 +53,7 @@ def test_environment_fixes_the_layout_and_gpus_use_the_view(fresh_cache, monkeyp
 def test_a_real_probe_picks_a_layout_and_times_both(fresh_cache):
     choice, seconds = kernels.probe_layout(64, 35, 200, torch.float32)
     available = [layout for layout in kernels.LAYOUTS
-                 if layout != "packed" or kernels.packing_available(torch.device("cpu"), torch.float32)]
+                 if layout != "packed" or kernels.bank_packing_available(torch.device("cpu"), torch.float32)]
     assert choice in available and set(seconds) == set(available)
     assert all(value > 0 for value in seconds.values())
 
@@ -62,11 +62,11 @@ def test_a_real_probe_picks_a_layout_and_times_both(fresh_cache):
 def test_every_layout_finds_the_same_neighbours(fresh_cache, monkeypatch, dtype_low):
     generator = torch.Generator().manual_seed(0)
     centres, points = torch.randn(300, 96, generator=generator), torch.randn(700, 96, generator=generator)
-    packs = kernels.packing_available(torch.device("cpu"), torch.bfloat16 if dtype_low else torch.float32)
+    packs = kernels.bank_packing_available(torch.device("cpu"), torch.bfloat16 if dtype_low else torch.float32)
     found = {}
     for layout in kernels.LAYOUTS:
         monkeypatch.setenv(kernels.ENV_LAYOUT, layout)
-        bank = centre_bank(centres, dtype_low)
+        bank = centre_bank(centres, torch.bfloat16 if dtype_low else torch.float32)
         assert bank.search_t.is_contiguous() == (layout == "contiguous")
         assert (bank.packed is not None) == (layout == "packed" and packs)
         assert bank.width == (128 if bank.packed is not None else 99)  # 96 + 3, padded to a multiple of 32
@@ -88,7 +88,7 @@ def test_every_layout_finds_the_same_neighbours(fresh_cache, monkeypatch, dtype_
 ])
 def test_auto_precision_takes_what_measurably_pays_bfloat16_first_then_int8(fresh_cache, monkeypatch, units,
                                                                             bfloat16, int8, expected):
-    from cfa_anomaly.model import factory
+    from cfa_anomaly.model import precision
 
     calls = {"bfloat16": 0, "int8": 0}
 
@@ -98,14 +98,14 @@ def test_auto_precision_takes_what_measurably_pays_bfloat16_first_then_int8(fres
             return seconds
         return timed
 
-    monkeypatch.setattr(factory, "has_bfloat16_matrix_units", lambda device: units)
+    monkeypatch.setattr(precision, "has_bfloat16_matrix_units", lambda device: units)
     monkeypatch.setattr(kernels, "probe_bfloat16", probe("bfloat16", bfloat16))
     monkeypatch.setattr(int8_probe, "probe_int8", probe("int8", int8))
     cpu = torch.device("cpu")
-    assert factory.resolve_precision("auto", cpu) == expected
-    assert factory.resolve_precision("auto", cpu) == expected  # remembered: each probe runs at most once
+    assert precision.resolve_precision("auto", cpu) == expected
+    assert precision.resolve_precision("auto", cpu) == expected  # remembered: each probe runs at most once
     assert calls["bfloat16"] == int(units) and calls["int8"] == int(expected != "mixed")
-    assert factory.resolve_precision("float32", cpu) == "float32"  # an explicit choice is kept
+    assert precision.resolve_precision("float32", cpu) == "float32"  # an explicit choice is kept
 
 
 def test_a_real_bfloat16_probe_times_both(fresh_cache):
@@ -135,7 +135,7 @@ def test_a_model_with_a_packed_bank_pickles_and_copies(fresh_cache, monkeypatch)
     init_memory_bank(model, cached, 2, Config())
     with torch.no_grad():
         scores = model.nearest(cached, 3)
-    assert model.prepared_bank().packed is not None or not kernels.packing_available(
+    assert model.prepared_bank().packed is not None or not kernels.bank_packing_available(
         torch.device("cpu"), torch.bfloat16)
     for twin in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
         with torch.no_grad():
@@ -145,16 +145,17 @@ def test_a_model_with_a_packed_bank_pickles_and_copies(fresh_cache, monkeypatch)
 def test_an_int8_search_model_runs_what_auto_picks_off_the_cpu(caplog):
     """A checkpoint trained with int8-search on a CPU, loaded on another device (meta stands in for a GPU)."""
     from cfa_anomaly.config import load_config
-    from cfa_anomaly.model.factory import build_model, resolve_precision
+    from cfa_anomaly.model.factory import build_model
+    from cfa_anomaly.model.precision import resolve_precision
 
     cfg = load_config(None, ["model.backbone=mobilenet_v2", "model.pretrained=false", "train.device=cpu",
                              "model.precision=int8-search"])
     device = torch.device("meta")
     with caplog.at_level("WARNING"):
         model = build_model(cfg, device)
-    assert model.precision == resolve_precision("auto", device) and model.search_dtype != torch.int8
+    assert model.precision == resolve_precision("auto", device) and model.plan.search != torch.int8
     assert "int8-search runs on a CPU only" in caplog.text
-    assert build_model(cfg, torch.device("cpu")).search_dtype == torch.int8
+    assert build_model(cfg, torch.device("cpu")).plan.search == torch.int8
 
 
 def test_a_capped_onednn_instruction_set_is_part_of_the_remembered_machine(monkeypatch):
@@ -169,11 +170,11 @@ def test_a_capped_onednn_instruction_set_is_part_of_the_remembered_machine(monke
 
 
 def test_an_int8_product_that_fails_here_leaves_auto_at_float32(fresh_cache, monkeypatch):
-    from cfa_anomaly.model import factory
+    from cfa_anomaly.model import precision
 
     def broken(*shape):
         raise RuntimeError("no int8 kernels on this CPU")
 
-    monkeypatch.setattr(factory, "has_bfloat16_matrix_units", lambda device: False)
+    monkeypatch.setattr(precision, "has_bfloat16_matrix_units", lambda device: False)
     monkeypatch.setattr(int8_probe, "probe_int8", broken)
-    assert factory.resolve_precision("auto", torch.device("cpu")) == "float32"
+    assert precision.resolve_precision("auto", torch.device("cpu")) == "float32"

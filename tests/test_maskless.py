@@ -14,7 +14,7 @@ from conftest import SYNTH_CATEGORY, SYNTH_COUNTS, requires_mobilenet_weights, s
 from cfa_anomaly.data.samples import DatasetError
 from cfa_anomaly.evaluate import Predictions, compute_test_metrics
 from cfa_anomaly.pipeline import train_and_test
-from cfa_anomaly.report import markdown_report
+from cfa_anomaly.report import grid_report, single_row
 
 PIXEL_METRICS = ("pixel_auroc", "pixel_f1_max", "aupro")
 N_DEFECTIVE = 4 * SYNTH_COUNTS["n_test_per_defect"]
@@ -65,8 +65,8 @@ def test_one_defect_type_without_masks_gives_no_pixel_metrics_on_the_partial_set
     check_outputs(tmp_path / "out", report, missing=SYNTH_COUNTS["n_test_per_defect"])
     assert str(category / "test" / "hole") in report["notes"]["pixel_metrics"]
     # the benchmark table shows the undefined values and says what its averages are over
-    text = markdown_report({SYNTH_CATEGORY: report["metrics"], "grid": dict.fromkeys(report["metrics"], 0.9)},
-                           "cfa")
+    results = {SYNTH_CATEGORY: report["metrics"], "grid": dict.fromkeys(report["metrics"], 0.9)}
+    text = grid_report(single_row(results, "cfa"))
     assert "| cfa | 0.900 | 0.900 | - |" in text
     assert "Avg over 1 of 2 categories (Grid); undefined ('-'): Synth" in text
 

@@ -98,7 +98,7 @@ def test_described_rows_are_the_features_whose_distances_the_fused_step_returns(
     with torch.no_grad():
         plain = layer(align_maps(layers)).permute(0, 2, 3, 1).reshape(-1, 20)
     torch.testing.assert_close(rows, plain, rtol=1e-5, atol=1e-5)
-    bank = centre_bank(centres, low_precision=True)
+    bank = centre_bank(centres, torch.bfloat16)
     values, indices = describe_and_match(layer, layers, bank, 3)
     low_rows = described_rows(layer, layers, torch.bfloat16).double()
     exact = (low_rows.unsqueeze(1) - centres.double()[indices]).pow(2).sum(-1)
@@ -108,7 +108,7 @@ def test_described_rows_are_the_features_whose_distances_the_fused_step_returns(
 def test_fused_step_in_bfloat16_returns_exact_distances_of_nearly_the_same_neighbours():
     k = 5
     layer, maps, centres = layer_and_inputs(3)
-    fast_values, fast_indices = describe_and_match(layer, maps, centre_bank(centres, low_precision=True), k)
+    fast_values, fast_indices = describe_and_match(layer, maps, centre_bank(centres, torch.bfloat16), k)
     ref_values, ref_indices = plain_reference(layer, maps, centres, k)
     assert fast_values.dtype == torch.float32
     assert torch.all(fast_values[:, 1:] >= fast_values[:, :-1])
@@ -178,7 +178,7 @@ def test_search_product_of_extended_rows_is_the_squared_distance(low_precision):
     generator = torch.Generator().manual_seed(1)
     centres = torch.relu(torch.randn(60, 32, generator=generator) + 3.0)  # a large common offset
     points = (centres[:20] + 0.3 * torch.randn(20, 32, generator=generator)).bfloat16().float()
-    bank = centre_bank(centres, low_precision)
+    bank = centre_bank(centres, torch.bfloat16 if low_precision else torch.float32)
     key = (search_rows(centre_points(points, bank), bank) @ bank.search.t()).double()
     exact = torch.cdist(points.double(), centres.double()[bank.order]).square()
     if not low_precision:

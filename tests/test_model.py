@@ -12,20 +12,27 @@ import torch.nn.functional as F
 
 from cfa_anomaly.config import Config, ConfigError, ModelConfig, load_config
 from cfa_anomaly.model import CFA
-from cfa_anomaly.model.cfa import flatten_patches
 from cfa_anomaly.model.descriptor import (
     CoordConv1x1,
     PatchDescriptor,
-    aggregate_maps,
     align_maps,
     coordinate_channels,
+    pool_maps,
 )
-from cfa_anomaly.model.distances import gathered_squared_distances, nearest_centres, squared_distances
+from cfa_anomaly.model.distances import (
+    candidate_centres,
+    centre_bank,
+    centre_points,
+    chosen_squared_distances,
+    search_rows,
+    squared_distances,
+)
 from cfa_anomaly.model.loss import CoupledHypersphereLoss
-from cfa_anomaly.model.matching import describe_and_match, layer_shift
+from cfa_anomaly.model.matching import describe_and_match, described_rows, layer_shift
 from cfa_anomaly.model.memory_bank import build_memory_bank, kmeans, mean_feature_bank
-from cfa_anomaly.model.scorer import anomaly_maps, patch_scores
+from cfa_anomaly.model.scorer import anomaly_maps, softmin_scores
 from cfa_anomaly.train import init_memory_bank, make_optimizer
+from reference import model_search, nearest_reference, patch_rows, softmin_reference
 
 
 class StubExtractor(nn.Module):
@@ -51,7 +58,7 @@ def stub_model(**model_overrides) -> CFA:
 @pytest.mark.parametrize("gamma_d", [1, 2, 3])
 def test_descriptor_output_shape(gamma_d):
     descriptor = PatchDescriptor(12, gamma_d)
-    out = descriptor(torch.randn(2, 12, 5, 7))
+    out = descriptor.projection(torch.randn(2, 12, 5, 7))
     assert out.shape == (2, 12 // gamma_d, 5, 7)
     assert descriptor.out_channels == 12 // gamma_d
 
@@ -82,16 +89,16 @@ def test_coordconv_has_no_unused_parameters():
     descriptor = PatchDescriptor(6, 2)
     params = dict(descriptor.named_parameters())
     assert sum(p.numel() for p in params.values()) == 3 * (6 + 2) + 3  # one 1x1 weight (+2 coords) and a bias
-    descriptor(torch.randn(2, 6, 4, 4)).pow(2).sum().backward()
+    descriptor.projection(torch.randn(2, 6, 4, 4)).pow(2).sum().backward()
     for name, p in params.items():
         assert p.grad is not None, name
         assert p.grad.abs().sum() > 0, name
 
 
-def test_aggregate_maps_pools_resizes_and_concatenates():
+def test_pooled_and_aligned_maps_are_pooled_resized_and_concatenated():
     gen = torch.Generator().manual_seed(1)
     maps = [torch.randn(2, c, s, s, generator=gen) for c, s in ((3, 16), (4, 8), (5, 4))]
-    out = aggregate_maps(maps)
+    out = align_maps(pool_maps(maps))
     assert out.shape == (2, 12, 16, 16)
     torch.testing.assert_close(out[:, :3], F.avg_pool2d(maps[0], 3, 1, 1))
     expected_last = F.interpolate(F.avg_pool2d(maps[2], 3, 1, 1), size=(16, 16), mode="bilinear",
@@ -100,28 +107,28 @@ def test_aggregate_maps_pools_resizes_and_concatenates():
 
 
 # --------------------------------------------------------------------------- distances
-def test_squared_and_gathered_distances_match_cdist():
+def test_squared_and_chosen_distances_match_the_reference():
     gen = torch.Generator().manual_seed(2)
     points, centres = torch.randn(40, 7, generator=gen), torch.randn(25, 7, generator=gen)
-    reference = torch.cdist(points.double(), centres.double()).pow(2).float()
-    torch.testing.assert_close(squared_distances(points, centres), reference, atol=1e-4, rtol=1e-4)
+    reference = (points.double().unsqueeze(1) - centres.double()).pow(2).sum(-1)
+    torch.testing.assert_close(squared_distances(points, centres).double(), reference, atol=1e-4, rtol=1e-4)
     indices = torch.randint(0, 25, (40, 4), generator=gen)
-    torch.testing.assert_close(gathered_squared_distances(points, centres, indices),
-                               reference.gather(1, indices), atol=1e-4, rtol=1e-4)
+    bank = centre_bank(centres)
+    chosen = chosen_squared_distances(centre_points(points, bank), bank, indices)
+    torch.testing.assert_close(chosen.double(), reference.gather(1, indices), atol=1e-4, rtol=1e-4)
 
 
-def test_nearest_centres_sorted_chunked_equals_unchunked_and_brute_force():
+def test_the_search_finds_the_reference_neighbours_sorted_and_chunks_change_nothing():
     gen = torch.Generator().manual_seed(3)
     points, centres = torch.randn(103, 5, generator=gen), torch.randn(31, 5, generator=gen)
-    values, indices = nearest_centres(points, centres, 4)
-    values_c, indices_c = nearest_centres(points, centres, 4, chunk=7)
-    torch.testing.assert_close(values, values_c)
-    assert torch.equal(indices, indices_c)
-    reference = torch.cdist(points.double(), centres.double()).pow(2)
-    ref_values, ref_indices = reference.topk(4, dim=1, largest=False)
+    values, indices = model_search(points, centres, 4)
+    ref_values, ref_indices = nearest_reference(points, centres, 4)
     torch.testing.assert_close(values.double(), ref_values, atol=1e-4, rtol=1e-4)
     assert torch.equal(indices, ref_indices)
     assert (values[:, 1:] >= values[:, :-1]).all()
+    bank = centre_bank(centres)
+    rows = search_rows(centre_points(points, bank), bank)
+    assert torch.equal(candidate_centres(rows, bank, 4, chunk=7), candidate_centres(rows, bank, 4))
 
 
 # --------------------------------------------------------------------------- loss
@@ -153,13 +160,15 @@ def test_loss_matches_hand_computation_with_sorted_neighbours(K, J):
     wrong = hand_loss(points, K, J, radius ** 2, nu, alpha, repulsion_slice=slice(J, None))
     if K != J:
         assert not math.isclose(wrong, expected, rel_tol=1e-6)
-    assert loss_fn(features, bank).item() == pytest.approx(expected, rel=1e-5)
+    distances, _ = model_search(features, bank, K + J)  # the model's search, as CFA.loss runs it
+    assert loss_fn(distances).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_attraction_only_when_j_is_zero():
     points = [(0.4, 0.0), (12.0, 2.0)]
     loss_fn = CoupledHypersphereLoss(K=3, J=0, nu=1e-3, alpha=0.1, radius_init=0.5)
-    loss = loss_fn(torch.tensor(points), torch.tensor([[x, 0.0] for x in BANK_X]))
+    distances, _ = nearest_reference(torch.tensor(points), torch.tensor([[x, 0.0] for x in BANK_X]), 3)
+    loss = loss_fn(distances)
     assert loss.item() == pytest.approx(hand_loss(points, 3, 0, 0.25, 1e-3, 0.1), rel=1e-5)
 
 
@@ -167,7 +176,8 @@ def test_radius_is_a_parameter_and_receives_gradient():
     loss_fn = CoupledHypersphereLoss(K=2, J=2, radius_init=1e-5)
     assert any(p is loss_fn.radius for p in loss_fn.parameters())
     features = torch.randn(20, 4, requires_grad=True)
-    loss_fn(features, torch.randn(10, 4)).backward()
+    distances, _ = nearest_reference(features, torch.randn(10, 4), 4)
+    loss_fn(distances).backward()
     assert loss_fn.radius.grad is not None and loss_fn.radius.grad.item() != 0.0
     assert features.grad is not None and features.grad.abs().sum() > 0
 
@@ -184,6 +194,16 @@ def test_loss_backward_reaches_descriptor_and_radius_once_without_retain_graph()
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
 
 
+def test_the_model_loss_is_the_loss_of_the_reference_neighbours_of_its_features():
+    model = stub_model(K=2, J=3)
+    layers = model.aggregate(torch.rand(2, 3, 32, 32))
+    model.memory_bank = torch.randn(16, model.descriptor.out_channels)
+    features = patch_rows(model.descriptor.projection(align_maps(layers)))
+    distances, _ = nearest_reference(features, model.memory_bank, 5)
+    expected = model.loss_fn(distances.float())
+    torch.testing.assert_close(model.loss(layers), expected, rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- memory bank
 @pytest.mark.parametrize("batch_size", [2, 5])
 def test_init_memory_bank_is_per_position_mean_of_descriptor(batch_size):
@@ -192,7 +212,7 @@ def test_init_memory_bank_is_per_position_mean_of_descriptor(batch_size):
     cfg = Config()
     init_memory_bank(model, cached, batch_size, cfg)
     with torch.no_grad():
-        features = model.descriptor(align_maps(cached))  # (N, D, H, W)
+        features = model.descriptor.projection(align_maps(cached))  # (N, D, H, W)
     n, d, h, w = features.shape
     expected = torch.stack([features[:, :, y, x].mean(0) for y in range(h) for x in range(w)])
     assert model.memory_bank.shape == (h * w, d)
@@ -232,7 +252,7 @@ def test_init_memory_bank_with_gamma_c_compresses_by_kmeans():
     cfg.model.gamma_c = 4
     init_memory_bank(model, cached, 2, cfg)
     with torch.no_grad():
-        full = model.descriptor(align_maps(cached)).mean(0).flatten(1).T
+        full = model.descriptor.projection(align_maps(cached)).mean(0).flatten(1).T
     assert model.memory_bank.shape == (64 // 4, full.shape[1])
     torch.testing.assert_close(model.memory_bank,
                                kmeans(full, 16, iterations=cfg.model.kmeans_iters, seed=cfg.train.seed),
@@ -286,14 +306,15 @@ def test_build_memory_bank_sizes():
 def test_patch_scores_equal_softmin_weighted_nearest_distance():
     gen = torch.Generator().manual_seed(4)
     features, bank = torch.randn(60, 8, generator=gen), torch.randn(30, 8, generator=gen)
-    d = torch.cdist(features.double(), bank.double()).topk(3, dim=1, largest=False).values
-    expected = (torch.softmax(-d, dim=1)[:, 0] * d[:, 0]).float()
-    torch.testing.assert_close(patch_scores(features, bank, 3), expected, atol=1e-4, rtol=1e-4)
+    squared, _ = model_search(features, bank, 3)
+    expected = softmin_reference(nearest_reference(features, bank, 3)[0])
+    torch.testing.assert_close(softmin_scores(squared).double(), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_patch_score_is_zero_on_a_centre_and_grows_away_from_it():
     bank = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
-    scores = patch_scores(torch.tensor([[0.0, 0.0], [0.5, 0.0], [2.0, 0.0]]), bank, 2)
+    squared, _ = model_search(torch.tensor([[0.0, 0.0], [0.5, 0.0], [2.0, 0.0]]), bank, 2)
+    scores = softmin_scores(squared)
     assert scores[0].item() == pytest.approx(0.0, abs=1e-3)
     assert scores[0] < scores[1] < scores[2]
 
@@ -338,7 +359,7 @@ def test_model_maps_have_the_input_size_and_score_is_map_max():
     assert aggregated.shape == (2, 64 + 128 + 256, 16, 24)
     with pytest.raises(RuntimeError, match="memory bank"):
         model(images)
-    model.memory_bank = flatten_patches(model.descriptor(aggregated)).detach()[:50]
+    model.memory_bank = patch_rows(model.descriptor.projection(aggregated)).detach()[:50]
     maps, scores = model(images)
     assert maps.shape == (2, 64, 96)
     torch.testing.assert_close(scores, maps.flatten(1).amax(1))
@@ -363,7 +384,7 @@ def test_per_layer_path_keeps_each_layer_at_its_resolution_and_scores_like_the_p
     assert all(grid.dtype == dtype for grid in layers)
     [aligned] = plain.aggregate(images)
     torch.testing.assert_close(align_maps(layers).float(), aligned, rtol=0.01, atol=0.01)
-    plain.memory_bank = fast.memory_bank = flatten_patches(plain.describe([aligned])).detach()[::7]
+    plain.memory_bank = fast.memory_bank = patch_rows(plain.describe([aligned])).detach()[::7]
     plain_maps, _ = plain(images)
     fast_maps, _ = fast(images)
     correlation = np.corrcoef(plain_maps.flatten().numpy(), fast_maps.flatten().numpy())[0, 1]
@@ -377,37 +398,20 @@ def test_blur_wider_than_a_small_crop_is_rejected_up_front():
     torch.manual_seed(0)
     model = stub_model(**{k: getattr(cfg.model, k) for k in ("K", "J", "blur_sigma")})
     images = torch.rand(1, 3, cfg.data.crop, cfg.data.crop)
-    model.memory_bank = flatten_patches(model.descriptor(align_maps(model.aggregate(images)))).detach()
+    model.memory_bank = patch_rows(model.describe(model.aggregate(images))).detach()
     maps, _ = model(images)
     assert maps.shape == (1, 16, 16)
 
 
-def test_chosen_distances_value_and_gradient_match_autograd_through_an_explicit_gather():
-    from cfa_anomaly.model.distances import gathered_squared_distances
-
-    generator = torch.Generator().manual_seed(3)
-    centres = torch.randn(50, 16, generator=generator, dtype=torch.float64).float() + 3.0
-    points = (torch.randn(40, 16, generator=generator) + 3.0).requires_grad_(True)
-    indices = torch.randint(0, 50, (40, 5), generator=generator)
-    weights = torch.randn(40, 5, generator=generator)
-
-    fast = gathered_squared_distances(points, centres, indices)
-    (fast * weights).sum().backward()
-    fast_grad = points.grad.clone()
-
-    reference_points = points.detach().double().requires_grad_(True)
-    reference = (reference_points.unsqueeze(1) - centres.double()[indices]).pow(2).sum(-1)
-    (reference * weights.double()).sum().backward()
-    torch.testing.assert_close(fast.double(), reference.detach(), rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(fast_grad.double(), reference_points.grad, rtol=1e-5, atol=1e-4)
-
-
 def test_coordconv_product_form_equals_a_convolution_on_concatenated_coordinates():
+    """The product form training and scoring use (matching.described_rows) against the layer's definition,
+    a 1x1 convolution of the input with its coordinate channels appended, written out here."""
     torch.manual_seed(0)
     layer = CoordConv1x1(6, 5)
     x = torch.randn(2, 6, 7, 9)
     coords = coordinate_channels(2, 7, 9, x)
     expected = F.conv2d(torch.cat((x, coords), dim=1), layer.conv.weight, layer.conv.bias)
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(layer(x.contiguous(memory_format=torch.channels_last)), expected,
-                               rtol=1e-5, atol=1e-5)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        rows = described_rows(layer, x.contiguous(memory_format=layout), torch.float32)
+        torch.testing.assert_close(rows, patch_rows(expected), rtol=1e-5, atol=1e-5)

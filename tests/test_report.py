@@ -14,7 +14,7 @@ from PIL import Image
 from cfa_anomaly import viz
 from cfa_anomaly.benchmark import run_benchmark
 from cfa_anomaly.config import MVTEC_CATEGORIES, load_config
-from cfa_anomaly.report import TABLES, average, column_title, csv_report, markdown_report, markdown_table
+from cfa_anomaly.report import TABLES, average, column_title, csv_report, grid_report, grid_table, single_row
 from cfa_anomaly.thresholds import Thresholds
 from conftest import SYNTH_CATEGORY, requires_mobilenet_weights, small_overrides
 
@@ -23,6 +23,16 @@ RESULTS = {
     "bottle": {"image_auroc": 1.0, "pixel_auroc": 0.99, "pixel_f1_max": 0.7, "aupro": None},
     "my_part": {"image_auroc": 0.5, "pixel_auroc": 0.6, "pixel_f1_max": 0.1, "aupro": 0.4},
 }
+
+
+def markdown_table(results, metric, row_label, categories=None) -> str:
+    """The table of one row, as cfa benchmark writes it for one backbone and seed."""
+    return grid_table(single_row(results, row_label), metric, categories)
+
+
+def markdown_report(results, row_label, problems=None, categories=None) -> str:
+    """results.md of one backbone and seed, as cfa benchmark writes it."""
+    return grid_report(single_row(results, row_label), problems, categories=categories)
 
 
 def table_cells(table: str) -> tuple[list[str], list[str]]:

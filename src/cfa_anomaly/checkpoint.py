@@ -12,7 +12,8 @@ from cfa_anomaly.config import Config, ConfigError, config_from_dict
 from cfa_anomaly.errors import CfaError
 from cfa_anomaly.io_utils import atomic_write
 from cfa_anomaly.model import CFA
-from cfa_anomaly.model.factory import build_model, resolve_device, resolve_precision
+from cfa_anomaly.model.factory import build_model, resolve_device
+from cfa_anomaly.model.precision import resolve_precision
 from cfa_anomaly.thresholds import Thresholds
 
 FORMAT = "cfa-anomaly-checkpoint-v1"

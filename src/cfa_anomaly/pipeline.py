@@ -12,7 +12,7 @@ import torch
 
 from cfa_anomaly import __version__, crossfit, runfiles
 from cfa_anomaly.calibration import outline_overlap, thresholds_from_holdout
-from cfa_anomaly.checkpoint import restore_model, save_checkpoint
+from cfa_anomaly.checkpoint import save_checkpoint
 from cfa_anomaly.config import Config, ConfigError, save_config
 from cfa_anomaly.data.dataset import image_loader, training_loader
 from cfa_anomaly.data.folder import dataset_samples
@@ -302,15 +302,6 @@ def train_and_test(cfg: Config, output: Path, run_test: bool = True, resume: dic
     return evaluate_and_write(predictor, cfg, output, extra=summary)
 
 
-def load_model(checkpoint: Path, device_name: str = "auto") -> tuple[CFA, Config, torch.device]:
-    """The trained torch model of a checkpoint, its config and device (default: a GPU when there is one).
-
-    For scoring images, Predictor.load(checkpoint) is the one entry: it adds preprocessing and threshold.
-    """
-    model, cfg, _ = restore_model(checkpoint, device_name)
-    return model, cfg, model.memory_bank.device
-
-
 def evaluate_predictor(predictor: Predictor, output: Path, data_root: str | None = None,
                        source: str | Path | None = None) -> dict[str, Any]:
     """Test a trained model (checkpoint or export) on the test split of the data it was trained on (or, MVTec
@@ -324,13 +315,6 @@ def evaluate_predictor(predictor: Predictor, output: Path, data_root: str | None
     if data_root:
         cfg.data.root = data_root
     return evaluate_and_write(predictor, cfg, output, extra={"model": str(source)} if source else None)
-
-
-def evaluate_checkpoint(checkpoint: Path, output: Path, data_root: str | None = None,
-                        device_name: str = "auto") -> dict[str, Any]:
-    """Test a checkpoint on its category's test split (or the same category under data_root)."""
-    return evaluate_predictor(Predictor.from_checkpoint(checkpoint, device=device_name), output, data_root,
-                              checkpoint)
 
 
 def print_report(report: dict[str, Any], output: Path) -> None:

@@ -1,8 +1,8 @@
 """Result tables over categories: Markdown in the original project's format, and CSV.
 
 One row per setting (a backbone, or a combination of swept config values); with several seeds a cell shows
-the mean and the spread (sample standard deviation) over the seeds. `markdown_report` / `csv_report` are
-the one-setting, one-seed case of `grid_report` / `grid_csv_report`.
+the mean and the spread (sample standard deviation) over the seeds. `csv_report` is
+the one-setting, one-seed case of `grid_csv_report`; `single_row` makes a grid of one row for `grid_report`.
 """
 
 from __future__ import annotations
@@ -88,12 +88,6 @@ def grid_table(grid: Grid, metric: str, categories: Sequence[str] | None = None)
     return "\n".join(lines)
 
 
-def markdown_table(results: Mapping[str, Metrics], metric: str, row_label: str,
-                   categories: Sequence[str] | None = None) -> str:
-    """One table of one row: a column per category plus the average of the defined ones."""
-    return grid_table(single_row(results, row_label), metric, categories)
-
-
 def grid_coverage_lines(grid: Grid, metric: str, categories: Sequence[str] | None = None) -> list[str]:
     """Per row, which categories its Avg is over: 'Avg over all n categories.', or 'Avg over k of n
     categories (A, B); not run or failed ('-'): C; undefined ('-'): D'."""
@@ -148,12 +142,6 @@ def grid_report(grid: Grid, problems: Mapping[str, str] | None = None, preamble:
         parts += ["", "### Not included", ""]
         parts += [f"- {cell}: {reason}" for cell, reason in sorted(problems.items())]
     return "\n".join(parts) + "\n"
-
-
-def markdown_report(results: Mapping[str, Metrics], row_label: str, problems: Mapping[str, str] | None = None,
-                    preamble: str = "", categories: Sequence[str] | None = None) -> str:
-    """All four tables of one row; categories that did not finish are listed, not dropped silently."""
-    return grid_report(single_row(results, row_label), problems, preamble, categories)
 
 
 def _formatted(values: Sequence[float | None]) -> list[str]:

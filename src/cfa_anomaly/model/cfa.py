@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 import torch.nn as nn
 
@@ -14,51 +12,41 @@ from cfa_anomaly.model.descriptor import PatchDescriptor, align_maps, pool_maps
 from cfa_anomaly.model.distances import CentredBank, centre_bank
 from cfa_anomaly.model.loss import CoupledHypersphereLoss
 from cfa_anomaly.model.matching import describe_and_match, described_rows, layer_shift
+from cfa_anomaly.model.precision import PrecisionPlan, named_plan
 from cfa_anomaly.model.scorer import anomaly_maps, softmin_scores
 from cfa_anomaly.runtime import true_float32_convolutions
 
-log = logging.getLogger(__name__)
-
-# The nearest-centre search's product per precision: bfloat16 at low precision, int8 under int8-search (CPU)
-SEARCH_DTYPES = {"float32": torch.float32, "mixed": torch.bfloat16, "bfloat16": torch.bfloat16,
-                 "int8-search": torch.int8}
 Layers = list[torch.Tensor]  # pooled maps (B, C_l, h_l, w_l), channels-last; the first on the output grid
-
-
-def flatten_patches(features: torch.Tensor) -> torch.Tensor:
-    """(B, D, h, w) -> (B*h*w, D)."""
-    return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
 
 
 class CFA(nn.Module):
     """Only the descriptor, the radius and the memory bank are state; the backbone is rebuilt from config."""
 
-    def __init__(self, extractor: FeatureExtractor, cfg: ModelConfig, precision: str | None = None) -> None:
-        """precision: float32, mixed, bfloat16 or int8-search (default: cfg.precision, where auto means
-        float32)."""
+    def __init__(self, extractor: FeatureExtractor, cfg: ModelConfig,
+                 precision: PrecisionPlan | str | None = None) -> None:
+        """precision: the plan to run, or its name (float32, mixed, bfloat16, int8-search); default
+        cfg.precision, where auto means float32 (model/factory.py resolves auto for a device)."""
         super().__init__()
         self.cfg = cfg
-        self.precision = precision or (cfg.precision if cfg.precision != "auto" else "float32")
+        if not isinstance(precision, PrecisionPlan):
+            name = precision or (cfg.precision if cfg.precision != "auto" else "float32")
+            precision = named_plan(name, cfg.last_stage_bfloat16)
+        self.plan = precision
         self.extractor = extractor
         extractor.fold = cfg.compile != "off"  # batch norms folded: model.compile
         self.descriptor = PatchDescriptor(sum(extractor.channels), cfg.gamma_d)
-        self.low_precision = self.precision in ("mixed", "bfloat16")  # descriptor and search
-        self.search_dtype = SEARCH_DTYPES[self.precision]
-        self.low_precision_backbone = self.precision == "bfloat16"
         # mixed: the backbone's last stage in bfloat16 where its convolutions are packed (CPU, model.compile)
-        extractor.last_stage_bfloat16 = self.precision == "mixed" and cfg.last_stage_bfloat16
-        if cfg.last_stage_bfloat16 and self.precision != "mixed":
-            log.warning("model.last_stage_bfloat16 applies under model.precision=mixed only; this model runs "
-                        "%s, so its backbone's last stage runs as the rest of it", self.precision)
+        extractor.last_stage_bfloat16 = precision.last_stage_bfloat16
         self.per_layer = cfg.per_layer_projection
         self.loss_fn = CoupledHypersphereLoss(cfg.K, cfg.J, cfg.nu, cfg.alpha, cfg.radius_init)
         self.register_buffer("memory_bank", torch.zeros(0, self.descriptor.out_channels))
         self._prepared: tuple[torch.Tensor, int, CentredBank] | None = None
         self._compiled_shape: tuple[int, ...] | None = None  # the batch shape model.compile=auto compiled
 
-    def autocast(self, enabled: bool) -> torch.autocast:
-        """bfloat16 autocast for the matrix products when enabled; a no-op otherwise."""
-        return torch.autocast(self.memory_bank.device.type, dtype=torch.bfloat16, enabled=enabled)
+    @property
+    def precision(self) -> str:
+        """The plan's name, as checkpoints and model cards store it."""
+        return self.plan.name
 
     @torch.no_grad()
     def aggregate(self, images: torch.Tensor) -> Layers:
@@ -72,15 +60,17 @@ class CFA(nn.Module):
         else in true float32 (no TF32 on a GPU).
         """
         device = self.memory_bank.device
-        with self.autocast(self.low_precision_backbone), true_float32_convolutions(device):
-            pooled = pool_maps(self.extractor(images), torch.bfloat16 if self.low_precision else None)
+        bfloat16 = self.plan.backbone == torch.bfloat16
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16)
+        with autocast, true_float32_convolutions(device):
+            pooled = pool_maps(self.extractor(images), self.plan.features)
         return pooled if self.per_layer else [align_maps(pooled)]
 
     def describe(self, layers: Layers, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Pooled maps -> (B, D, h, w) float32 patch features, computed as the training and scoring step
         computes them (matching.described_rows), its products in dtype if given; no gradient."""
         batch, _, height, width = layers[0].shape
-        dtype = dtype or (torch.bfloat16 if self.low_precision else torch.float32)
+        dtype = dtype or self.plan.features
         rows = described_rows(self.descriptor.projection, layers, dtype)
         return rows.view(batch, height, width, -1).permute(0, 3, 1, 2)
 
@@ -90,7 +80,7 @@ class CFA(nn.Module):
         if bank.shape[0] == 0:
             raise RuntimeError("the memory bank is empty: train the model or load a checkpoint first")
         if self._prepared is None or self._prepared[0] is not bank or self._prepared[1] != bank._version:
-            self._prepared = (bank, bank._version, centre_bank(bank, search=self.search_dtype))
+            self._prepared = (bank, bank._version, centre_bank(bank, search=self.plan.search))
         return self._prepared[2]
 
     def compiles(self, layers: Layers) -> bool:
@@ -153,7 +143,7 @@ class CFA(nn.Module):
             torch.autograd.grad(distances.sum(), [projection.conv.weight])
 
     def loss(self, layers: Layers) -> torch.Tensor:
-        return self.loss_fn.from_distances(self.nearest(layers, self.cfg.K + self.cfg.J))
+        return self.loss_fn(self.nearest(layers, self.cfg.K + self.cfg.J))
 
     def score_aggregated(self, layers: Layers, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled maps -> (smoothed anomaly maps (B, H, W), image scores (B,) = max of each map)."""

@@ -33,15 +33,6 @@ def align_maps(pooled: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(rows, dim=-1).permute(0, 3, 1, 2)
 
 
-def aggregate_maps(maps: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
-    """3x3 average pooling of each map, bilinear resize to the first (stride-4) map, concatenation.
-
-    The result is (B, C, H, W) in shape and channels-last in memory, ready for the descriptor's product,
-    in `dtype` if given.
-    """
-    return align_maps(pool_maps(maps, dtype))
-
-
 def coordinate_channels(batch: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
     """(B, 2, H, W): x then y, each running linearly from -1 to 1."""
     ys = torch.linspace(-1.0, 1.0, height, device=like.device, dtype=like.dtype)
@@ -53,10 +44,10 @@ def coordinate_channels(batch: int, height: int, width: int, like: torch.Tensor)
 class CoordConv1x1(nn.Module):
     """Append two coordinate channels, then a 1x1 convolution (one weight, no unused parameters).
 
-    Computed as one matrix product over channels-last rows, plus a per-position term for the coordinate
-    channels (W_xy @ coords + b, the same for every image): identical to the convolution on the
-    concatenated input, without copying the input to append two channels. The output is NCHW in shape
-    and channels-last in memory, so flattening it to (patches, channels) costs nothing.
+    forward is the definition, a convolution over the concatenated input. Training and scoring compute the
+    same as one matrix product over channels-last rows plus a per-position term for the coordinate channels
+    (model/matching.py), and the export graph per backbone layer (model/plain.py); both are tested against
+    this definition.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
@@ -70,18 +61,14 @@ class CoordConv1x1(nn.Module):
         return coordinate_channels(1, height, width, torch.empty(0, device=device))[0].flatten(1).t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, _, height, width = x.shape
-        weight = self.conv.weight.flatten(1)  # (out, in + 2)
-        coords = self.coordinates(height, width, x.device)
-        with torch.autocast(x.device.type, enabled=False):  # float32, as in matching.describe_and_match
-            position_term = torch.addmm(self.conv.bias, coords, weight[:, self.in_channels:].t())  # (H*W, out)
-        rows = F.linear(x.permute(0, 2, 3, 1), weight[:, : self.in_channels])  # (B, H, W, out)
-        rows = rows + position_term.view(height, width, -1).to(rows.dtype)
-        return rows.permute(0, 3, 1, 2)
+        """(B, C, H, W) -> (B, out, H, W): the 1x1 convolution of x with its coordinate channels appended."""
+        coords = coordinate_channels(x.shape[0], x.shape[2], x.shape[3], x)
+        return self.conv(torch.cat((x, coords), dim=1))
 
 
 class PatchDescriptor(nn.Module):
-    """Aggregated backbone features (B, C, H, W) -> target-oriented patch features (B, C // gamma_d, H, W)."""
+    """The descriptor's parameters: a CoordConv 1x1 projection of the aggregated backbone features (C
+    channels) to target-oriented patch features (C // gamma_d); the model applies it (CFA.describe)."""
 
     def __init__(self, in_channels: int, gamma_d: int = 1) -> None:
         super().__init__()
@@ -89,5 +76,3 @@ class PatchDescriptor(nn.Module):
         self.out_channels = in_channels // gamma_d
         self.projection = CoordConv1x1(in_channels, self.out_channels)
 
-    def forward(self, aggregated: torch.Tensor) -> torch.Tensor:
-        return self.projection(aggregated)

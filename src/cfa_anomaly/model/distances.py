@@ -69,10 +69,9 @@ def quantize_rows(rows: torch.Tensor) -> QuantizedRows:
     return QuantizedRows(torch.div(rows, scales).round_().to(torch.int8), scales)
 
 
-def centre_bank(centres: torch.Tensor, low_precision: bool = False, search: torch.dtype | None = None
-                ) -> CentredBank:
-    """Prepare (M, D) centres; the search runs in `search` (float32, bfloat16 or int8; default bfloat16 when
-    low_precision, else float32).
+def centre_bank(centres: torch.Tensor, search: torch.dtype = torch.float32) -> CentredBank:
+    """Prepare (M, D) centres; the search runs in `search` (float32, bfloat16 or int8: the model's
+    PrecisionPlan.search).
 
     b = |c - m|^2 is stored as two search-dtype numbers (b_hi + b_lo), so that it enters the
     product as exactly as in float32. The search rows are shuffled (a fixed permutation): torch.topk on
@@ -85,7 +84,7 @@ def centre_bank(centres: torch.Tensor, low_precision: bool = False, search: torc
         offset = centres32.mean(0, keepdim=True)
         centred = centres32 - offset
         norms = centred.pow(2).sum(1)
-        dtype = search or (torch.bfloat16 if low_precision else torch.float32)
+        dtype = search
         if dtype == torch.int8:
             return _int8_bank(offset, centred, norms)
         bias_hi = norms.to(dtype)
@@ -302,50 +301,3 @@ def search_count(k: int, n_centres: int, search: torch.dtype, extra: int | None 
     if search == torch.float32:
         return k
     return min(k + (EXTRA_CANDIDATES[search] if extra is None else extra), n_centres)
-
-
-class _ChosenSquaredDistances(torch.autograd.Function):
-    """|p_n - c_j|^2 for the chosen centres j of each point n, differentiable in the points."""
-
-    @staticmethod
-    def forward(ctx, points: torch.Tensor, bank: CentredBank, indices: torch.Tensor) -> torch.Tensor:
-        centred_points = centre_points(points, bank)
-        distances = chosen_squared_distances(centred_points, bank, indices)
-        ctx.bank, ctx.dtype = bank, points.dtype
-        ctx.save_for_backward(centred_points, indices, distances == 0)
-        return distances
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-        centred_points, indices, clamped = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        gradient = chosen_distances_backward(centred_points, ctx.bank, indices, grad, clamped)
-        return gradient.to(ctx.dtype), None, None
-
-
-def gathered_squared_distances(points: torch.Tensor, centres: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """(N, D), (M, D), (N, k) -> (N, k) float32 squared distances to the chosen centres, differentiable in points.
-
-    The centres are constants (the memory bank), so they get no gradient.
-    """
-    return _ChosenSquaredDistances.apply(points, centre_bank(centres), indices)
-
-
-def nearest_centres(points: torch.Tensor, centres: torch.Tensor, k: int, chunk: int | None = None,
-                    low_precision: bool = False, extra: int | None = None, search: torch.dtype | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k smallest float32 squared distances of each point, ascending, and their centre indices.
-
-    Differentiable in points (the gradient flows through the exact distances of the chosen centres).
-    low_precision: the search runs in bfloat16 (or in `search`, e.g. int8) for k + extra candidates, which
-    are then re-ranked by their exact float32 distances, so only near-ties at the k-th place can differ
-    from the plain path.
-    """
-    bank = centre_bank(centres, low_precision, search)
-    with torch.no_grad():
-        rows = search_rows(centre_points(points, bank), bank)
-    count = search_count(k, centres.shape[0], bank.search.dtype, extra)
-    indices = candidate_centres(rows, bank, count, chunk)
-    distances = _ChosenSquaredDistances.apply(points, bank, indices)
-    return rerank(distances, indices, k) if bank.search.dtype != torch.float32 else (distances, indices)

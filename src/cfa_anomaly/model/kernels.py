@@ -71,7 +71,7 @@ def _cpu_name() -> str:
     return f"{described}; ONEDNN_MAX_CPU_ISA={capped}" if capped else described
 
 
-def packing_available(device: torch.device, dtype: torch.dtype) -> bool:
+def bank_packing_available(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the packed layout can run here: oneDNN's linear ops on a CPU, float32, or bfloat16 where
     oneDNN supports it on this CPU."""
     ops = torch.ops.mkldnn
@@ -106,7 +106,7 @@ def search_operands(chunk: int, inner: int, centres: int, dtype: torch.dtype) ->
     rows = torch.randn(chunk, inner, generator=generator).to(dtype)
     bank = torch.randn(centres, inner, generator=generator).to(dtype)
     operands = {"view": [(rows, bank.t())], "contiguous": [(rows, bank.t().contiguous())]}
-    if packing_available(rows.device, dtype):
+    if bank_packing_available(rows.device, dtype):
         pad = padded_width(inner, "packed") - inner
         padded_bank = torch.nn.functional.pad(bank, (0, pad))
         operands["packed"] = [(torch.nn.functional.pad(rows, (0, pad)), pack_bank(padded_bank, chunk))]
@@ -165,12 +165,12 @@ def _remembered(key: str, allowed: tuple[str, ...], measure) -> str:
 def bank_layout(device: torch.device, dtype: torch.dtype, chunk: int, inner: int, centres: int) -> str:
     """"view", "contiguous" or "packed" for a search product of this shape: fixed by
     CFA_ANOMALY_BANK_LAYOUT, else the machine's remembered choice, else a probe (remembered in cache_file()
-    when it can be written). packed only where packing_available (else the view)."""
+    when it can be written). packed only where bank_packing_available (else the view)."""
     forced = os.environ.get(ENV_LAYOUT)
     if forced:
         if forced not in LAYOUTS:
             raise ValueError(f"{ENV_LAYOUT}={forced!r} is invalid: use one of {', '.join(LAYOUTS)}")
-        return "view" if forced == "packed" and not packing_available(device, dtype) else forced
+        return "view" if forced == "packed" and not bank_packing_available(device, dtype) else forced
     if device.type != "cpu":
         return "view"
     # "layouts 3": choices remembered before the packed layout existed are probed again

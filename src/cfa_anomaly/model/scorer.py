@@ -6,15 +6,7 @@ import torch
 import torch.nn.functional as F
 from kornia.filters import gaussian_blur2d
 
-from cfa_anomaly.model.distances import nearest_centres
 from cfa_anomaly.runtime import true_float32_convolutions
-
-
-def patch_scores(features: torch.Tensor, bank: torch.Tensor, K: int, low_precision: bool = False) -> torch.Tensor:
-    """(N, D) -> (N,) score = softmin(d)[0] * d[0], d = Euclidean distances to the K nearest centres."""
-    with torch.no_grad():
-        squared, _ = nearest_centres(features, bank, K, low_precision=low_precision)
-    return softmin_scores(squared)
 
 
 def softmin_scores(squared: torch.Tensor) -> torch.Tensor:
