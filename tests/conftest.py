@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -56,6 +57,25 @@ def small_overrides(data_root: Path | str, **extra: str) -> list[str]:
 
 def small_config(data_root: Path | str, **extra: str) -> Config:
     return load_config(None, small_overrides(data_root, **extra))
+
+
+def scrambled_test_labels(root: Path, copy: Path) -> Path:
+    """A copy of root whose synthetic category has its test labels scrambled: the defective images moved to
+    test/good, the good ones to test/scratch, the masks dropped. Training data (train/good) unchanged."""
+    shutil.copytree(root, copy)
+    test = copy / SYNTH_CATEGORY / "test"
+    shutil.rmtree(copy / SYNTH_CATEGORY / "ground_truth")
+    good = sorted((test / "good").iterdir())
+    defective = sorted(p for folder in test.iterdir() if folder.name != "good" for p in folder.iterdir())
+    for index, path in enumerate(defective):
+        path.rename(test / "good" / f"was-defective-{index}{path.suffix}")
+    for folder in test.iterdir():
+        if folder.name != "good":
+            shutil.rmtree(folder)
+    (test / "scratch").mkdir()
+    for path in good:
+        path.rename(test / "scratch" / path.name)
+    return copy
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test, training_split
 from cfa_anomaly.thresholds import Thresholds, ThresholdError, conformal_rank, quantile_threshold
 from cfa_anomaly.train import fit
 
-from conftest import SYNTH_CATEGORY, requires_mobilenet_weights, small_config
+from conftest import SYNTH_CATEGORY, requires_mobilenet_weights, scrambled_test_labels, small_config
 
 
 def test_conformal_quantile_is_an_order_statistic_and_saturates_at_the_maximum():
@@ -106,20 +105,7 @@ def test_records_round_trip_and_old_records_still_read():
 def test_thresholds_do_not_depend_on_test_labels(synth_root, tmp_path):
     """The same training data with the test labels scrambled (good and defective images swapped between
     folders, masks dropped) gives the very same thresholds."""
-    scrambled = tmp_path / "scrambled"
-    shutil.copytree(synth_root, scrambled)
-    test = scrambled / SYNTH_CATEGORY / "test"
-    shutil.rmtree(scrambled / SYNTH_CATEGORY / "ground_truth")
-    good = sorted((test / "good").iterdir())
-    defective = sorted(p for folder in test.iterdir() if folder.name != "good" for p in folder.iterdir())
-    for index, path in enumerate(defective):
-        path.rename(test / "good" / f"was-defective-{index}{path.suffix}")
-    for folder in test.iterdir():
-        if folder.name != "good":
-            shutil.rmtree(folder)
-    (test / "scratch").mkdir()
-    for path in good:
-        path.rename(test / "scratch" / path.name)
+    scrambled = scrambled_test_labels(synth_root, tmp_path / "scrambled")
     records = []
     for root, name in ((synth_root, "original"), (scrambled, "scrambled")):
         cfg = small_config(root, **{"data.holdout_fraction": "0.5"})

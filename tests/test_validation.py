@@ -8,7 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import HAS_EFFICIENTNET_LITE0, requires_mobilenet_weights, small_config, small_overrides
+from conftest import (
+    HAS_EFFICIENTNET_LITE0,
+    requires_mobilenet_weights,
+    scrambled_test_labels,
+    small_config,
+    small_overrides,
+)
 
 from cfa_anomaly.checkpoint import read_checkpoint
 from cfa_anomaly.config import ConfigError
@@ -111,3 +117,33 @@ def test_selection_needs_two_backbones(synth_root, tmp_path):
 
     with pytest.raises(ConfigError, match="--backbones"):
         run_benchmark(synth_root, tmp_path, ["synth"], [], config_dir=None, select_by_validation=True)
+
+
+@requires_mobilenet_weights
+def test_selections_do_not_change_when_the_test_labels_are_scrambled(synth_root, tmp_path):
+    """The epoch train.select=best-validation keeps and the setting cfa benchmark --select-by validation
+    picks come from the held-out training images alone: with the test labels scrambled (good and defective
+    swapped, masks dropped) both are the same, and so is the selected model."""
+    scrambled = scrambled_test_labels(synth_root, tmp_path / "scrambled")
+    extra = {"data.holdout_fraction": "0.4", "data.validation": "synthetic", "train.validate_every": "1",
+             "train.epochs": "3", "train.select": "best-validation"}
+    epochs, states = [], []
+    for root, name in ((synth_root, "original"), (scrambled, "scrambled")):
+        train_and_test(small_config(root, **extra), tmp_path / name)
+        validation = json.loads((tmp_path / name / "train.json").read_text())["validation"]
+        epochs.append((validation["selected"], validation["history"]))
+        states.append(read_checkpoint(tmp_path / name / CHECKPOINT_NAME)[1]["state"])
+    assert epochs[0] == epochs[1]
+    assert all(torch.equal(tensor, states[1][key]) for key, tensor in states[0].items())
+
+    from cfa_anomaly.benchmark import run_benchmark
+
+    selections = []
+    for root, name in ((synth_root, "original-grid"), (scrambled, "scrambled-grid")):
+        overrides = [o for o in small_overrides(root, **{"train.epochs": "1"}) if not o.startswith("data.")]
+        overrides += ["data.resize=72", "data.crop=64", "data.holdout_fraction=0.4"]
+        summary = run_benchmark(root, tmp_path / name, ["synth"], overrides, config_dir=None,
+                                grid=["model.gamma_d=1,2"], select_by_validation=True)
+        selections.append(summary["selection"])
+    assert len(selections[0]["synth"]["candidates"]) == 2  # both settings were scored
+    assert selections[0] == selections[1]
