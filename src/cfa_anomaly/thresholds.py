@@ -90,9 +90,8 @@ class Thresholds:
 
     def label(self, score: float) -> str | None:
         """"defective" or "good"; None without an image threshold."""
-        if self.image is None:
-            return None
-        return DEFECTIVE if score >= self.image else GOOD
+        decided = self.decide(np.array([score]))
+        return None if decided is None else (DEFECTIVE if decided[0] else GOOD)
 
     def defect_mask(self, anomaly_map: np.ndarray, score: float | None = None) -> np.ndarray | None:
         """The pixels outlined as defective: none in an image decided good; in an image decided defective

@@ -18,7 +18,7 @@ from sklearn.metrics import roc_curve
 
 from cfa_anomaly import heatmap
 from cfa_anomaly.io_utils import atomic_write
-from cfa_anomaly.thresholds import GOOD, Thresholds
+from cfa_anomaly.thresholds import DEFECTIVE, GOOD, Thresholds
 
 PANEL_DPI = 100
 
@@ -55,12 +55,13 @@ def _resized(values: np.ndarray, tile: int, resample: Image.Resampling) -> np.nd
     return np.asarray(Image.fromarray(values).resize((tile, tile), resample))
 
 
-def panel_caption(score: float, threshold: float | None, title: str) -> str:
-    if threshold is None:
+def panel_caption(score: float, thresholds: Thresholds, title: str) -> str:
+    """The panel's title line: its score and the decision at the image threshold."""
+    label = thresholds.label(score)
+    if label is None:
         decision = "no threshold"
     else:
-        decision = "DEFECT" if score >= threshold else "good"
-        decision = f"{decision} (threshold {threshold:.3g})"
+        decision = f"{'DEFECT' if label == DEFECTIVE else 'good'} (threshold {thresholds.image:.3g})"
     return f"{title}  score {score:.3g}: {decision}"
 
 
@@ -95,7 +96,7 @@ def render_panel(image: np.ndarray, anomaly_map: np.ndarray, score: float, thres
     width = len(views) * tile + (len(views) + 1) * PANEL_GAP
     canvas = Image.new("RGB", (width, TITLE_HEIGHT + CAPTION_HEIGHT + tile + PANEL_GAP), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((width / 2, TITLE_HEIGHT / 2), panel_caption(score, thresholds.image, title), fill="black",
+    draw.text((width / 2, TITLE_HEIGHT / 2), panel_caption(score, thresholds, title), fill="black",
               font=_font(14), anchor="mm")
     top = TITLE_HEIGHT + CAPTION_HEIGHT
     for index, (caption, pixels) in enumerate(views):

@@ -53,7 +53,7 @@ def run_training(cfg: Config, args: argparse.Namespace, run_test: bool = True) -
     if run_test:
         print_report(report, output)
     else:
-        print(f"checkpoint written to {output / 'checkpoint.pt'}")
+        print(f"checkpoint written to {output / runfiles.CHECKPOINT}")
     return output
 
 
