@@ -313,9 +313,20 @@ def test_cli_export_then_predict_gives_the_checkpoints_outputs(trained, tmp_path
         assert (tmp_path / "runtime" / name).is_file()
     assert sorted(p.relative_to(tmp_path / "runtime").as_posix() for p in (tmp_path / "runtime" / "panels").rglob("*.png")) \
         == sorted(p.relative_to(tmp_path / "torch").as_posix() for p in (tmp_path / "torch" / "panels").rglob("*.png"))
-    # a bf16 request for an ONNX model is refused with what to do
-    assert cli.main(["predict", "--model", str(folder), "--inference-precision", "bf16",
-                     "--output", str(tmp_path / "bf16"), inputs + "/good"]) == 2
+    # a bfloat16 request for an ONNX model is refused with what to do, by either name
+    for name in ("bfloat16", "bf16"):
+        assert cli.main(["predict", "--model", str(folder), "--inference-precision", name,
+                         "--output", str(tmp_path / name), inputs + "/good"]) == 2
+
+
+def test_inference_precision_names_are_those_of_model_precision_and_openvinos():
+    from cfa_anomaly.inference.errors import ExportError
+    from cfa_anomaly.inference.runtimes import inference_precision_name
+
+    assert [inference_precision_name(n) for n in ("float32", "f32", "bfloat16", "bf16")] == [
+        "float32", "float32", "bfloat16", "bfloat16"]
+    with pytest.raises(ExportError, match="float32 or bfloat16"):
+        inference_precision_name("int8")
 
 
 @pytest.mark.skipif(not (has_module("openvino") and has_module("onnxscript")),

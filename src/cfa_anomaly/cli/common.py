@@ -112,10 +112,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph", choices=("fast", "plain"), default=PredictorSpec.graph,
                         help="checkpoints: fast (the trained precision, default) or plain (exact float32 "
                              "graph)")
-    parser.add_argument("--inference-precision", choices=("f32", "bf16"),
+    parser.add_argument("--inference-precision", choices=("float32", "bfloat16", "f32", "bf16"),
                         default=PredictorSpec.inference_precision,
-                        help="exported OpenVINO models: f32 (default, equal to the checkpoint) or bf16 "
-                             "(faster on CPUs with bf16 units, see benchmarks/README.md)")
+                        help="exported OpenVINO models: float32 (default, equal to the checkpoint) or "
+                             "bfloat16 (faster on CPUs with bf16 units, see benchmarks/README.md); f32 and "
+                             "bf16, OpenVINO's names, are accepted too")
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:

@@ -75,10 +75,11 @@ class Predictor:
         return predictor
 
     @classmethod
-    def from_export(cls, path: str | Path, inference_precision: str = "f32",
+    def from_export(cls, path: str | Path, inference_precision: str = "float32",
                     verify: bool = True) -> Predictor:
         """An exported model (cfa export): its folder or model file; run by ONNX Runtime, OpenVINO or
-        TorchScript as its format says. inference_precision: f32, or bf16 (OpenVINO on CPUs with bf16 units)."""
+        TorchScript as its format says. inference_precision: float32, or bfloat16 (OpenVINO on CPUs with bf16 units); f32 and bf16 (OpenVINO's names)
+        are accepted too."""
         from cfa_anomaly.inference.runtimes import open_export
 
         backend, card = open_export(Path(path), inference_precision, verify)

@@ -22,7 +22,18 @@ EXPORT_FORMAT = "cfa-anomaly-export-v1"
 METADATA_NAME = runfiles.MODEL_METADATA
 MODEL_FILES = {"onnx": "model.onnx", "openvino": "model.xml", "torchscript": "model.pt"}
 INPUT_NAME, OUTPUT_NAMES = "images", ("maps", "scores")
-INFERENCE_PRECISIONS = ("f32", "bf16")
+# What an exported OpenVINO model computes in: float32 (equal to the checkpoint's float32 graph) or bfloat16,
+# the names model.precision uses, mapped to OpenVINO's hints (its own names, f32 and bf16, are accepted too)
+INFERENCE_PRECISIONS = {"float32": "f32", "bfloat16": "bf16"}
+_OPENVINO_NAMES = {hint: name for name, hint in INFERENCE_PRECISIONS.items()}
+
+
+def inference_precision_name(value: str) -> str:
+    """float32 or bfloat16, from either name (f32 and bf16 are OpenVINO's)."""
+    name = _OPENVINO_NAMES.get(value, value)
+    if name not in INFERENCE_PRECISIONS:
+        raise ExportError(f"inference precision {value!r} is invalid: use float32 or bfloat16")
+    return name
 
 
 def _metadata_path(path: Path) -> Path:
@@ -84,10 +95,11 @@ class OnnxRuntimeBackend:
 
 
 class OpenVinoBackend:
-    """An OpenVINO IR model on the CPU; inference precision f32 (equal to the checkpoint's float32 graph)
-    unless bf16 is asked for (OpenVINO would pick bf16 by itself on CPUs with bf16 units)."""
+    """An OpenVINO IR model on the CPU; inference precision float32 (equal to the checkpoint's float32 graph)
+    unless bfloat16 is asked for (OpenVINO would pick bfloat16 by itself on CPUs with bf16 units)."""
 
-    def __init__(self, path: Path, inference_precision: str = "f32") -> None:
+    def __init__(self, path: Path, inference_precision: str = "float32") -> None:
+        hint = INFERENCE_PRECISIONS[inference_precision_name(inference_precision)]
         try:
             import openvino as ov
         except ImportError as err:
@@ -95,11 +107,11 @@ class OpenVinoBackend:
         core = ov.Core()
         try:
             model = core.read_model(str(path))
-            self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": inference_precision})
+            self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint})
         except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
             raise ExportError(f"OpenVINO cannot load {path}: {err}") from err
         self.request = self.compiled.create_infer_request()
-        self.name = f"openvino {ov.get_version().split('-')[0]} (CPU, {inference_precision})"
+        self.name = f"openvino {ov.get_version().split('-')[0]} (CPU, {hint})"
 
     def __call__(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         results = self.request.infer({INPUT_NAME: np.ascontiguousarray(images.numpy(), dtype=np.float32)})
@@ -123,10 +135,10 @@ class TorchScriptBackend:
         return maps.numpy(), scores.numpy()
 
 
-def open_export(path: Path, inference_precision: str = "f32", verify: bool = True) -> tuple[Any, ModelCard]:
+def open_export(path: Path, inference_precision: str = "float32", verify: bool = True
+                ) -> tuple[Any, ModelCard]:
     """The runtime backend and model card of an exported model (folder or model file)."""
-    if inference_precision not in INFERENCE_PRECISIONS:
-        raise ExportError(f"inference precision {inference_precision!r} is invalid: use f32 or bf16")
+    inference_precision = inference_precision_name(inference_precision)
     metadata = read_metadata(path, verify)
     folder = _metadata_path(path).parent
     runtime = metadata["runtime"]
@@ -135,9 +147,9 @@ def open_export(path: Path, inference_precision: str = "f32", verify: bool = Tru
     except (TypeError, ValueError) as err:
         raise ExportError(str(err)) from err
     model_file = folder / MODEL_FILES[runtime]
-    if inference_precision != "f32" and runtime != "openvino":
-        raise ExportError(f"inference precision {inference_precision} is for OpenVINO models; {model_file} is "
-                          f"{runtime}: run it in f32 or export with --format openvino")
+    if inference_precision != "float32" and runtime != "openvino":
+        raise ExportError(f"inference precision {inference_precision} is for OpenVINO models; {model_file} "
+                          f"is {runtime}: run it in float32 or export with --format openvino")
     if runtime == "onnx":
         return OnnxRuntimeBackend(model_file), card
     if runtime == "openvino":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cfa_anomaly.inference.errors import ExportError
 from cfa_anomaly.inference.predictor import Predictor
+from cfa_anomaly.inference.runtimes import inference_precision_name
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,7 @@ class PredictorSpec:
     model: str | None = None  # an exported model's folder or file
     device: str = "auto"  # checkpoints
     graph: str = "fast"  # checkpoints: fast or plain
-    inference_precision: str = "f32"  # exported OpenVINO models: f32 or bf16
+    inference_precision: str = "float32"  # exported OpenVINO models: float32 or bfloat16 (or f32, bf16)
     threshold: float | None = None  # decide at this image score instead of the stored threshold
     quantile: float | None = None  # or at this quantile of the stored held-out scores
     pixel_threshold: float | None = None  # outline and mask pixels from this map value
@@ -32,7 +33,7 @@ class PredictorSpec:
     def build(self) -> Predictor:
         """Load the model and apply the overrides."""
         if self.checkpoint:
-            if self.inference_precision != "f32":
+            if inference_precision_name(self.inference_precision) != "float32":
                 raise ExportError("--inference-precision applies to exported models (--model); for a "
                                   "checkpoint use --graph plain (float32) or the precision it was trained "
                                   "with (default)")
