@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO / "src"))
 from cfa_anomaly.config import load_config
 from cfa_anomaly.data.samples import IMAGE_EXTENSIONS
 from cfa_anomaly.data.synthetic import generate_dataset
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test
+from cfa_anomaly import runfiles
+from cfa_anomaly.pipeline import train_and_test
 
 SIZE = 96
 
@@ -44,7 +45,7 @@ def train_checkpoint(work: Path) -> tuple[Path, list[Path]]:
     train_and_test(load_config(None, overrides), work / "run", run_test=False)
     images = sorted(p for p in (work / "data" / "texture").rglob("*")
                     if p.suffix in IMAGE_EXTENSIONS and "ground_truth" not in p.parts)
-    return work / "run" / CHECKPOINT_NAME, images
+    return work / "run" / runfiles.CHECKPOINT, images
 
 
 def write_copies(sources: list[Path], folder: Path, count: int, seed: int = 0) -> list[Path]:

@@ -27,7 +27,8 @@ from machine import machine_line
 from cfa_anomaly.config import load_config
 from cfa_anomaly.data.samples import IMAGE_EXTENSIONS
 from cfa_anomaly.inference import Predictor
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test
+from cfa_anomaly import runfiles
+from cfa_anomaly.pipeline import train_and_test
 from cfa_anomaly.predict import PredictOptions, predict_images
 
 SHARED = REPO.parent / "shared" / "data"
@@ -40,7 +41,7 @@ def checkpoint_for(category: str, root: Path, work: Path) -> Path:
     cfg = load_config(config, [f"data.root={root}", "model.backbone=mobilenet_v2", "train.epochs=1",
                                "data.holdout_fraction=0.2", "train.device=cpu"])
     train_and_test(cfg, work / category, run_test=False)
-    return work / category / CHECKPOINT_NAME
+    return work / category / runfiles.CHECKPOINT
 
 
 def copies_of_test_images(root: Path, category: str, folder: Path, copies: int) -> int:

@@ -278,7 +278,7 @@ def trained_set(name: str, backbone: str, epochs: int, cache: Path, retrain: boo
 def calibration_batches(cfg: Config) -> list[torch.Tensor]:
     """The training images (the held-out threshold images and the test split excluded), one per batch."""
     from cfa_anomaly.data.dataset import image_loader
-    from cfa_anomaly.pipeline import training_split
+    from cfa_anomaly.run_data import training_split
 
     train, _ = training_split(cfg)
     return [image[None] for batch in image_loader(train, cfg) for image in batch["image"]]
@@ -287,7 +287,7 @@ def calibration_batches(cfg: Config) -> list[torch.Tensor]:
 def run_accuracy(args: argparse.Namespace, variants: list[str]) -> dict[str, dict[str, dict[str, float]]]:
     """Every variant on every real set: metrics, deltas and map agreement against torch-plain."""
     from cfa_anomaly.evaluate import compute_test_metrics, predict
-    from cfa_anomaly.pipeline import _loader
+    from cfa_anomaly.run_data import split_loader
 
     scored = variants if REFERENCE in variants else [REFERENCE, *variants]
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -298,7 +298,7 @@ def run_accuracy(args: argparse.Namespace, variants: list[str]) -> dict[str, dic
         maps: dict[str, np.ndarray] = {}
         rows: dict[str, dict[str, float]] = {}
         for variant in scored:
-            predictions = predict(VARIANTS[variant][1](folder), _loader(cfg, "test"), desc=variant)
+            predictions = predict(VARIANTS[variant][1](folder), split_loader(cfg, "test"), desc=variant)
             rows[variant] = {k: float(v) for k, v in compute_test_metrics(predictions).items() if v is not None}
             maps[variant] = predictions.maps.astype(np.float64)
         reference, reference_maps = dict(rows[REFERENCE]), maps[REFERENCE]

@@ -26,7 +26,9 @@ sys.path.insert(0, str(REPO / "src"))
 from cfa_anomaly.config import load_config  # noqa: E402
 from cfa_anomaly.evaluate import compute_test_metrics, predict  # noqa: E402
 from cfa_anomaly.inference import Predictor  # noqa: E402
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, _loader, train_and_test  # noqa: E402
+from cfa_anomaly import runfiles  # noqa: E402
+from cfa_anomaly.pipeline import train_and_test  # noqa: E402
+from cfa_anomaly.run_data import split_loader  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 SETS = {"grid": "mvtec_ad", "hazelnut": "hazelnut_toy"}
@@ -39,11 +41,11 @@ def compare(category: str, backbone: str, overrides: list[str], epochs: int) -> 
                        f"train.epochs={epochs}", "train.device=cpu", *overrides])
     with tempfile.TemporaryDirectory() as tmp:
         train_and_test(cfg, Path(tmp) / "run", run_test=False)
-        checkpoint = Path(tmp) / "run" / CHECKPOINT_NAME
+        checkpoint = Path(tmp) / "run" / runfiles.CHECKPOINT
         scored = {}
         for graph in ("plain", "fast"):
             predictions = predict(Predictor.from_checkpoint(checkpoint, device="cpu", graph=graph),
-                                  _loader(cfg, "test"), desc=graph)
+                                  split_loader(cfg, "test"), desc=graph)
             scored[graph] = (predictions, compute_test_metrics(predictions))
     (plain, plain_metrics), (fast, fast_metrics) = scored["plain"], scored["fast"]
     correlation = np.corrcoef(plain.maps.ravel(), fast.maps.ravel())[0, 1]

@@ -38,7 +38,8 @@ from machine import machine_line
 
 from cfa_anomaly.config import load_config
 from cfa_anomaly.inference import Predictor
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test
+from cfa_anomaly import runfiles
+from cfa_anomaly.pipeline import train_and_test
 
 HAZELNUT = REPO.parent / "shared" / "data" / "hazelnut_toy"
 CONFIG = REPO / "configs" / "anomaly" / "unsupervised" / "cfa" / "hazelnut.yaml"
@@ -47,7 +48,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 def trained_checkpoint(cache: Path, epochs: int) -> Path:
     """mobilenet_v2 on the shared hazelnut set, trained once into cache."""
-    checkpoint = cache / f"hazelnut-mobilenet_v2-{epochs}ep" / CHECKPOINT_NAME
+    checkpoint = cache / f"hazelnut-mobilenet_v2-{epochs}ep" / runfiles.CHECKPOINT
     if not checkpoint.is_file():
         if not HAZELNUT.is_dir():
             sys.exit(f"{HAZELNUT} is absent: pass --checkpoint and --images")

@@ -26,7 +26,8 @@ from cfa_anomaly.data.images import read_mask
 from cfa_anomaly.data.samples import make_samples
 from cfa_anomaly.data.synthetic import generate_dataset
 from cfa_anomaly.inference import Predictor
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test
+from cfa_anomaly import runfiles
+from cfa_anomaly.pipeline import train_and_test
 
 
 def full_resolution_figures(predictor: Predictor, root: Path, category: str) -> dict[str, float | None]:
@@ -73,12 +74,12 @@ def main() -> None:
     table = {}
     for name, extra in settings.items():
         run = args.output / name
-        if not (run / CHECKPOINT_NAME).is_file():
+        if not (run / runfiles.CHECKPOINT).is_file():
             run.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             train_and_test(load_config(None, common + extra), run, run_test=False)
             print(f"{name}: trained in {time.perf_counter() - started:.0f} s", flush=True)
-        predictor = Predictor.from_checkpoint(run / CHECKPOINT_NAME, device="cpu")
+        predictor = Predictor.from_checkpoint(run / runfiles.CHECKPOINT, device="cpu")
         table[name] = full_resolution_figures(predictor, data, category)
         print(name, json.dumps(table[name]), flush=True)
     (args.output / "tiling.json").write_text(json.dumps(table, indent=2))

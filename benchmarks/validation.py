@@ -28,7 +28,8 @@ from cfa_anomaly.evaluate import compute_test_metrics, predict
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.model.factory import build_model, resolve_device
 from cfa_anomaly.data.dataset import image_loader
-from cfa_anomaly.pipeline import _loader, _validation_tracker, training_split
+from cfa_anomaly.pipeline import _validation_tracker
+from cfa_anomaly.run_data import split_loader, training_split
 from cfa_anomaly.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ class TestScoring:
         self.tracker(epoch, loss)
         if len(self.tracker.history) > seen:
             self.model.eval()
-            predictions = predict(Predictor.from_model(self.model, self.cfg, None), _loader(self.cfg, "test"))
+            predictions = predict(Predictor.from_model(self.model, self.cfg, None), split_loader(self.cfg, "test"))
             self.test[epoch] = compute_test_metrics(predictions)
             self.model.descriptor.train()
 

@@ -42,7 +42,7 @@ from machine import machine_line
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from cfa_anomaly.model.factory import resolve_precision
+from cfa_anomaly.model.precision import resolve_precision
 
 HERE = Path(__file__).resolve().parent
 VENV = REPO / ".venv-anomalib"

@@ -10,7 +10,7 @@ import pytest
 from cfa_anomaly.config import load_config
 from cfa_anomaly.data.images import unreadable
 from cfa_anomaly.data.samples import DatasetError
-from cfa_anomaly.pipeline import check_data
+from cfa_anomaly.run_data import check_data
 from conftest import SYNTH_CATEGORY
 
 

@@ -21,7 +21,9 @@ from cfa_anomaly.data.samples import DatasetError
 from cfa_anomaly.evaluate import predict
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.model.factory import build_model
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test, training_split
+from cfa_anomaly import runfiles
+from cfa_anomaly.pipeline import train_and_test
+from cfa_anomaly.run_data import training_split
 from cfa_anomaly.thresholds import Thresholds, ThresholdError, conformal_rank, quantile_threshold
 from cfa_anomaly.train import fit
 
@@ -110,7 +112,7 @@ def test_thresholds_do_not_depend_on_test_labels(synth_root, tmp_path):
     for root, name in ((synth_root, "original"), (scrambled, "scrambled")):
         cfg = small_config(root, **{"data.holdout_fraction": "0.5"})
         report = train_and_test(cfg, tmp_path / name)
-        records.append(read_checkpoint(tmp_path / name / CHECKPOINT_NAME)[1]["extra"]["threshold"])
+        records.append(read_checkpoint(tmp_path / name / runfiles.CHECKPOINT)[1]["extra"]["threshold"])
         assert report["threshold"] == records[-1]
     assert records[0] == records[1]
     assert records[0]["image"]["value"] is not None and records[0]["pixel"]["method"] == "synthetic-peak"
@@ -179,6 +181,6 @@ def test_the_validations_painted_set_gives_the_same_thresholds_as_a_fresh_one(sy
     thresholds as painting the held-out images afresh."""
     cfg = small_config(synth_root, **{"data.holdout_fraction": "0.5", "data.validation": "synthetic"})
     report = train_and_test(cfg, tmp_path, run_test=False)
-    predictor = Predictor.from_checkpoint(tmp_path / CHECKPOINT_NAME, device="cpu")
+    predictor = Predictor.from_checkpoint(tmp_path / runfiles.CHECKPOINT, device="cpu")
     fresh = thresholds_from_holdout(predictor, training_split(cfg)[1], cfg)
     assert fresh.to_dict() == report["threshold"]

@@ -11,7 +11,8 @@ import torch
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.model.distances import centre_bank
 from cfa_anomaly.model.matching import describe_and_match
-from cfa_anomaly.pipeline import evaluate_predictor, train_and_test
+from cfa_anomaly.pipeline import train_and_test
+from cfa_anomaly.run_report import evaluate_predictor
 from conftest import SYNTH_CATEGORY, requires_mobilenet_weights, small_config
 from test_fast_path import CPU, assert_paths_agree, run_precision
 from test_matching import layer_and_inputs, plain_reference, pyramid_and_bank

@@ -29,7 +29,8 @@ from cfa_anomaly.data.dataset import AnomalyDataset, make_loader
 from cfa_anomaly.data.samples import make_samples, split_holdout
 from cfa_anomaly.evaluate import predict
 from cfa_anomaly.inference import Predictor
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test
+from cfa_anomaly import runfiles
+from cfa_anomaly.pipeline import train_and_test
 from cfa_anomaly.model.factory import build_model
 from cfa_anomaly.thresholds import quantile_threshold
 from cfa_anomaly.train import fit
@@ -78,7 +79,7 @@ def in_memory(synth_root, tmp_path_factory):
     train_loader = make_loader(AnomalyDataset(make_samples(cfg.data.root, cfg.data.category, "train"),
                                               cfg.data.resize, cfg.data.crop), cfg.data.batch_size)
     result = fit(model, train_loader, cfg, CPU)
-    path = tmp_path_factory.mktemp("ckpt") / CHECKPOINT_NAME
+    path = tmp_path_factory.mktemp("ckpt") / runfiles.CHECKPOINT
     save_checkpoint(model, cfg, path)
     return cfg, model, result, path
 
@@ -133,7 +134,7 @@ def test_training_summary(run):
     # every train/good image is used either for training or for the held-out threshold, never both
     assert report["train"]["images"] + report["threshold"]["image"]["images"] == SYNTH_COUNTS["n_train"]
     assert report["threshold"]["image"]["images"] >= 1
-    _, payload = read_checkpoint(output / CHECKPOINT_NAME)
+    _, payload = read_checkpoint(output / runfiles.CHECKPOINT)
     radius = float(payload["state"]["loss_fn.radius"])
     assert radius == pytest.approx(report["train"]["radius"])
     assert radius != cfg.model.radius_init
@@ -146,7 +147,7 @@ def test_threshold_is_quantile_of_held_out_normal_scores(run):
     assert len(held) == report["threshold"]["image"]["images"]
     assert {s.image for s in kept}.isdisjoint(s.image for s in held)
     assert {s.image for s in kept} | {s.image for s in held} == {s.image for s in train}
-    predictor = Predictor.from_checkpoint(output / CHECKPOINT_NAME, device="cpu")
+    predictor = Predictor.from_checkpoint(output / runfiles.CHECKPOINT, device="cpu")
     scores = predict(predictor, loader_of(held, cfg)).scores
     expected = quantile_threshold(scores, cfg.evaluation.threshold_quantile)
     assert report["threshold"]["image"]["value"] == pytest.approx(expected, rel=1e-5)
@@ -182,7 +183,7 @@ def test_checkpoint_round_trip_gives_the_same_maps(in_memory):
 
 def test_saved_run_checkpoint_reproduces_saved_scores(run):
     cfg, output, _ = run
-    predictions = predict(Predictor.from_checkpoint(output / CHECKPOINT_NAME, device="cpu"), split_loader(cfg))
+    predictions = predict(Predictor.from_checkpoint(output / runfiles.CHECKPOINT, device="cpu"), split_loader(cfg))
     with np.load(output / "maps.npz") as npz:
         np.testing.assert_allclose(predictions.scores, npz["scores"], rtol=1e-5)
         np.testing.assert_allclose(predictions.maps, npz["maps"].astype(np.float32), rtol=2e-3, atol=1e-3)
@@ -234,8 +235,8 @@ def test_random_backbone_checkpoint_round_trip(synth_root, tmp_path):
     loader = make_loader(AnomalyDataset(make_samples(cfg.data.root, cfg.data.category, "train"),
                                         cfg.data.resize, cfg.data.crop), cfg.data.batch_size)
     fit(model, loader, cfg, CPU)
-    save_checkpoint(model, cfg, tmp_path / CHECKPOINT_NAME)
-    loaded, _, _ = restore_model(tmp_path / CHECKPOINT_NAME, "cpu")
+    save_checkpoint(model, cfg, tmp_path / runfiles.CHECKPOINT)
+    loaded, _, _ = restore_model(tmp_path / runfiles.CHECKPOINT, "cpu")
     images = next(iter(split_loader(cfg)))["image"]
     with torch.no_grad():
         assert torch.allclose(model(images)[0], loaded(images)[0])
@@ -259,7 +260,7 @@ def test_cli_train_no_test_writes_checkpoint(synth_root, tmp_path, capsys):
     out = tmp_path / "out"
     sets = [arg for item in small_overrides(synth_root, **{"train.epochs": "1"}) for arg in ("--set", item)]
     assert cli.main(["train", "--no-test", "--output", str(out), *sets]) == 0
-    assert (out / CHECKPOINT_NAME).is_file() and (out / "train.json").is_file()
+    assert (out / runfiles.CHECKPOINT).is_file() and (out / "train.json").is_file()
     assert not (out / "metrics.json").exists()
     assert json.loads((out / "train.json").read_text())["train"]["epochs"] == 1
 
@@ -269,7 +270,7 @@ def test_cli_predict_writes_scores_matching_the_test_run(run, tmp_path, capsys):
     rows = read_csv(output / "scores.csv")
     chosen = [rows[0], rows[-1]]
     out = tmp_path / "pred"
-    code = cli.main(["predict", "--checkpoint", str(output / CHECKPOINT_NAME),
+    code = cli.main(["predict", "--checkpoint", str(output / runfiles.CHECKPOINT),
                      *(r["path"] for r in chosen), "--output", str(out), "--device", "cpu"])  # as trained
     assert code == 0
     predicted = read_csv(out / "scores.csv")
@@ -289,7 +290,7 @@ def test_cli_predict_writes_scores_matching_the_test_run(run, tmp_path, capsys):
 def test_cli_test_reproduces_the_run_metrics(run, tmp_path, capsys):
     _, output, report = run
     out = tmp_path / "test"
-    assert cli.main(["test", "--checkpoint", str(output / CHECKPOINT_NAME), "--output", str(out),
+    assert cli.main(["test", "--checkpoint", str(output / runfiles.CHECKPOINT), "--output", str(out),
                      "--device", "cpu"]) == 0  # the device it was trained on: the same arithmetic
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert metrics.keys() == report["metrics"].keys()
@@ -303,7 +304,7 @@ def test_cli_refuses_non_empty_output_without_overwrite(run, tmp_path, capsys, s
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     before = snapshot(out)
-    code = cli.main(["predict", "--checkpoint", str(output / CHECKPOINT_NAME),
+    code = cli.main(["predict", "--checkpoint", str(output / runfiles.CHECKPOINT),
                      read_csv(output / "scores.csv")[0]["path"], "--output", str(out)])
     assert code == 2
     assert str(out) in capsys.readouterr().err
@@ -390,14 +391,14 @@ def test_killed_run_resumes_from_its_last_epoch_to_the_same_model(synth_root, tm
     with pytest.raises(KeyboardInterrupt):
         train_and_test(cfg, killed, run_test=False)
     monkeypatch.undo()
-    assert not (killed / CHECKPOINT_NAME).exists()
+    assert not (killed / runfiles.CHECKPOINT).exists()
     assert training.read_training_state(killed / "train_state.pt")["epoch"] == 2
 
     assert cli.main(["train", "--resume", str(killed), "--no-test"]) == 0
     assert "after epoch 2 of 4" in capsys.readouterr().err  # progress: on stderr
     assert not (killed / "train_state.pt").exists()  # superseded by the checkpoint
-    _, full = read_checkpoint(tmp_path / "full" / CHECKPOINT_NAME)
-    _, resumed = read_checkpoint(killed / CHECKPOINT_NAME)
+    _, full = read_checkpoint(tmp_path / "full" / runfiles.CHECKPOINT)
+    _, resumed = read_checkpoint(killed / runfiles.CHECKPOINT)
     assert full["extra"]["train"]["loss_per_epoch"] == resumed["extra"]["train"]["loss_per_epoch"]
     assert full["extra"]["threshold"] == resumed["extra"]["threshold"]
     assert full["extra"].get("validation") == resumed["extra"].get("validation")  # history and selection

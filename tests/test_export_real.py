@@ -17,7 +17,9 @@ from cfa_anomaly.config import load_config
 from cfa_anomaly.evaluate import Predictions, compute_test_metrics, predict
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.inference.export import export_checkpoint
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, _loader, train_and_test
+from cfa_anomaly import runfiles
+from cfa_anomaly.pipeline import train_and_test
+from cfa_anomaly.run_data import split_loader
 
 from conftest import HAS_EFFICIENTNET_LITE0, REPO_ROOT, has_module, requires_mobilenet_weights
 from test_fast_path import SCORING
@@ -50,7 +52,7 @@ def scored(request, shared_data, tmp_path_factory):
                        "train.epochs=30", "train.device=cpu", "evaluation.cross_fit_below=0"])
     folder = tmp_path_factory.mktemp(f"{category}_{backbone}")
     train_and_test(cfg, folder / "run", run_test=False)  # the scoring below is the test
-    checkpoint = folder / "run" / CHECKPOINT_NAME
+    checkpoint = folder / "run" / runfiles.CHECKPOINT
     predictors = {"plain": Predictor.from_checkpoint(checkpoint, device="cpu", graph="plain"),
                   "fast": Predictor.from_checkpoint(checkpoint, device="cpu")}
     for fmt in ("onnx", "openvino"):
@@ -58,7 +60,7 @@ def scored(request, shared_data, tmp_path_factory):
         predictors[fmt] = Predictor.from_export(folder / fmt)
     results: dict[str, tuple[Predictions, dict]] = {}
     for name, predictor in predictors.items():
-        predictions = predict(predictor, _loader(cfg, "test"), desc=name)
+        predictions = predict(predictor, split_loader(cfg, "test"), desc=name)
         results[name] = (predictions, compute_test_metrics(predictions))
     return predictors, results
 

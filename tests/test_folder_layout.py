@@ -15,7 +15,9 @@ from cfa_anomaly.config import ConfigError
 from cfa_anomaly.data.folder import dataset_samples
 from cfa_anomaly.data.samples import DatasetError
 from cfa_anomaly.data.synthetic import DEFECT_TYPES
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test, training_split
+from cfa_anomaly import runfiles
+from cfa_anomaly.pipeline import train_and_test
+from cfa_anomaly.run_data import training_split
 
 N_TRAIN, N_GOOD = SYNTH_COUNTS["n_train"], SYNTH_COUNTS["n_test_good"]
 N_PER_DEFECT = SYNTH_COUNTS["n_test_per_defect"]
@@ -242,11 +244,11 @@ def test_cli_train_on_folders_then_test_the_checkpoint_on_the_same_folders(synth
     assert report["metrics"]["image_auroc"] is not None and report["metrics"]["pixel_auroc"] is not None
     assert report["test"]["images"] == N_GOOD + N_DEFECTIVE
 
-    assert cli.main(["test", "--checkpoint", str(out / CHECKPOINT_NAME), "--device", "cpu"]) == 0
+    assert cli.main(["test", "--checkpoint", str(out / runfiles.CHECKPOINT), "--device", "cpu"]) == 0
     again = json.loads((out / "test" / "metrics.json").read_text())
     assert again["metrics"] == report["metrics"] and again["test"]["images"] == report["test"]["images"]
     capsys.readouterr()
-    assert cli.main(["test", "--checkpoint", str(out / CHECKPOINT_NAME), "--data-root", str(tmp_path),
+    assert cli.main(["test", "--checkpoint", str(out / runfiles.CHECKPOINT), "--data-root", str(tmp_path),
                      "--output", str(tmp_path / "t2")]) == 2
     assert "--data-root applies to the MVTec layout" in capsys.readouterr().err
 

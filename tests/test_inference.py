@@ -22,7 +22,8 @@ from cfa_anomaly.inference import Predictor
 from cfa_anomaly.inference import export as export_module
 from cfa_anomaly.inference.errors import ExportError
 from cfa_anomaly.inference.export import export_checkpoint
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test
+from cfa_anomaly import runfiles
+from cfa_anomaly.pipeline import train_and_test
 
 from conftest import has_module, requires_mobilenet_weights, small_config
 
@@ -49,7 +50,7 @@ def trained(synth_root, tmp_path_factory):
     train_and_test(cfg, output)
     dataset = AnomalyDataset(make_samples(cfg.data.root, cfg.data.category, "test"), cfg.data.resize, cfg.data.crop)
     images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
-    return cfg, output / CHECKPOINT_NAME, images, [dataset[i]["path"] for i in range(len(dataset))]
+    return cfg, output / runfiles.CHECKPOINT, images, [dataset[i]["path"] for i in range(len(dataset))]
 
 
 @pytest.fixture(scope="module")

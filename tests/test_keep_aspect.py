@@ -22,7 +22,8 @@ from cfa_anomaly.data.images import (
 from cfa_anomaly.data.samples import list_images
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.inference.export import export_checkpoint
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test
+from cfa_anomaly import runfiles
+from cfa_anomaly.pipeline import train_and_test
 
 HAZELNUT = SHARED_DATA / "hazelnut_toy" / "hazelnut" / "train" / "good"
 
@@ -82,20 +83,20 @@ def test_maps_go_back_onto_the_inputs_own_pixels(keep_aspect):
 def test_a_keep_aspect_model_predicts_and_exports_with_its_geometry(synth_root, tmp_path):
     cfg = small_config(synth_root, **{"data.keep_aspect": "true", "data.holdout_fraction": "0.2"})
     train_and_test(cfg, tmp_path / "run", run_test=False)
-    predictor = Predictor.from_checkpoint(tmp_path / "run" / CHECKPOINT_NAME, device="cpu")
+    predictor = Predictor.from_checkpoint(tmp_path / "run" / runfiles.CHECKPOINT, device="cpu")
     assert predictor.card.keep_aspect
     image = np.random.default_rng(1).integers(0, 255, (90, 140, 3), dtype=np.uint8)
     result = predictor.predict(image)
     assert result.maps.shape == (1, cfg.data.crop, cfg.data.crop) and result.input_maps[0].shape == (90, 140)
     np.testing.assert_allclose(predictor.preprocess(image), image_to_tensor(image, 72, 64, keep_aspect=True))
-    export_checkpoint(tmp_path / "run" / CHECKPOINT_NAME, "torchscript", tmp_path / "model")
+    export_checkpoint(tmp_path / "run" / runfiles.CHECKPOINT, "torchscript", tmp_path / "model")
     metadata = json.loads((tmp_path / "model" / "model.json").read_text())
     assert "keeping the aspect ratio" in metadata["input"]["preprocessing"]
     exported = Predictor.from_export(tmp_path / "model")
     assert exported.card.keep_aspect
     # the export is the checkpoint's plain float32 graph: compared with that graph (the fast one may run
     # `mixed`, whose nearest-centre search is approximate)
-    plain = Predictor.from_checkpoint(tmp_path / "run" / CHECKPOINT_NAME, device="cpu", graph="plain")
+    plain = Predictor.from_checkpoint(tmp_path / "run" / runfiles.CHECKPOINT, device="cpu", graph="plain")
     np.testing.assert_allclose(exported.predict(image).scores, plain.predict(image).scores, rtol=1e-4)
     from cfa_anomaly.distributed.predict import decode_batch  # Ray predict's decoding tasks (no Ray needed)
 

@@ -16,7 +16,8 @@ from conftest import SYNTH_CATEGORY, requires_mobilenet_weights, small_config
 from cfa_anomaly import cli
 from cfa_anomaly.data.samples import list_images
 from cfa_anomaly.inference import Predictor
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test
+from cfa_anomaly import runfiles
+from cfa_anomaly.pipeline import train_and_test
 from cfa_anomaly.predict import PredictOptions, predict_images
 
 pytestmark = requires_mobilenet_weights
@@ -27,7 +28,7 @@ def checkpoint(synth_root, tmp_path_factory) -> Path:
     """A tiny checkpoint with a held-out threshold."""
     output = tmp_path_factory.mktemp("stream_trained")
     train_and_test(small_config(synth_root, **{"data.holdout_fraction": "0.2"}), output, run_test=False)
-    return output / CHECKPOINT_NAME
+    return output / runfiles.CHECKPOINT
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ from cfa_anomaly.cells import Cell, CellOutcome
 from cfa_anomaly.data.samples import DatasetError, list_images
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.inference.spec import PredictorSpec
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test
+from cfa_anomaly import runfiles
+from cfa_anomaly.pipeline import train_and_test
 from cfa_anomaly.predict import PredictOptions, collect_images, predict_images
 
 RAY_MISSING = "Ray is not installed: pip install 'cfa-anomaly[ray]' (make test installs it)"
@@ -157,7 +158,7 @@ def test_a_failing_task_is_retried_once_then_listed_as_failed(local_ray, synth_r
 def checkpoint(synth_root, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("ray_trained")
     train_and_test(small_config(synth_root, **{"data.holdout_fraction": "0.2"}), output, run_test=False)
-    return output / CHECKPOINT_NAME
+    return output / runfiles.CHECKPOINT
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from conftest import has_module, requires_mobilenet_weights, small_config
 from PIL import Image
 
 from cfa_anomaly.inference import Predictor
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test
+from cfa_anomaly import runfiles
+from cfa_anomaly.pipeline import train_and_test
 
 MISSING = [name for name, module in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("httpx", "httpx"),
                                      ("python-multipart", "python_multipart")) if not has_module(module)]
@@ -66,7 +67,7 @@ def trained(synth_root, tmp_path_factory):
     cfg = small_config(synth_root, **{"data.holdout_fraction": "0.2"})
     output = tmp_path_factory.mktemp("serve_model")
     train_and_test(cfg, output, run_test=False)
-    checkpoint = output / CHECKPOINT_NAME
+    checkpoint = output / runfiles.CHECKPOINT
     paths = sorted((Path(cfg.data.root) / cfg.data.category / "test").rglob("*.png"))
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     assert predictor.threshold is not None

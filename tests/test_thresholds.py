@@ -19,7 +19,9 @@ from cfa_anomaly.evaluate import predict
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.inference.export import export_checkpoint
 from cfa_anomaly.data.dataset import image_loader
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test, training_split
+from cfa_anomaly import runfiles
+from cfa_anomaly.pipeline import train_and_test
+from cfa_anomaly.run_data import training_split
 
 from conftest import SYNTH_CATEGORY, requires_mobilenet_weights, small_config
 
@@ -43,8 +45,8 @@ def test_images(synth_root) -> list[Path]:
 
 def test_both_thresholds_come_from_the_held_out_normal_images(trained):
     cfg, output = trained
-    record = read_checkpoint(output / CHECKPOINT_NAME)[1]["extra"]["threshold"]
-    predictor = Predictor.from_checkpoint(output / CHECKPOINT_NAME, device="cpu")
+    record = read_checkpoint(output / runfiles.CHECKPOINT)[1]["extra"]["threshold"]
+    predictor = Predictor.from_checkpoint(output / runfiles.CHECKPOINT, device="cpu")
     held = predict(predictor, image_loader(training_split(cfg)[1], cfg), desc="holdout")
     image, pixel = record["image"], record["pixel"]
     assert len(record["holdout_scores"]) == len(held.scores) == image["images"] == 3
@@ -66,7 +68,7 @@ def test_both_thresholds_come_from_the_held_out_normal_images(trained):
 
 def test_quantile_is_taken_again_from_the_stored_scores(trained):
     cfg, output = trained
-    predictor = Predictor.from_checkpoint(output / CHECKPOINT_NAME, device="cpu")
+    predictor = Predictor.from_checkpoint(output / runfiles.CHECKPOINT, device="cpu")
     same = predictor.with_quantile(cfg.evaluation.threshold_quantile)
     assert same.threshold == pytest.approx(predictor.threshold)
     scores = np.sort(np.asarray(predictor.thresholds.holdout_scores))
@@ -82,7 +84,7 @@ def test_quantile_is_taken_again_from_the_stored_scores(trained):
 
 def test_a_model_without_a_hold_out_refuses_a_quantile(synth_root, tmp_path):
     train_and_test(small_config(synth_root, **{"data.holdout_fraction": "0"}), tmp_path, run_test=False)
-    predictor = Predictor.from_checkpoint(tmp_path / CHECKPOINT_NAME, device="cpu")
+    predictor = Predictor.from_checkpoint(tmp_path / runfiles.CHECKPOINT, device="cpu")
     assert predictor.threshold is None and predictor.pixel_threshold is None
     with pytest.raises(ConfigError, match="--threshold"):
         predictor.with_quantile(0.9)
@@ -90,7 +92,7 @@ def test_a_model_without_a_hold_out_refuses_a_quantile(synth_root, tmp_path):
 
 def test_defect_masks_tell_the_decisions_story(trained, test_images):
     _, output = trained
-    predictor = Predictor.from_checkpoint(output / CHECKPOINT_NAME, device="cpu")
+    predictor = Predictor.from_checkpoint(output / runfiles.CHECKPOINT, device="cpu")
     predictor = predictor.with_threshold(float(np.median(predictor.predict(test_images).scores)), "test")
     result = predictor.predict(test_images)
     masks = result.defect_masks()
@@ -112,7 +114,7 @@ def test_defect_masks_tell_the_decisions_story(trained, test_images):
 
 def test_predict_writes_defect_masks_and_areas_at_the_pixel_threshold(trained, test_images, tmp_path):
     _, output = trained
-    checkpoint = output / CHECKPOINT_NAME
+    checkpoint = output / runfiles.CHECKPOINT
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     reference = predictor.predict(test_images)
     folder = tmp_path / "images"
@@ -135,7 +137,7 @@ def test_predict_writes_defect_masks_and_areas_at_the_pixel_threshold(trained, t
 
 def test_cli_quantile_decides_at_that_quantile_and_excludes_threshold(trained, test_images, tmp_path):
     _, output = trained
-    checkpoint = output / CHECKPOINT_NAME
+    checkpoint = output / runfiles.CHECKPOINT
     scores = Predictor.from_checkpoint(checkpoint, device="cpu").predict(test_images).scores
     folder = test_images[0].parent
     assert cli.main(["predict", "--checkpoint", str(checkpoint), "--device", "cpu", "--quantile", "0.01",
@@ -168,7 +170,7 @@ def test_test_report_gives_the_outcome_of_every_pixel_method(trained):
 
 def test_exported_model_keeps_both_thresholds_and_old_exports_still_load(trained, tmp_path):
     _, output = trained
-    checkpoint = output / CHECKPOINT_NAME
+    checkpoint = output / runfiles.CHECKPOINT
     export_checkpoint(checkpoint, "torchscript", tmp_path / "model")
     exported = Predictor.from_export(tmp_path / "model")
     original = Predictor.from_checkpoint(checkpoint, device="cpu")

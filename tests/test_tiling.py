@@ -15,7 +15,8 @@ from cfa_anomaly.config import ConfigError
 from cfa_anomaly.data.images import image_to_tensor, read_rgb
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.inference.export import export_checkpoint
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test
+from cfa_anomaly import runfiles
+from cfa_anomaly.pipeline import train_and_test
 from cfa_anomaly.tiling import TileGrid
 
 
@@ -66,7 +67,7 @@ def test_a_tiled_model_trains_on_tiles_and_scores_whole_images(tiled, synth_root
         maps, scores = saved["maps"].astype(np.float32), saved["scores"]
     assert maps.shape[1:] == (96, 96)
     np.testing.assert_allclose(maps.reshape(len(maps), -1).max(1), scores, rtol=2e-3)
-    predictor = Predictor.from_checkpoint(output / CHECKPOINT_NAME, device="cpu")
+    predictor = Predictor.from_checkpoint(output / runfiles.CHECKPOINT, device="cpu")
     image = sorted((synth_root / SYNTH_CATEGORY / "test" / "hole").iterdir())[0]
     tensor = image_to_tensor(read_rgb(image), 96, 96)[None]
     grid = predictor.card.grid
@@ -78,7 +79,7 @@ def test_a_tiled_model_trains_on_tiles_and_scores_whole_images(tiled, synth_root
 @requires_mobilenet_weights
 def test_a_tiled_model_predicts_and_exports_the_same_maps(tiled, synth_root, tmp_path):
     _, output, _ = tiled
-    checkpoint = output / CHECKPOINT_NAME
+    checkpoint = output / runfiles.CHECKPOINT
     images = sorted((synth_root / SYNTH_CATEGORY / "test" / "scratch").iterdir())
     reference = Predictor.from_checkpoint(checkpoint, device="cpu", graph="plain").predict(images)
     export_checkpoint(checkpoint, "torchscript", tmp_path / "model")
@@ -101,7 +102,7 @@ def test_the_service_scores_a_tiled_model_as_the_predictor_does(tiled, synth_roo
     from cfa_anomaly.serve import ModelInfo, ServeSettings, create_app
 
     _, output, _ = tiled
-    predictor = Predictor.from_checkpoint(output / CHECKPOINT_NAME, device="cpu")
+    predictor = Predictor.from_checkpoint(output / runfiles.CHECKPOINT, device="cpu")
     image = sorted((synth_root / SYNTH_CATEGORY / "test" / "stain").iterdir())[0]
     expected = predictor.predict([image])
     app = create_app(predictor, ServeSettings(), ModelInfo("tiled", "checkpoint", str(output), "0" * 64))

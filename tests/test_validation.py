@@ -20,7 +20,9 @@ from cfa_anomaly.checkpoint import read_checkpoint
 from cfa_anomaly.config import ConfigError
 from cfa_anomaly.data.images import image_to_tensor, read_rgb, tensor_to_rgb
 from cfa_anomaly.data.synthetic import PAINTED_DEFECTS, paint_defect
-from cfa_anomaly.pipeline import CHECKPOINT_NAME, train_and_test, training_split
+from cfa_anomaly import runfiles
+from cfa_anomaly.pipeline import train_and_test
+from cfa_anomaly.run_data import training_split
 from cfa_anomaly.validation import synthetic_validation_set
 
 
@@ -74,8 +76,8 @@ def test_best_validation_keeps_the_state_of_the_best_epoch(synth_root, tmp_path)
     # training is deterministic: the selected state is the state of a run stopped at that epoch
     short_config = small_config(synth_root, **{**extra, "train.epochs": str(best["epoch"])})
     train_and_test(short_config, tmp_path / "short", run_test=False)
-    selected = read_checkpoint(tmp_path / "best" / CHECKPOINT_NAME)[1]["state"]
-    stopped = read_checkpoint(tmp_path / "short" / CHECKPOINT_NAME)[1]["state"]
+    selected = read_checkpoint(tmp_path / "best" / runfiles.CHECKPOINT)[1]["state"]
+    stopped = read_checkpoint(tmp_path / "short" / runfiles.CHECKPOINT)[1]["state"]
     for key, tensor in stopped.items():
         assert torch.equal(tensor, selected[key]), key
 
@@ -132,7 +134,7 @@ def test_selections_do_not_change_when_the_test_labels_are_scrambled(synth_root,
         train_and_test(small_config(root, **extra), tmp_path / name)
         validation = json.loads((tmp_path / name / "train.json").read_text())["validation"]
         epochs.append((validation["selected"], validation["history"]))
-        states.append(read_checkpoint(tmp_path / name / CHECKPOINT_NAME)[1]["state"])
+        states.append(read_checkpoint(tmp_path / name / runfiles.CHECKPOINT)[1]["state"])
     assert epochs[0] == epochs[1]
     assert all(torch.equal(tensor, states[1][key]) for key, tensor in states[0].items())
 

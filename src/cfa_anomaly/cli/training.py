@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 
 def run_training(cfg: Config, args: argparse.Namespace, run_test: bool = True) -> Path:
     """Train (and test) in --output or a new run folder; the report or the checkpoint's path on stdout."""
-    from cfa_anomaly.pipeline import check_data, print_report, train_and_test
+    from cfa_anomaly.pipeline import train_and_test
+    from cfa_anomaly.run_data import check_data
+    from cfa_anomaly.run_report import print_report
 
     split = check_data(cfg, run_test)  # a missing or broken dataset fails before an output folder is made
     output = output_folder(args, cfg.output_dir, cfg.data.category)
@@ -67,11 +69,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 def resume_training(args: argparse.Namespace) -> None:
     """Continue a killed run in its own folder, from its last completed epoch, with its saved config."""
     from cfa_anomaly.config import config_from_dict
-    from cfa_anomaly.pipeline import TRAIN_STATE_NAME, print_report, train_and_test
+    from cfa_anomaly.pipeline import train_and_test
+    from cfa_anomaly.run_report import print_report
     from cfa_anomaly.train import read_training_state
 
     folder = Path(args.resume)
-    state = read_training_state(folder / TRAIN_STATE_NAME)
+    state = read_training_state(folder / runfiles.TRAIN_STATE)
     cfg = config_from_dict(state["config"])
     log.info("resuming %s after epoch %s of %s", folder, state["epoch"], cfg.train.epochs)
     report = train_and_test(cfg, folder, run_test=not args.no_test, resume=state)
@@ -80,7 +83,7 @@ def resume_training(args: argparse.Namespace) -> None:
 
 
 def cmd_test(args: argparse.Namespace) -> None:
-    from cfa_anomaly.pipeline import evaluate_predictor, print_report
+    from cfa_anomaly.run_report import evaluate_predictor, print_report
 
     predictor = predictor_from_args(args)
     if args.output:

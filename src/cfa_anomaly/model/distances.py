@@ -237,12 +237,6 @@ def _selection(indices: torch.Tensor, values: torch.Tensor, n_centres: int) -> t
                                    size=(rows, n_centres), check_invariants=False)
 
 
-def centre_points(points: torch.Tensor, bank: CentredBank) -> torch.Tensor:
-    """(N, D) -> (N, D) float32 p - m; one pass from bfloat16 (the subtraction promotes)."""
-    low = points.dtype in (torch.bfloat16, torch.float16)
-    return torch.sub(points if low else points.float(), bank.offset)
-
-
 def chosen_squared_distances(centred_points: torch.Tensor, bank: CentredBank, indices: torch.Tensor,
                              point_norms: torch.Tensor | None = None) -> torch.Tensor:
     """(N, D) float32 points minus m, (N, k) centre indices -> (N, k) float32 squared distances.

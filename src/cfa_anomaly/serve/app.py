@@ -350,9 +350,10 @@ def create_app(predictor: Predictor, settings: ServeSettings, info: ModelInfo) -
     return app
 
 
-def run_server(predictor: Predictor, settings: ServeSettings, info: ModelInfo, host: str = "127.0.0.1",
-               port: int = 8000, access_log: bool = True) -> None:
-    """Serve until interrupted (uvicorn, one process: the model is in this process's memory)."""
+def run_server(predictor: Predictor, settings: ServeSettings, info: ModelInfo, host: str, port: int,
+               access_log: bool = True) -> None:
+    """Serve until interrupted on host:port (uvicorn, one process: the model is in this process's memory);
+    cfa serve's --host and --port hold the defaults."""
     import uvicorn
 
     if not logging.getLogger().handlers:
