@@ -1,7 +1,8 @@
 """The `cfa` command: train, test, predict, export, serve, benchmark, demo.
 
-training.py (train, test, benchmark, demo) and inference.py (predict, export, serve) build their
-sub-commands' parsers and run them; common.py holds what they share. `python -m cfa_anomaly.cli` runs it.
+training.py (train, test, benchmark, demo), inference.py (predict, export) and serving.py (serve) build
+their sub-commands' parsers and run them; common.py holds what they share. `python -m cfa_anomaly.cli`
+runs it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from cfa_anomaly.cli.common import (
     add_config_arguments,
     add_verbosity_arguments,
 )
-from cfa_anomaly.cli.inference import add_export_parser, add_predict_parser, add_serve_parser
+from cfa_anomaly.cli.inference import add_export_parser, add_predict_parser
+from cfa_anomaly.cli.serving import add_serve_parser
 from cfa_anomaly.cli.training import (
     add_benchmark_parser,
     add_demo_parser,
