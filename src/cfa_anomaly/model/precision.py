@@ -25,11 +25,6 @@ class PrecisionPlan:
     search: torch.dtype  # the nearest-centre search product (candidates re-ranked exactly unless float32)
     last_stage_bfloat16: bool = False  # mixed with model.last_stage_bfloat16: the backbone's last stages
 
-    @property
-    def low_precision(self) -> bool:
-        """Whether the descriptor's products run in bfloat16 (mixed, bfloat16)."""
-        return self.features == torch.bfloat16
-
 
 F32, BF16 = torch.float32, torch.bfloat16
 PLANS = {
