@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
@@ -34,16 +35,19 @@ def cmd_serve(args: argparse.Namespace) -> None:
     """Load the model once, then answer HTTP requests until interrupted (see docs/deployment.md, "HTTP
     service")."""
     try:
-        from cfa_anomaly.serve import ServeSettings, describe_model, run_server
+        from cfa_anomaly.serve import ServeSettings, checked_tls, describe_model, resolve_access, run_server
     except ImportError as err:
         raise ConfigError("cfa serve needs FastAPI and uvicorn: pip install 'cfa-anomaly[serve]' "
                           f"({err})") from err
 
     settings = ServeSettings(**{name: getattr(args, name) for name in SERVE_LIMITS})
+    tls = checked_tls(args.ssl_certfile, args.ssl_keyfile)  # before the model loads: a bad file fails fast
+    access = resolve_access(args.host, args.token_file, os.environ)
     predictor = predictor_from_args(args)
     info = describe_model(args.checkpoint or args.model, predictor,
                           "checkpoint" if args.checkpoint else "export")
-    run_server(predictor, settings, info, host=args.host, port=args.port, access_log=not args.no_access_log)
+    run_server(predictor, settings, info, host=args.host, port=args.port, access_log=not args.no_access_log,
+               access=access, tls=tls)
 
 
 def add_serve_parser(commands: Commands) -> None:
@@ -51,8 +55,16 @@ def add_serve_parser(commands: Commands) -> None:
                                 help="score images sent over HTTP (FastAPI + uvicorn; extra [serve])")
     add_model_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default %(default)s: this machine)")
+                       help="address to listen on (default %(default)s: this machine; any address outside "
+                            "127.0.0.0/8, ::1 and localhost asks for a bearer token)")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--token-file", metavar="PATH",
+                       help="a file holding the bearer token clients must send (Authorization: Bearer "
+                            "<token>) to every endpoint but /health and the page, on loopback too; default: "
+                            "$CFA_SERVE_TOKEN, else, off loopback, one made at start and printed to stderr")
+    serve.add_argument("--ssl-certfile", metavar="PATH", help="serve HTTPS with this PEM certificate (chain)")
+    serve.add_argument("--ssl-keyfile", metavar="PATH",
+                       help="the certificate's private key (PEM, unencrypted)")
     for name, (kind, help_text) in SERVE_LIMITS.items():
         serve.add_argument(f"--{name.replace('_', '-')}", type=kind, help=help_text)
     serve.add_argument("--no-access-log", action="store_true", help="do not log every request")

@@ -1,4 +1,5 @@
-"""The HTTP service: POST /predict, POST /predict/batch, GET /health, GET /model (FastAPI + uvicorn).
+"""The HTTP service: POST /predict, POST /predict/batch, GET /health, GET /model and the page, GET /
+(FastAPI; uvicorn runs it: server.py).
 
 The model is loaded once, before the server starts. Request handlers read, check and decode uploads and
 preprocess them in the thread pool; one InferenceWorker thread scores them, micro-batched. When the model
@@ -23,8 +24,7 @@ import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from PIL import Image
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -34,8 +34,10 @@ from cfa_anomaly.config import ConfigError
 from cfa_anomaly.data.images import tensor_to_rgb
 from cfa_anomaly.heatmap import PREDICTED_COLOUR, MapScale, draw_outline, heat_overlay
 from cfa_anomaly.inference import Predictor
+from cfa_anomaly.serve.auth import BearerAuth
 from cfa_anomaly.serve.errors import ServeError
 from cfa_anomaly.serve.limits import BodyLimit
+from cfa_anomaly.serve.page import PAGE_HEADERS, page_html
 from cfa_anomaly.serve.uploads import decode_image, png_base64
 from cfa_anomaly.serve.worker import CpuGate, InferenceWorker, Scored
 from cfa_anomaly.thresholds import DEFECTIVE, GOOD
@@ -61,7 +63,8 @@ class ServeSettings:
     def __post_init__(self) -> None:
         for name in ("max_upload_mb", "max_pixels", "timeout_s", "max_batch", "max_files", "max_queue"):
             if not getattr(self, name) > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} = {getattr(self, name)} is invalid: it must be > 0")
+                raise ConfigError(f"--{name.replace('_', '-')} = {getattr(self, name)} is invalid: "
+                                  "it must be > 0")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -131,7 +134,8 @@ async def guarded(work: Awaitable[dict[str, Any]]) -> JSONResponse:
     except ServeError as err:
         return error_response(err)
     except ClientDisconnect:  # nobody is left to read an answer; nothing to log
-        return error_response(ServeError("bad_request", "the client disconnected before sending the whole body"))
+        return error_response(ServeError("bad_request",
+                                         "the client disconnected before sending the whole body"))
     except Exception as err:  # the server keeps serving
         log.exception("unexpected error while answering a request")
         return error_response(ServeError("internal_error", f"unexpected server error ({type(err).__name__}); "
@@ -149,13 +153,15 @@ class Service:
         self.predictor = predictor
         self.settings = settings
         self.info = info
-        self.worker = InferenceWorker(predictor, settings.max_batch, settings.max_queue, CpuGate(model_on_cpu(predictor)))
+        self.worker = InferenceWorker(predictor, settings.max_batch, settings.max_queue,
+                                      CpuGate(model_on_cpu(predictor)))
 
     # ------------------------------------------------------------------ reading uploads
     def _checked_size(self, data: bytes, name: str) -> bytes:
         if len(data) > self.settings.max_upload_bytes:
-            raise ServeError("upload_too_large", f"{name} is {len(data)} bytes; this service accepts files of at "
-                                                 f"most {self.settings.max_upload_bytes} (--max-upload-mb)")
+            most = self.settings.max_upload_bytes
+            raise ServeError("upload_too_large", f"{name} is {len(data)} bytes; this service accepts files "
+                                                 f"of at most {most} (--max-upload-mb)")
         return data
 
     async def _form(self, request: Request, max_files: int) -> FormData:
@@ -174,7 +180,8 @@ class Service:
         try:
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
-                raise ServeError("empty_upload", "the multipart form has no file field `file` (curl -F file=@a.png)")
+                raise ServeError("empty_upload",
+                                 "the multipart form has no file field `file` (curl -F file=@a.png)")
             name = upload.filename or "file"
             return self._checked_size(await upload.read(), name), name
         finally:
@@ -189,8 +196,9 @@ class Service:
                 prepared = Prepared(name, width, height, self.predictor.preprocess(rgb))
                 return prepared, self.worker.submit(prepared.image)
         except TimeoutError as err:
-            raise ServeError("inference_timeout", f"the model did not free the CPU within {self.settings.timeout_s} "
-                                                  "s (--timeout-s); the service is overloaded") from err
+            raise ServeError("inference_timeout", "the model did not free the CPU within "
+                                                  f"{self.settings.timeout_s} s (--timeout-s); the service "
+                                                  "is overloaded") from err
 
     # ------------------------------------------------------------------ scoring
     async def _score(self, future: Future[Scored]) -> Scored:
@@ -198,8 +206,9 @@ class Service:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.settings.timeout_s)
         except (asyncio.TimeoutError, TimeoutError) as err:
             future.cancel()
-            raise ServeError("inference_timeout", f"no result within {self.settings.timeout_s} s (--timeout-s); "
-                                                  "the service is overloaded or the model too slow") from err
+            raise ServeError("inference_timeout", f"no result within {self.settings.timeout_s} s "
+                                                  "(--timeout-s); the service is overloaded or the model too "
+                                                  "slow") from err
         except ServeError:
             raise
         except Exception as err:  # logged by the worker, which goes on
@@ -297,8 +306,10 @@ class Service:
                            "busy_s": round(self.worker.busy_s, 3)}}
 
 
-def create_app(predictor: Predictor, settings: ServeSettings, info: ModelInfo) -> FastAPI:
-    """The FastAPI app around a loaded Predictor; the inference thread runs while the app does."""
+def create_app(predictor: Predictor, settings: ServeSettings, info: ModelInfo,
+               token: str | None = None) -> FastAPI:
+    """The FastAPI app around a loaded Predictor; the inference thread runs while the app does. With a token,
+    every endpoint but /health and the page asks for `Authorization: Bearer <token>` (auth.py)."""
     service = Service(predictor, settings, info)
 
     @asynccontextmanager
@@ -310,6 +321,7 @@ def create_app(predictor: Predictor, settings: ServeSettings, info: ModelInfo) -
     app = FastAPI(title="cfa-anomaly inspection service", version=__version__, lifespan=lifespan)
     app.state.service = service
     app.add_middleware(BodyLimit, limit_for=settings.body_limit)
+    app.add_middleware(BearerAuth, token=token)  # added last: runs first, before any body is read
 
     @app.exception_handler(ServeError)
     async def on_serve_error(_: Request, err: ServeError) -> JSONResponse:
@@ -327,7 +339,8 @@ def create_app(predictor: Predictor, settings: ServeSettings, info: ModelInfo) -
         return error_response(ServeError("bad_request", reasons or "invalid request"))
 
     @app.post("/predict")
-    async def predict(request: Request, with_map: MapFlag = False, with_overlay: OverlayFlag = False) -> JSONResponse:
+    async def predict(request: Request, with_map: MapFlag = False,
+                      with_overlay: OverlayFlag = False) -> JSONResponse:
         """Score one image: multipart field `file`, or the raw body. ?map=true, ?overlay=true add PNGs."""
         return await guarded(service.predict(request, with_map, with_overlay))
 
@@ -336,6 +349,11 @@ def create_app(predictor: Predictor, settings: ServeSettings, info: ModelInfo) -
                             with_overlay: OverlayFlag = False) -> JSONResponse:
         """Score several images (multipart fields `files`); each bad file is reported in its own entry."""
         return await guarded(service.predict_batch(request, with_map, with_overlay))
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        """The page: the model card, an upload, each image's score, decision and overlay."""
+        return HTMLResponse(page_html(), headers=PAGE_HEADERS)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -348,18 +366,3 @@ def create_app(predictor: Predictor, settings: ServeSettings, info: ModelInfo) -
         return await guarded(_call(service.model))
 
     return app
-
-
-def run_server(predictor: Predictor, settings: ServeSettings, info: ModelInfo, host: str, port: int,
-               access_log: bool = True) -> None:
-    """Serve until interrupted on host:port (uvicorn, one process: the model is in this process's memory);
-    cfa serve's --host and --port hold the defaults."""
-    import uvicorn
-
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if Image.MAX_IMAGE_PIXELS is not None and settings.max_pixels > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = settings.max_pixels  # PIL's own bomb check must not refuse what --max-pixels allows
-    app = create_app(predictor, settings, info)
-    log.info("serving %s (%s) on http://%s:%d", info.model_id, predictor.name, host, port)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log, timeout_graceful_shutdown=5)

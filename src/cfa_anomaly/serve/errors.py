@@ -9,6 +9,7 @@ from typing import Any
 STATUS_OF_CODE = {
     "empty_upload": 400,  # no bytes, or no `file` / `files` field in a multipart form
     "bad_request": 400,  # a malformed multipart form or query parameter
+    "unauthorized": 401,  # no bearer token, or a wrong one, where the service asks for one
     "not_an_image": 415,  # bytes that no image decoder recognises
     "corrupt_image": 422,  # a recognised image that cannot be decoded (truncated, broken data)
     "upload_too_large": 413,  # a body or file over --max-upload-mb

@@ -61,17 +61,25 @@ class BodyLimit:
             return message
 
         async def drain() -> None:
-            nonlocal received, finished
-            dropped = 0
-            while not finished and dropped < DRAIN_BYTES:
-                message = await receive()
-                if message["type"] != "http.request":
-                    break
-                dropped += len(message.get("body", b""))
-                finished = not message.get("more_body", False)
+            nonlocal finished
+            if not finished:
+                await drain_body(receive)
             finished = True
 
         await self.app(scope, limited_receive, send)
+
+
+async def drain_body(receive: Receive, most: int = DRAIN_BYTES) -> None:
+    """Read and drop the rest of a request body (up to `most` bytes), so that a client still sending gets
+    the answer instead of a reset connection."""
+    dropped = 0
+    while dropped < most:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def _too_large(size: int, limit: int, at_least: bool = False) -> ServeError:

@@ -128,7 +128,8 @@ class InferenceWorker:
     def submit(self, image: torch.Tensor) -> Future[Scored]:
         """Queue one preprocessed image; the future gets a Scored or the backend's exception."""
         if self._queue.qsize() >= self.max_queue:
-            raise ServeError("overloaded", f"{self._queue.qsize()} images are waiting for the model; retry later")
+            raise ServeError("overloaded",
+                             f"{self._queue.qsize()} images are waiting for the model; retry later")
         self.start()
         future: Future[Scored] = Future()
         self._queue.put(_Job(image, future))
@@ -156,7 +157,8 @@ class InferenceWorker:
                 return
             with self.gate.model_turn():  # images being decoded now join this batch
                 jobs, stop = self._more_jobs(first)
-                jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]  # timed out: dropped
+                # a job whose request timed out is dropped
+                jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
                 if jobs:
                     self._score(jobs)
 
