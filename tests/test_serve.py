@@ -1,60 +1,43 @@
-"""`cfa serve`: real HTTP on loopback against a server subprocess, plus in-process checks of its failure paths."""
+"""`cfa serve`: real HTTP on loopback against a server subprocess, plus in-process checks of its failure
+paths (the token, TLS and the page: test_serve_auth.py, test_serve_page.py)."""
 
 from __future__ import annotations
 
 import base64
 import io
-import os
-import socket
 import struct
-import subprocess
-import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import has_module, requires_mobilenet_weights, small_config
 from PIL import Image
+from serving import SERVE_MISSING, SERVE_TESTS, running_server, trained_model  # noqa: F401  (a fixture)
 
 from cfa_anomaly.inference import Predictor
-from cfa_anomaly import runfiles
-from cfa_anomaly.pipeline import train_and_test
 
-MISSING = [name for name, module in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("httpx", "httpx"),
-                                     ("python-multipart", "python_multipart")) if not has_module(module)]
-pytestmark = [
-    requires_mobilenet_weights,
-    pytest.mark.skipif(bool(MISSING), reason=f"{', '.join(MISSING)} not installed (pip install 'cfa-anomaly[serve]')"),
-]
-if not MISSING:
+pytestmark = SERVE_TESTS
+if not SERVE_MISSING:
     import httpx
 
     from cfa_anomaly.heatmap import MapScale
     from cfa_anomaly.serve import ModelInfo, ServeError, ServeSettings, create_app
 
 MAX_UPLOAD_MB = 1
-START_TIMEOUT_S = 90.0
 RNG = np.random.default_rng(0)
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
 def png_declaring(width: int, height: int) -> bytes:
     """A structurally valid PNG (correct CRCs) whose header declares width x height RGB, with a tiny IDAT."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\x00" * 16))
-            + png_chunk(b"IEND", b""))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
+            + png_chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + png_chunk(b"IEND", b""))
 
 
 def relative(a: float, b: float) -> float:
@@ -62,53 +45,19 @@ def relative(a: float, b: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def trained(synth_root, tmp_path_factory):
-    """A tiny checkpoint with a held-out threshold, its test images and the in-process reference result."""
-    cfg = small_config(synth_root, **{"data.holdout_fraction": "0.2"})
-    output = tmp_path_factory.mktemp("serve_model")
-    train_and_test(cfg, output, run_test=False)
-    checkpoint = output / runfiles.CHECKPOINT
-    paths = sorted((Path(cfg.data.root) / cfg.data.category / "test").rglob("*.png"))
-    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
-    assert predictor.threshold is not None
-    return checkpoint, paths, predictor, predictor.predict(paths)
+def served(trained, tmp_path_factory):
+    """`cfa serve` in a subprocess on a free loopback port, with its defaults (no token); always stopped."""
+    log_path = tmp_path_factory.mktemp("serve_log") / "server.log"
+    with running_server(trained[0], log_path, "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-batch", "4",
+                        "--no-access-log") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def server(trained, tmp_path_factory):
-    """`cfa serve` in a subprocess on a free loopback port; always terminated."""
-    checkpoint = trained[0]
-    log_path = tmp_path_factory.mktemp("serve_log") / "server.log"
-    port = free_port()
-    command = [sys.executable, "-m", "cfa_anomaly.cli", "serve", "--checkpoint", str(checkpoint), "--device", "cpu",
-               "--host", "127.0.0.1", "--port", str(port), "--max-upload-mb", str(MAX_UPLOAD_MB),
-               "--max-batch", "4", "--no-access-log"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny tensors; no OpenMP spinning against the test process
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"cfa serve exited with {process.returncode}:\n{log_path.read_text()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"cfa serve did not answer /health within {START_TIMEOUT_S} s:\n{log_path.read_text()}")
-            time.sleep(0.2)
-        with httpx.Client(base_url=base, timeout=60.0) as client:
-            yield client
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def server(served):
+    """An httpx client of that server."""
+    with httpx.Client(base_url=served.base_url, timeout=60.0) as client:
+        yield client
 
 
 def assert_matches(answer: dict, trained, index: int) -> None:
@@ -135,12 +84,21 @@ def test_health_and_model(server, trained):
     assert health.json()["status"] == "ok" and health.json()["model_loaded"] is True
     card = server.get("/model").json()
     predictor = trained[2]
-    assert card["model_id"].startswith("synth-mobilenet_v2-") and card["model_id"] == health.json()["model_id"]
+    assert card["model_id"].startswith("synth-mobilenet_v2-")
+    assert card["model_id"] == health.json()["model_id"]
     assert card["engine"] == predictor.name
     assert card["threshold"] == pytest.approx(predictor.threshold)
     assert card["backbone_weights_sha256"] == predictor.card.backbone_weights_sha256
     assert card["config"]["data"]["crop"] == predictor.crop and card["package_version"]
     assert card["limits"]["max_upload_mb"] == MAX_UPLOAD_MB
+
+
+def test_loopback_default_asks_no_token(served, server, trained):
+    """On 127.0.0.1 without --token-file or CFA_SERVE_TOKEN every endpoint answers without a token."""
+    assert server.get("/model").status_code == 200
+    assert server.post("/predict", content=trained[1][0].read_bytes()).status_code == 200
+    assert server.get("/model", headers={"Authorization": "Bearer anything"}).status_code == 200
+    assert "no token: 127.0.0.1 is a loopback address" in served.log() and "TLS off" in served.log()
 
 
 def test_predict_multipart_matches_predictor(server, trained):
@@ -259,7 +217,8 @@ def test_sixteen_concurrent_requests(server, trained):
 # ---------------------------------------------------------------------------------------- in process
 def app_with_backend(trained, backend, **settings):
     predictor = Predictor(backend, trained[2].card)
-    return create_app(predictor, ServeSettings(**settings), ModelInfo("test-model", "checkpoint", "-", "0" * 64))
+    info = ModelInfo("test-model", "checkpoint", "-", "0" * 64)
+    return create_app(predictor, ServeSettings(**settings), info)
 
 
 def zeros_backend(crop: int):
