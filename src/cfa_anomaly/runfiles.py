@@ -18,6 +18,8 @@ ROC = "roc.png"
 HISTOGRAM = "score_histogram.png"
 VALIDATION_PLOT = "validation.png"
 ERROR = "error.txt"  # a failed benchmark cell's reason
+REPORT = "report.html"  # the run's page (cfa report; also written by train, test, predict, benchmark, demo)
+REPORT_FILES = "report_files"  # the page's thumbnails, beside it
 
 # An exported model (cfa export)
 MODEL_METADATA = "model.json"

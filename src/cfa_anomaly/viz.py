@@ -110,6 +110,17 @@ def render_panel(image: np.ndarray, anomaly_map: np.ndarray, score: float, thres
     return np.asarray(canvas)
 
 
+def panel_view_box(index: int, size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """Where view `index` (0 input, 1 anomaly map, 2 predicted outline, 3 truth) of a panel render_panel
+    drew lies, as (left, top, right, bottom); None when a picture of `size` (width, height) is no such
+    panel or has no such view."""
+    left, top = PANEL_GAP + index * (PANEL_TILE + PANEL_GAP), TITLE_HEIGHT + CAPTION_HEIGHT
+    width, height = size
+    if height != top + PANEL_TILE + PANEL_GAP or width < left + PANEL_TILE + PANEL_GAP:
+        return None
+    return left, top, left + PANEL_TILE, top + PANEL_TILE
+
+
 def write_panels(folder: Path, panels: Sequence[np.ndarray], names: Sequence[str]) -> list[Path]:
     """Each rendered panel as folder/<name>.png."""
     paths = []
