@@ -304,23 +304,34 @@ def select_settings(output: Path, results: dict[str, dict[str, float | None]],
 SELECTED_ROW = "selected by synthetic validation"
 
 
+def results_grid(results: dict[str, dict[str, float | None]], places: dict[str, tuple[str, str, Any]],
+                 selection: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, dict[Any, Any]]]:
+    """The tables' grid (row -> category -> seed -> metrics) of the finished cells, each placed by
+    places[key] = (row, category, seed) (GridPoint's, or summary.json's "cells"); with a selection, a row
+    of the chosen settings' test metrics, chosen without test labels."""
+    tables: dict[str, dict[str, dict[Any, Any]]] = {}
+    for key, metrics in results.items():
+        row, category, seed = places[key]
+        tables.setdefault(row, {}).setdefault(category, {})[seed] = metrics
+    if selection:
+        tables[SELECTED_ROW] = {category: dict(tables[chosen["setting"]][category])
+                                for category, chosen in selection.items()}
+    return tables
+
+
 def write_grid_files(output: Path, results: dict[str, dict[str, float | None]], points: dict[str, GridPoint],
                      problems: dict[str, str], categories: Sequence[str] | None = None,
                      selection: dict[str, dict[str, Any]] | None = None) -> None:
     """A grid: results.md (a row per setting, mean ± spread over seeds), results.csv (a row per cell, then
     means and spreads), and per setting and category the GIF of its lowest seed as
     assets/<setting folder>-<category>.gif."""
-    tables: dict[str, dict[str, dict[Any, dict[str, float | None]]]] = {}
+    tables = results_grid(results, {key: (p.row, p.category, p.seed) for key, p in points.items()}, selection)
     lowest: dict[tuple[str, str], str] = {}  # (row, category) -> the key of its lowest seed's cell
-    for key, metrics in results.items():
+    for key in results:
         point = points[key]
-        tables.setdefault(point.row, {}).setdefault(point.category, {})[point.seed] = metrics
         first = lowest.get((point.row, point.category))
         if first is None or point.seed < points[first].seed:  # finished cells have integer seeds
             lowest[(point.row, point.category)] = key
-    if selection:  # a row of the chosen settings' test metrics, chosen without test labels
-        tables[SELECTED_ROW] = {category: dict(tables[chosen["setting"]][category])
-                                for category, chosen in selection.items()}
     assets = output / runfiles.ASSETS
     assets.mkdir(exist_ok=True)
     gifs = {}

@@ -73,19 +73,24 @@ def _cell(value: float | None, deviation: float | None = None) -> str:
     return f"{value:.3f}" if deviation is None else f"{value:.3f} ± {deviation:.3f}"
 
 
-def grid_table(grid: Grid, metric: str, categories: Sequence[str] | None = None) -> str:
-    """One table: a row per setting, a column per category (every requested one: '-' where it has no result)
-    plus the average of the defined ones."""
+def grid_rows(grid: Grid, metric: str, categories: Sequence[str] | None = None) -> list[list[str]]:
+    """One table as rows of text cells: the header ('', 'Avg', a column per category: every requested one,
+    '-' where it has no result), then a row per setting with the average of the defined values."""
     categories = _categories(grid, categories)
-    header = "| | Avg | " + " | ".join(column_title(c) for c in categories) + " |"
-    rule = "| --- | :---: | " + " | ".join(":---:" for _ in categories) + " |"
-    lines = [header, rule]
+    rows = [["", "Avg", *(column_title(c) for c in categories)]]
     for label, row in grid.items():
         means = [average(_seed_values(row.get(c), metric)) for c in categories]
         cells = [_cell(mean, spread(_seed_values(row.get(c), metric))) for c, mean in zip(categories, means)]
-        avg = _cell(average(means), spread(_seed_averages(row, metric)))
-        lines.append(f"| {label} | {avg} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([label, _cell(average(means), spread(_seed_averages(row, metric))), *cells])
+    return rows
+
+
+def grid_table(grid: Grid, metric: str, categories: Sequence[str] | None = None) -> str:
+    """grid_rows as a Markdown table."""
+    header, *body = grid_rows(grid, metric, categories)
+    lines = ["| | " + " | ".join(header[1:]) + " |",
+             "| --- | :---: | " + " | ".join(":---:" for _ in header[2:]) + " |"]
+    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in body)])
 
 
 def grid_coverage_lines(grid: Grid, metric: str, categories: Sequence[str] | None = None) -> list[str]:
