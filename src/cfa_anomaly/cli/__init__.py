@@ -1,8 +1,8 @@
-"""The `cfa` command: train, test, predict, export, serve, benchmark, demo.
+"""The `cfa` command: train, test, predict, export, serve, benchmark, demo, report.
 
-training.py (train, test, benchmark, demo), inference.py (predict, export) and serving.py (serve) build
-their sub-commands' parsers and run them; common.py holds what they share. `python -m cfa_anomaly.cli`
-runs it.
+training.py (train, test, benchmark, demo), inference.py (predict, export), serving.py (serve) and
+reporting.py (report) build their sub-commands' parsers and run them; common.py holds what they share.
+`python -m cfa_anomaly.cli` runs it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from cfa_anomaly.cli.common import (
     add_verbosity_arguments,
 )
 from cfa_anomaly.cli.inference import add_export_parser, add_predict_parser
+from cfa_anomaly.cli.reporting import add_report_parser
 from cfa_anomaly.cli.serving import add_serve_parser
 from cfa_anomaly.cli.training import (
     add_benchmark_parser,
@@ -38,7 +39,7 @@ from cfa_anomaly.errors import CfaError
 __all__ = ["EXIT_CATEGORIES_FAILED", "EXIT_CODES", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USER_ERROR",
            "add_config_arguments", "add_verbosity_arguments", "build_parser", "cmd_train", "main", "run"]
 SUB_COMMANDS = (add_train_parser, add_test_parser, add_predict_parser, add_export_parser, add_serve_parser,
-                add_benchmark_parser, add_demo_parser)  # in the order `cfa --help` lists them
+                add_benchmark_parser, add_demo_parser, add_report_parser)  # the order `cfa --help` lists
 log = logging.getLogger(__name__)
 
 

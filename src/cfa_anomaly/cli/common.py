@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cfa_anomaly import runfiles
 from cfa_anomaly.config import Config, ConfigError, load_config
 from cfa_anomaly.inference.spec import PredictorSpec
 from cfa_anomaly.outputs import new_run_dir, prepare_output_dir
@@ -99,6 +100,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue a killed run from its last completed epoch (its own config is used)")
     add_output_arguments(parser)
+    add_report_option(parser)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,6 +125,12 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="output folder (default: a new <output_dir>/<category>/<time> "
                                          "folder)")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --output")
+
+
+def add_report_option(parser: argparse.ArgumentParser) -> None:
+    """--no-report: skip the page (report.html) that train, test, predict, benchmark and demo write."""
+    parser.add_argument("--no-report", action="store_true",
+                        help=f"do not write {runfiles.REPORT} (the run's page, see `cfa report`) at the end")
 
 
 def add_executor_arguments(parser: argparse.ArgumentParser, what: str) -> None:

@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING
 from cfa_anomaly.cli.common import (
     add_executor_arguments,
     add_model_arguments,
+    add_report_option,
     non_negative_int,
     positive_int,
     predictor_spec,
     uses_ray,
 )
+from cfa_anomaly.cli.reporting import finish_with_report
 from cfa_anomaly.config_sections import EvaluationConfig
 from cfa_anomaly.data.samples import DatasetError
 from cfa_anomaly.distributed.predict import RayPredictSettings
@@ -76,6 +78,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"geometry: {predictor.card.geometry}; decisions: {predictor.thresholds.image_source}")
     if summary.images and not summary.scored:
         raise DatasetError(f"none of the {summary.images} input file(s) could be read; see {output}")
+    finish_with_report(args, output, predictor.thresholds)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -147,6 +150,7 @@ def add_predict_parser(commands: Commands) -> None:
     pred.add_argument("--overwrite", action="store_true")
     add_decision_arguments(pred)
     add_predict_output_arguments(pred)
+    add_report_option(pred)
     add_executor_arguments(pred, "Data pipeline (parallel decoding, model actors)")
     add_actor_arguments(pred)
     pred.set_defaults(func=cmd_predict)

@@ -18,12 +18,14 @@ from cfa_anomaly.cli.common import (
     add_model_arguments,
     add_output_arguments,
     add_overrides_argument,
+    add_report_option,
     config_from_args,
     output_folder,
     positive_int,
     predictor_from_args,
     uses_ray,
 )
+from cfa_anomaly.cli.reporting import finish_with_report
 from cfa_anomaly.config import MVTEC_CATEGORIES, Config, load_config
 from cfa_anomaly.distributed.grid import RayExecutor
 from cfa_anomaly.outputs import OutputExistsError, prepare_output_dir
@@ -56,6 +58,7 @@ def run_training(cfg: Config, args: argparse.Namespace, run_test: bool = True) -
         print_report(report, output)
     else:
         print(f"checkpoint written to {output / runfiles.CHECKPOINT}")
+    finish_with_report(args, output)
     return output
 
 
@@ -80,6 +83,7 @@ def resume_training(args: argparse.Namespace) -> None:
     report = train_and_test(cfg, folder, run_test=not args.no_test, resume=state)
     if not args.no_test:
         print_report(report, folder)
+    finish_with_report(args, folder)
 
 
 def cmd_test(args: argparse.Namespace) -> None:
@@ -96,6 +100,7 @@ def cmd_test(args: argparse.Namespace) -> None:
     output = prepare_output_dir(output, args.overwrite)
     source = args.checkpoint or args.model
     print_report(evaluate_predictor(predictor, output, data_root=args.data_root, source=source), output)
+    finish_with_report(args, output)
 
 
 def demo_overrides(extra: Sequence[str]) -> list[str]:
@@ -131,7 +136,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     summary = run_benchmark(data_root, output, categories, demo_overrides(args.overrides), config_dir=None)
     print((output / runfiles.RESULTS).read_text().split("'-' is a category")[0].rstrip() + "\n")
     print(f"results, panels, GIFs and plots in {output} (tables: {output / runfiles.RESULTS})")
-    return report_problems(summary, len(categories))
+    code = report_problems(summary, len(categories))
+    finish_with_report(args, output)
+    return code
 
 
 def benchmark_executor(args: argparse.Namespace) -> RayExecutor | None:
@@ -156,7 +163,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     done = [c for c, s in summary["status"].items() if s in ("done", "reused")]
     print(f"\n{len(done)} of {len(summary['status'])} {noun} in {output / runfiles.RESULTS} and "
           f"{runfiles.RESULTS_CSV}")
-    return report_problems(summary, len(summary["status"]), noun)
+    code = report_problems(summary, len(summary["status"]), noun)
+    finish_with_report(args, output)
+    return code
 
 
 def add_train_parser(commands: Commands) -> None:
@@ -175,6 +184,7 @@ def add_test_parser(commands: Commands) -> None:
     add_data_root_argument(test, "override the data root (MVTec layout; a folder-layout model tests on its "
                                  "own folders)")
     add_output_arguments(test)
+    add_report_option(test)
     test.set_defaults(func=cmd_test)
 
 
@@ -206,6 +216,7 @@ def add_benchmark_parser(commands: Commands) -> None:
     bench.add_argument("--output", default="runs/benchmark")
     bench.add_argument("--force", action="store_true", help="recompute categories that finished earlier")
     add_grid_arguments(bench)
+    add_report_option(bench)
     add_executor_arguments(bench, "task per cell")
     bench.add_argument("--cpus-per-task", type=positive_int, default=RayExecutor.cpus_per_task, metavar="N",
                        help="--executor ray: CPUs each cell's task requests, and its torch threads "
@@ -222,4 +233,5 @@ def add_demo_parser(commands: Commands) -> None:
                       help="synthetic categories to generate (default: both)")
     add_overrides_argument(demo)
     add_output_arguments(demo)
+    add_report_option(demo)
     demo.set_defaults(func=cmd_demo)
