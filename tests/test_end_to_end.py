@@ -41,7 +41,7 @@ from conftest import REPO_ROOT, SYNTH_CATEGORY, SYNTH_COUNTS, requires_mobilenet
 pytestmark = requires_mobilenet_weights
 
 CPU = torch.device("cpu")
-METRIC_KEYS = {"image_auroc", "pixel_auroc", "pixel_f1_max", "aupro"}
+METRIC_KEYS = {"image_auroc", "pixel_auroc", "pixel_f1_max", "aupro", "aupimo"}
 N_TEST = SYNTH_COUNTS["n_test_good"] + 4 * SYNTH_COUNTS["n_test_per_defect"]
 
 

@@ -196,7 +196,8 @@ def test_undefined_cases_return_none():
     assert aupro(normal_masks, maps) is None
     assert aupro(~normal_masks, maps) is None  # no normal pixel
     out = compute_all(np.zeros(2), rng.random(2), normal_masks, maps)
-    assert out == {"image_auroc": None, "pixel_auroc": None, "pixel_f1_max": None, "aupro": None}
+    assert out == {"image_auroc": None, "pixel_auroc": None, "pixel_f1_max": None, "aupro": None,
+                   "aupimo": None}
 
 
 def test_compute_all_values():
@@ -206,8 +207,9 @@ def test_compute_all_values():
     labels = masks.reshape(len(masks), -1).any(axis=1).astype(int)
     scores = maps.reshape(len(maps), -1).max(axis=1)
     out = compute_all(labels, scores, masks, maps)
-    assert set(out) == {"image_auroc", "pixel_auroc", "pixel_f1_max", "aupro"}
-    assert all(isinstance(v, float) for v in out.values())
+    assert set(out) == {"image_auroc", "pixel_auroc", "pixel_f1_max", "aupro", "aupimo"}
+    assert out["aupimo"] is None  # too few good pixels to reach FPR 1e-5 (tests/test_aupimo.py has it)
+    assert all(isinstance(v, float) for k, v in out.items() if k != "aupimo")
     assert out["aupro"] == pytest.approx(brute_aupro(masks, maps), abs=1e-10)
 
 

@@ -19,9 +19,9 @@ from cfa_anomaly.thresholds import Thresholds
 from conftest import SYNTH_CATEGORY, requires_mobilenet_weights, small_overrides
 
 RESULTS = {
-    "grid": {"image_auroc": 0.9, "pixel_auroc": 0.97, "pixel_f1_max": 0.5, "aupro": 0.8},
-    "bottle": {"image_auroc": 1.0, "pixel_auroc": 0.99, "pixel_f1_max": 0.7, "aupro": None},
-    "my_part": {"image_auroc": 0.5, "pixel_auroc": 0.6, "pixel_f1_max": 0.1, "aupro": 0.4},
+    "grid": {"image_auroc": 0.9, "pixel_auroc": 0.97, "pixel_f1_max": 0.5, "aupro": 0.8, "aupimo": 0.6},
+    "bottle": {"image_auroc": 1.0, "pixel_auroc": 0.99, "pixel_f1_max": 0.7, "aupro": None, "aupimo": None},
+    "my_part": {"image_auroc": 0.5, "pixel_auroc": 0.6, "pixel_f1_max": 0.1, "aupro": 0.4, "aupimo": 0.3},
 }
 
 
@@ -89,7 +89,7 @@ def test_the_line_under_each_table_names_what_avg_is_over():
 def test_csv_report_has_a_row_for_every_requested_category():
     rows = list(csv.reader(io.StringIO(csv_report(RESULTS, categories=["screw", "grid", "bottle", "my_part"]))))
     assert [r[0] for r in rows[1:]] == ["grid", "bottle", "screw", "my_part", "average"]  # MVTec order
-    assert rows[3] == ["screw", "", "", "", ""]
+    assert rows[3] == ["screw", "", "", "", "", ""]
     assert float(rows[-1][1]) == pytest.approx(np.mean([0.9, 1.0, 0.5]))
 
 
@@ -112,7 +112,7 @@ def test_benchmark_results_show_every_requested_category(tmp_path):
 
 def test_csv_report_rows_and_average():
     rows = list(csv.reader(io.StringIO(csv_report(RESULTS))))
-    assert rows[0] == ["category", "image_auroc", "pixel_auroc", "pixel_f1_max", "aupro"]
+    assert rows[0] == ["category", "image_auroc", "pixel_auroc", "pixel_f1_max", "aupro", "aupimo"]
     assert [r[0] for r in rows[1:]] == ["grid", "bottle", "my_part", "average"]
     assert float(rows[-1][1]) == pytest.approx(np.mean([0.9, 1.0, 0.5]))
 

@@ -9,6 +9,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from cfa_anomaly import metrics
+from cfa_anomaly.aupimo import aupimo_per_image
 from cfa_anomaly.console import progress
 from cfa_anomaly.errors import CfaError
 from cfa_anomaly.inference import Predictor
@@ -100,6 +101,18 @@ def compute_test_metrics(predictions: Predictions) -> dict[str, float | None]:
         raise EvaluationError(f"{len(broken)} test image(s) got non-finite anomaly maps, e.g. {broken[0]}; "
                               "the model is broken (retrain, or check the backbone weights)")
     return metrics.compute_all(predictions.labels, predictions.scores, predictions.pixel_masks(), predictions.maps)
+
+
+def aupimo_by_image(predictions: Predictions) -> dict[str, float] | None:
+    """Each defective image's AUPIMO (aupimo.py) by its path; None where the pixel metrics or AUPIMO are
+    undefined."""
+    masks = predictions.pixel_masks()
+    if predictions.labels is None or masks is None:
+        return None
+    values = aupimo_per_image(predictions.labels, masks, predictions.maps)
+    if values is None:
+        return None
+    return {path: round(float(value), 6) for path, value in zip(predictions.paths, values) if value == value}
 
 
 def per_kind_metrics(predictions: Predictions) -> dict[str, dict[str, float | int | None]] | None:

@@ -14,6 +14,8 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
+from cfa_anomaly.aupimo import aupimo
+
 __all__ = ["image_auroc", "pixel_auroc", "pixel_f1_max", "aupro", "compute_all"]
 
 # 8-connectivity for ground-truth regions (MVTec AD convention).
@@ -233,14 +235,16 @@ def compute_all(
 
     Returns:
         Dict with keys ``image_auroc``, ``pixel_auroc``, ``pixel_f1_max``,
-        ``aupro`` (AUPRO at the default FPR limit of 0.3); undefined -> None.
+        ``aupro`` (AUPRO at the default FPR limit of 0.3), ``aupimo`` (mean AUPIMO, aupimo.py); undefined ->
+        None.
     """
     if masks is None:
         return {"image_auroc": image_auroc(labels, scores), "pixel_auroc": None, "pixel_f1_max": None,
-                "aupro": None}
+                "aupro": None, "aupimo": None}
     return {
         "image_auroc": image_auroc(labels, scores),
         "pixel_auroc": pixel_auroc(masks, maps),
         "pixel_f1_max": pixel_f1_max(masks, maps),
         "aupro": aupro(masks, maps),
+        "aupimo": aupimo(labels, masks, maps),
     }

@@ -27,6 +27,7 @@ METRIC_LABELS: dict[str, str] = {
     "pixel_auroc": "pixel AUROC",
     "pixel_f1_max": "pixel F1-max (test-fitted threshold)",
     "aupro": "AUPRO (FPR <= 0.3)",
+    "aupimo": "AUPIMO (FPR 1e-5 to 1e-4, mean over defective images)",
 }
 
 

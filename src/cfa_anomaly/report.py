@@ -19,6 +19,7 @@ TABLES: tuple[tuple[str, str], ...] = (
     ("pixel_auroc", "Pixel-Level AUC"),
     ("pixel_f1_max", "Pixel F1 Score"),
     ("aupro", "AUPRO (FPR <= 0.3)"),
+    ("aupimo", "AUPIMO (FPR 1e-5 to 1e-4)"),
 )
 Metrics = Mapping[str, float | None]
 Grid = Mapping[str, Mapping[str, Mapping[int, Metrics]]]  # row (setting) -> category -> seed -> metrics

@@ -13,7 +13,7 @@ import torch
 from cfa_anomaly import __version__, runfiles
 from cfa_anomaly.calibration import outline_overlap
 from cfa_anomaly.config import Config, ConfigError
-from cfa_anomaly.evaluate import Predictions, compute_test_metrics, per_kind_metrics, predict
+from cfa_anomaly.evaluate import Predictions, aupimo_by_image, compute_test_metrics, per_kind_metrics, predict
 from cfa_anomaly.inference import Predictor
 from cfa_anomaly.io_utils import atomic_write_json
 from cfa_anomaly.outputs import format_metrics_table, write_maps, write_scores_csv, write_visuals
@@ -70,7 +70,10 @@ def _test_report(cfg: Config, predictions: Predictions, results: dict[str, Any],
     labels = predictions.labels
     notes = {"pixel_f1_max": "best F1 over all thresholds: the threshold is fitted on the test set (at_threshold "
                              "has the F1 at the pixel threshold from held-out normal images)",
-             "aupro": "standard AUPRO: per-region overlap integrated up to pixel FPR 0.3, divided by 0.3"}
+             "aupro": "standard AUPRO: per-region overlap integrated up to pixel FPR 0.3, divided by 0.3",
+             "aupimo": "mean AUPIMO: each defective image's mask overlap integrated over the good images' "
+                       "pixel FPR 1e-5 to 1e-4 on a log scale (aupimo_per_image has each image's); none "
+                       "when the good test images have under 100,000 pixels"}
     pixel_note = predictions.pixel_metrics_note()
     if pixel_note:  # some defective images have no mask: the pixel metrics are None, and this says why
         notes["pixel_metrics"] = pixel_note
@@ -95,6 +98,7 @@ def evaluate_and_write(predictor: Predictor, cfg: Config, output: Path,
     predictions = predict(predictor, split_loader(cfg, "test"))
     report = _test_report(cfg, predictions, compute_test_metrics(predictions), predictor)
     report["per_kind"] = per_kind_metrics(predictions)
+    report["aupimo_per_image"] = aupimo_by_image(predictions)
     report["at_threshold"] = decisions_at_threshold(predictions, thresholds)
     report["at_threshold_by_method"] = outcomes_by_method(predictions, thresholds)
     report["threshold"] = thresholds.to_dict()
