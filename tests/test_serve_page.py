@@ -66,7 +66,7 @@ def results(driver) -> list:
 def badges(driver) -> list[str]:
     from selenium.webdriver.common.by import By
 
-    return [card.find_element(By.CSS_SELECTOR, ".badge").text for card in results(driver)]
+    return [badge.text for badge in driver.find_elements(By.CSS_SELECTOR, "#results .result .badge")]
 
 
 def upload(driver, paths) -> None:
@@ -121,6 +121,23 @@ def test_page_scores_uploads_and_the_slider_redecides(browser, open_server, trai
     model = ["defective" if decided else "good" for decided in reference.decisions]
     wait_for(browser, lambda d: badges(d) == model, "reset did not restore the model's decisions")
     assert float(element(browser, "threshold-value").text) == pytest.approx(predictor.threshold, rel=1e-3)
+    assert not console_errors(browser)
+
+
+def test_page_shows_a_refused_file_beside_the_others(browser, open_server, trained, tmp_path):  # noqa: F811
+    """A file the service cannot read gets its own card with the error; the good one is scored."""
+    from selenium.webdriver.common.by import By
+
+    broken = tmp_path / "notes.png"
+    broken.write_bytes(b"not an image at all")
+    browser.get(open_server.base_url + "/")
+    wait_for(browser, lambda d: element(d, "model-id").text.startswith("synth-"), "no model card")
+    upload(browser, [broken, trained[1][0]])
+    failed = browser.find_element(By.CSS_SELECTOR, "#results .result.failed")
+    assert "415 not_an_image" in failed.text and "notes.png" in failed.text
+    assert badges(browser) == ["defective" if trained[3].decisions[0] else "good"]
+    assert element(browser, "status").text == "1 image scored, 1 refused (see below)"
+    screenshot(browser, "serve-page-refused-file")
     assert not console_errors(browser)
 
 
