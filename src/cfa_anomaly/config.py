@@ -28,7 +28,7 @@ PRECISIONS: tuple[str, ...] = ("auto", "float32", "mixed", "bfloat16", "int8-sea
 COMPILE_SETTINGS: tuple[str, ...] = ("auto", "on", "off")
 VALIDATIONS: tuple[str, ...] = ("synthetic",)
 SELECTIONS: tuple[str, ...] = ("final", "best-validation")
-LAYOUTS: tuple[str, ...] = ("mvtec", "folder")
+LAYOUTS: tuple[str, ...] = ("mvtec", "folder", "visa")
 # evaluation.pixel_threshold_method
 PIXEL_METHODS: tuple[str, ...] = ("synthetic-peak", "synthetic-f1", "quantile")
 FOLDER_KEYS: tuple[str, ...] = ("normal_dir", "abnormal_dir", "normal_test_dir", "mask_dir")
@@ -203,9 +203,9 @@ def _check_layout(data: DataConfig) -> None:
     if data.layout not in LAYOUTS:
         raise ConfigError(f"data.layout = {data.layout!r} is invalid: use one of {', '.join(LAYOUTS)}")
     given = {f"data.{key}": getattr(data, key) for key in FOLDER_KEYS if getattr(data, key)}
-    if data.layout == "mvtec":
+    if data.layout in ("mvtec", "visa"):
         if given:
-            raise ConfigError(f"{next(iter(given))} is set but data.layout is 'mvtec': set "
+            raise ConfigError(f"{next(iter(given))} is set but data.layout is {data.layout!r}: set "
                               "data.layout=folder (cfa train --normal-dir does) or remove it")
         return
     if not data.normal_dir:

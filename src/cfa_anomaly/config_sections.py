@@ -8,9 +8,10 @@ from dataclasses import dataclass
 @dataclass
 class DataConfig:
     # mvtec: <root>/<category>/{train/good, test/<type>, ground_truth/<defect>}. folder: the *_dir keys below.
+    # visa: VisA as it ships, <root>/split_csv/1cls.csv and <root>/<object>/Data/... (data/visa.py).
     layout: str = "mvtec"
-    root: str = "data/mvtec_ad"  # mvtec layout: folder that holds <category>/train, test, ground_truth
-    category: str = "bottle"  # the category folder (mvtec layout) and the run's name in outputs and tables
+    root: str = "data/mvtec_ad"  # mvtec, visa: the data set's folder (mvtec: holds <category>/train, ...)
+    category: str = "bottle"  # the category (mvtec), object (visa), and the run's name in outputs and tables
     # Folder layout (data.layout=folder). Relative paths are relative to the current folder, as on the
     # command line (data.root is not used). normal_dir: defect-free training images (required).
     # abnormal_dir: defective test images, directly or in one sub-folder per defect type (without it there

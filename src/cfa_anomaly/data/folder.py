@@ -24,6 +24,7 @@ from cfa_anomaly.data.samples import (
     pair_masks,
     split_holdout,
 )
+from cfa_anomaly.data.visa import visa_samples
 
 if TYPE_CHECKING:
     from cfa_anomaly.config import DataConfig
@@ -32,9 +33,12 @@ NORMAL_TEST_SEED = 0  # fixed, not train.seed: runs with different seeds are tes
 
 
 def dataset_samples(data: DataConfig, split: Split) -> list[Sample]:
-    """One split of the configured data, MVTec or folder layout; DatasetError naming the folder and key."""
+    """One split of the configured data, in the MVTec, folder or VisA layout; DatasetError naming the folder
+    and key."""
     if data.layout == "folder":
         return folder_layout_samples(data, split)
+    if data.layout == "visa":
+        return visa_samples(data.root, data.category, split)
     return make_samples(data.root, data.category, split)
 
 
