@@ -41,3 +41,31 @@ def make_visa(mvtec_root: Path, category: str, target: Path, name: str = "candle
         writer.writerow(["object", "split", "label", "image", "mask"])
         writer.writerows(rows)
     return target
+
+
+def make_mvtec_ad_2(mvtec_root: Path, category: str, target: Path, name: str = "can",
+                    validation: int = 3, private: int = 3) -> Path:
+    """MVTec AD 2's tree from a synthetic MVTec-style category: <target>/<name>/{train/good,
+    validation/good, test_public/{good, bad, ground_truth/bad/<stem>_mask.png (0/255)},
+    test_private/NNN_regular.png, test_private_mixed/NNN_mixed.png}. The last `validation` training images
+    become the validation set; the private sets are copies of test images, unlabelled."""
+    source, obj = mvtec_root / category, target / name
+    train = sorted((source / "train" / "good").iterdir())
+    good = sorted((source / "test" / "good").iterdir())
+    bad = sorted(p for d in (source / "test").iterdir() if d.name != "good" for p in d.iterdir())
+    copies = [(train[:-validation], "train/good", "{:03d}_regular.png"),
+              (train[-validation:], "validation/good", "{:03d}_regular.png"),
+              (good, "test_public/good", "{:03d}_regular.png"), (bad, "test_public/bad", "{:03d}_regular.png"),
+              ((good + bad)[:private], "test_private", "{:03d}_regular.png"),
+              ((bad + good)[:private], "test_private_mixed", "{:03d}_mixed.png")]
+    for paths, folder, pattern in copies:
+        (obj / folder).mkdir(parents=True, exist_ok=True)
+        for index, path in enumerate(paths):
+            Image.open(path).convert("RGB").save(obj / folder / pattern.format(index))
+    masks = obj / "test_public" / "ground_truth" / "bad"
+    masks.mkdir(parents=True, exist_ok=True)
+    for index, path in enumerate(bad):
+        truth = Image.open(source / "ground_truth" / path.parent.name / f"{path.stem}_mask.png")
+        Image.fromarray(np.where(np.asarray(truth) > 127, 255, 0).astype(np.uint8)).save(
+            masks / f"{index:03d}_regular_mask.png")
+    return target

@@ -13,6 +13,7 @@ from cfa_anomaly.config import Config
 from cfa_anomaly.data.dataset import image_loader
 from cfa_anomaly.data.folder import dataset_samples
 from cfa_anomaly.data.images import unreadable
+from cfa_anomaly.data.mvtec_ad_2 import validation_samples
 from cfa_anomaly.data.samples import DatasetError, Sample, Split, folder_samples, split_holdout
 from cfa_anomaly.io_utils import file_sha256
 
@@ -32,6 +33,8 @@ def training_split(cfg: Config) -> tuple[list[Sample], list[Sample]]:
     bytes) are refused with a DatasetError naming both files: a threshold taken from them would not be held
     out."""
     samples = dataset_samples(cfg.data, "train")
+    if cfg.data.layout == "mvtec_ad_2":  # the set's own validation images are the hold-out
+        return samples, validation_samples(cfg.data.root, cfg.data.category)
     if cfg.data.holdout_dir:
         holdout = folder_samples(cfg.data.holdout_dir)
         refuse_shared_images(holdout, {"training": samples, "test": _test_samples_if_any(cfg)})

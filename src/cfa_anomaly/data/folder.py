@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cfa_anomaly.data.mvtec_ad_2 import mvtec_ad_2_samples
 from cfa_anomaly.data.samples import (
     GOOD,
     DatasetError,
@@ -33,12 +34,14 @@ NORMAL_TEST_SEED = 0  # fixed, not train.seed: runs with different seeds are tes
 
 
 def dataset_samples(data: DataConfig, split: Split) -> list[Sample]:
-    """One split of the configured data, in the MVTec, folder or VisA layout; DatasetError naming the folder
-    and key."""
+    """One split of the configured data, in the MVTec, folder, VisA or MVTec AD 2 layout; DatasetError naming
+    the folder and key."""
     if data.layout == "folder":
         return folder_layout_samples(data, split)
     if data.layout == "visa":
         return visa_samples(data.root, data.category, split)
+    if data.layout == "mvtec_ad_2":
+        return mvtec_ad_2_samples(data.root, data.category, split)
     return make_samples(data.root, data.category, split)
 
 
