@@ -69,3 +69,49 @@ def make_mvtec_ad_2(mvtec_root: Path, category: str, target: Path, name: str = "
         Image.fromarray(np.where(np.asarray(truth) > 127, 255, 0).astype(np.uint8)).save(
             masks / f"{index:03d}_regular_mask.png")
     return target
+
+
+def make_btad(mvtec_root: Path, category: str, target: Path, name: str = "01") -> Path:
+    """BTAD's tree: <target>/<name>/{train/ok, test/ok, test/ko}/NNNN.bmp, ground_truth/ko/NNNN.png (0/255)."""
+    source, product = mvtec_root / category, target / name
+    bad = sorted(p for d in (source / "test").iterdir() if d.name != "good" for p in d.iterdir())
+    for paths, folder in ((sorted((source / "train" / "good").iterdir()), "train/ok"),
+                          (sorted((source / "test" / "good").iterdir()), "test/ok"), (bad, "test/ko")):
+        (product / folder).mkdir(parents=True, exist_ok=True)
+        for index, path in enumerate(paths):
+            Image.open(path).convert("RGB").save(product / folder / f"{index:04d}.bmp")
+    (product / "ground_truth" / "ko").mkdir(parents=True, exist_ok=True)
+    for index, path in enumerate(bad):
+        truth = Image.open(source / "ground_truth" / path.parent.name / f"{path.stem}_mask.png")
+        truth.save(product / "ground_truth" / "ko" / f"{index:04d}.png")
+    return target
+
+
+def make_loco(mvtec_root: Path, category: str, target: Path, name: str = "pushpins", validation: int = 3
+              ) -> Path:
+    """MVTec LOCO AD's tree: <target>/<name>/{train/good, validation/good, test/{good, logical_anomalies,
+    structural_anomalies}}/NNN.png and ground_truth/<type>/NNN/000.png, 001.png (each defect's mask, 0/255:
+    the synthetic mask split into its left and right halves where it has both)."""
+    source, obj = mvtec_root / category, target / name
+    train = sorted((source / "train" / "good").iterdir())
+    bad = sorted(p for d in (source / "test").iterdir() if d.name != "good" for p in d.iterdir())
+    kinds = {"logical_anomalies": bad[::2], "structural_anomalies": bad[1::2]}
+    folders = [(train[:-validation], "train/good"), (train[-validation:], "validation/good"),
+               (sorted((source / "test" / "good").iterdir()), "test/good"),
+               *((paths, f"test/{kind}") for kind, paths in kinds.items())]
+    for paths, folder in folders:
+        (obj / folder).mkdir(parents=True, exist_ok=True)
+        for index, path in enumerate(paths):
+            Image.open(path).convert("RGB").save(obj / folder / f"{index:03d}.png")
+    for kind, paths in kinds.items():
+        for index, path in enumerate(paths):
+            truth = np.asarray(Image.open(source / "ground_truth" / path.parent.name / f"{path.stem}_mask.png"))
+            masks = obj / "ground_truth" / kind / f"{index:03d}"
+            masks.mkdir(parents=True, exist_ok=True)
+            half = truth.shape[1] // 2
+            left = np.arange(truth.shape[1]) < half
+            parts = [np.where(left, truth, 0), np.where(~left, truth, 0)]
+            parts = [part for part in parts if part.any()] or [truth]
+            for number, part in enumerate(parts):
+                Image.fromarray(part.astype(np.uint8)).save(masks / f"{number:03d}.png")
+    return target

@@ -28,7 +28,7 @@ PRECISIONS: tuple[str, ...] = ("auto", "float32", "mixed", "bfloat16", "int8-sea
 COMPILE_SETTINGS: tuple[str, ...] = ("auto", "on", "off")
 VALIDATIONS: tuple[str, ...] = ("synthetic",)
 SELECTIONS: tuple[str, ...] = ("final", "best-validation")
-LAYOUTS: tuple[str, ...] = ("mvtec", "folder", "visa", "mvtec_ad_2")
+LAYOUTS: tuple[str, ...] = ("mvtec", "folder", "visa", "mvtec_ad_2", "btad", "loco")
 # evaluation.pixel_threshold_method
 PIXEL_METHODS: tuple[str, ...] = ("synthetic-peak", "synthetic-f1", "quantile")
 FOLDER_KEYS: tuple[str, ...] = ("normal_dir", "abnormal_dir", "normal_test_dir", "mask_dir")
@@ -148,7 +148,7 @@ def _cross_section_checks(cfg: Config) -> list[_Check]:
         ("train.select", cfg.train.select != "best-validation" or cfg.data.validation is not None,
          "final unless data.validation is set (best-validation selects by its scores)"),
         ("data.validation", cfg.data.validation is None or cfg.data.holdout_fraction > 0
-         or bool(cfg.data.holdout_dir) or cfg.data.layout == "mvtec_ad_2",
+         or bool(cfg.data.holdout_dir) or cfg.data.layout in ("mvtec_ad_2", "loco"),  # own validation
          "none without held-out normal images (set data.holdout_fraction > 0 or data.holdout_dir)"),
     ]
 
@@ -203,7 +203,7 @@ def _check_layout(data: DataConfig) -> None:
     if data.layout not in LAYOUTS:
         raise ConfigError(f"data.layout = {data.layout!r} is invalid: use one of {', '.join(LAYOUTS)}")
     given = {f"data.{key}": getattr(data, key) for key in FOLDER_KEYS if getattr(data, key)}
-    if data.layout in ("mvtec", "visa", "mvtec_ad_2"):
+    if data.layout != "folder":
         if given:
             raise ConfigError(f"{next(iter(given))} is set but data.layout is {data.layout!r}: set "
                               "data.layout=folder (cfa train --normal-dir does) or remove it")

@@ -10,7 +10,8 @@ class DataConfig:
     # mvtec: <root>/<category>/{train/good, test/<type>, ground_truth/<defect>}. folder: the *_dir keys below.
     # visa: VisA as it ships, <root>/split_csv/1cls.csv and <root>/<object>/Data/... (data/visa.py).
     # mvtec_ad_2: MVTec AD 2 as it ships, <root>/<object>/{train, validation, test_public, ...}
-    # (data/mvtec_ad_2.py); its validation images are the hold-out.
+    # (data/mvtec_ad_2.py); its validation images are the hold-out. btad: BTAD (data/btad.py). loco: MVTec
+    # LOCO AD (data/loco.py). MPDD ships in the mvtec layout.
     layout: str = "mvtec"
     root: str = "data/mvtec_ad"  # mvtec, visa, mvtec_ad_2: the data set's folder (holds <category>/...)
     category: str = "bottle"  # the category (mvtec), object (visa), and the run's name in outputs and tables

@@ -13,11 +13,14 @@ from cfa_anomaly.config import Config
 from cfa_anomaly.data.dataset import image_loader
 from cfa_anomaly.data.folder import dataset_samples
 from cfa_anomaly.data.images import unreadable
+from cfa_anomaly.data.loco import loco_validation_samples
 from cfa_anomaly.data.mvtec_ad_2 import validation_samples
 from cfa_anomaly.data.samples import DatasetError, Sample, Split, folder_samples, split_holdout
 from cfa_anomaly.io_utils import file_sha256
 
 log = logging.getLogger(__name__)
+# Layouts whose data sets ship their own defect-free validation images: those are the threshold hold-out
+VALIDATION_HOLDOUT = {"mvtec_ad_2": validation_samples, "loco": loco_validation_samples}
 
 
 def split_loader(cfg: Config, split: Split) -> DataLoader:
@@ -33,8 +36,8 @@ def training_split(cfg: Config) -> tuple[list[Sample], list[Sample]]:
     bytes) are refused with a DatasetError naming both files: a threshold taken from them would not be held
     out."""
     samples = dataset_samples(cfg.data, "train")
-    if cfg.data.layout == "mvtec_ad_2":  # the set's own validation images are the hold-out
-        return samples, validation_samples(cfg.data.root, cfg.data.category)
+    if cfg.data.layout in VALIDATION_HOLDOUT:  # the set's own validation images are the hold-out
+        return samples, VALIDATION_HOLDOUT[cfg.data.layout](cfg.data.root, cfg.data.category)
     if cfg.data.holdout_dir:
         holdout = folder_samples(cfg.data.holdout_dir)
         refuse_shared_images(holdout, {"training": samples, "test": _test_samples_if_any(cfg)})

@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cfa_anomaly.data.btad import btad_samples
+from cfa_anomaly.data.loco import loco_samples
 from cfa_anomaly.data.mvtec_ad_2 import mvtec_ad_2_samples
 from cfa_anomaly.data.samples import (
     GOOD,
@@ -34,15 +36,12 @@ NORMAL_TEST_SEED = 0  # fixed, not train.seed: runs with different seeds are tes
 
 
 def dataset_samples(data: DataConfig, split: Split) -> list[Sample]:
-    """One split of the configured data, in the MVTec, folder, VisA or MVTec AD 2 layout; DatasetError naming
-    the folder and key."""
+    """One split of the configured data, in its layout (data.layout); a DatasetError names the folder."""
     if data.layout == "folder":
         return folder_layout_samples(data, split)
-    if data.layout == "visa":
-        return visa_samples(data.root, data.category, split)
-    if data.layout == "mvtec_ad_2":
-        return mvtec_ad_2_samples(data.root, data.category, split)
-    return make_samples(data.root, data.category, split)
+    readers = {"visa": visa_samples, "mvtec_ad_2": mvtec_ad_2_samples, "btad": btad_samples,
+               "loco": loco_samples}
+    return readers.get(data.layout, make_samples)(data.root, data.category, split)
 
 
 def folder_layout_samples(data: DataConfig, split: Split) -> list[Sample]:

@@ -28,8 +28,14 @@ def _open(path: Path) -> Image.Image:
 def unreadable(path: Path) -> str | None:
     """Why an image file cannot be used (empty, truncated, not an image), or None when it looks sound.
 
-    A cheap check (header and, for PNG, chunk checksums) run on every file before any model work.
+    A cheap check (header and, for PNG, chunk checksums) run on every file before any model work. A folder
+    (a mask per defect, MVTec LOCO AD) is checked file by file.
     """
+    if path.is_dir():
+        files = [p for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")]
+        reasons = [(p, unreadable(p)) for p in files]
+        bad = [(p, r) for p, r in reasons if r]
+        return f"{bad[0][0].name}: {bad[0][1]}" if bad else (None if files else "an empty mask folder")
     try:
         if path.stat().st_size == 0:
             return "the file is empty"
@@ -90,7 +96,16 @@ def read_mask(path: Path) -> np.ndarray:
     """A mask file as an (H, W) bool array: defective where the value is at least half the mask's maximum.
 
     That reads 0/255 (MVTec), 0/1 and 16-bit 0/65535 masks alike, and soft (anti-aliased) edges at 50%.
+    A folder of mask files (one per defect, as MVTec LOCO AD has them) reads as their union.
     """
+    if path.is_dir():
+        files = [p for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")]
+        if not files:
+            raise DatasetError(f"mask folder {path} holds no mask files")
+        masks = [read_mask(p) for p in files]
+        if any(m.shape != masks[0].shape for m in masks):
+            raise DatasetError(f"the masks in {path} differ in size: one image's defects need one size")
+        return np.logical_or.reduce(masks)
     image = _open(path)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F", "1", "L", "P"):
         raw = np.asarray(image.convert("L") if image.mode in ("1", "P") else image)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cfa_anomaly.data.samples import GOOD, DatasetError, Sample, Split, list_images, pair_masks
+from cfa_anomaly.data.samples import GOOD, DatasetError, Sample, Split, pair_masks, required_images
 
 MVTEC_AD_2_CATEGORIES: tuple[str, ...] = ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial",
                                           "wallplugs", "walnuts")
@@ -34,13 +34,7 @@ def _object_dir(root: str | Path, category: str) -> Path:
 
 
 def _images(folder: Path, what: str) -> list[Path]:
-    """The PNG images of a folder of the tree; DatasetError naming it when it is missing or empty."""
-    if not folder.is_dir():
-        raise DatasetError(f"{folder} not found: data.layout=mvtec_ad_2 expects {EXPECTED_TREE}")
-    images = list_images(folder)
-    if not images:
-        raise DatasetError(f"no images in {folder} ({what})")
-    return images
+    return required_images(folder, f"data.layout=mvtec_ad_2's {EXPECTED_TREE}", what)
 
 
 def _good(paths: list[Path]) -> list[Sample]:

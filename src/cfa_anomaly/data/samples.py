@@ -56,6 +56,17 @@ def _mask_stem(mask: Path) -> str:
     return mask.stem.removesuffix("_mask")
 
 
+def required_images(folder: Path, expected: str, what: str) -> list[Path]:
+    """The images of a folder a data set's layout requires; a DatasetError naming it and the tree expected
+    when it is missing, or naming `what` it should hold when it is empty."""
+    if not folder.is_dir():
+        raise DatasetError(f"{folder} not found: expected {expected}")
+    images = list_images(folder)
+    if not images:
+        raise DatasetError(f"no images in {folder} ({what})")
+    return images
+
+
 def pair_masks(images: list[Path], mask_folder: Path) -> list[Path]:
     """Return the mask of each image; every image needs exactly one mask and every mask an image."""
     masks_by_stem: dict[str, Path] = {}
@@ -94,16 +105,17 @@ def category_dir(root: str | Path, category: str) -> Path:
     return folder
 
 
-def make_samples(root: str | Path, category: str, split: Split) -> list[Sample]:
-    """Index one split of a category; raises DatasetError naming the file when the layout is broken."""
+def make_samples(root: str | Path, category: str, split: Split, good: str = GOOD) -> list[Sample]:
+    """Index one split of a category; raises DatasetError naming the file when the layout is broken.
+    good: the folder of the defect-free images (BTAD calls it ok); they get the kind good."""
     folder = category_dir(root, category) / split
     if not folder.is_dir():
         raise DatasetError(f"missing folder {folder}")
     if split == "train":
-        good = folder / GOOD
-        images = list_images(good) if good.is_dir() else []
+        good_dir = folder / good
+        images = list_images(good_dir) if good_dir.is_dir() else []
         if not images:
-            raise DatasetError(f"no training images in {good}: put defect-free images there")
+            raise DatasetError(f"no training images in {good_dir}: put defect-free images there")
         return [Sample(image=p, mask=None, label=0, defect_type=GOOD) for p in images]
 
     samples: list[Sample] = []
@@ -111,7 +123,7 @@ def make_samples(root: str | Path, category: str, split: Split) -> list[Sample]:
         images = list_images(defect_dir)
         if not images:
             raise DatasetError(f"empty test folder {defect_dir}: remove it or add images")
-        if defect_dir.name == GOOD:
+        if defect_dir.name == good:
             samples += [Sample(image=p, mask=None, label=0, defect_type=GOOD) for p in images]
             continue
         mask_folder = folder.parent / "ground_truth" / defect_dir.name
@@ -121,7 +133,7 @@ def make_samples(root: str | Path, category: str, split: Split) -> list[Sample]:
             masks = [None] * len(images)
         samples += [Sample(image=i, mask=m, label=1, defect_type=defect_dir.name) for i, m in zip(images, masks)]
     if not samples:
-        raise DatasetError(f"no test images under {folder}: expected test/good/ and test/<defect>/ folders")
+        raise DatasetError(f"no test images under {folder}: expected test/{good}/ and test/<defect>/ folders")
     return samples
 
 
