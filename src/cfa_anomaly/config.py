@@ -28,6 +28,7 @@ PRECISIONS: tuple[str, ...] = ("auto", "float32", "mixed", "bfloat16", "int8-sea
 COMPILE_SETTINGS: tuple[str, ...] = ("auto", "on", "off")
 VALIDATIONS: tuple[str, ...] = ("synthetic",)
 SELECTIONS: tuple[str, ...] = ("final", "best-validation")
+TRACKERS: tuple[str, ...] = ("tensorboard", "mlflow")  # train.log: tracking.py
 LAYOUTS: tuple[str, ...] = ("mvtec", "folder", "visa", "mvtec_ad_2", "btad", "loco")
 # evaluation.pixel_threshold_method
 PIXEL_METHODS: tuple[str, ...] = ("synthetic-peak", "synthetic-f1", "quantile")
@@ -136,6 +137,7 @@ def _train_checks(train: TrainConfig) -> list[_Check]:
         ("train.lr", train.lr > 0, "a positive number"),
         ("train.weight_decay", train.weight_decay >= 0, "a number >= 0"),
         ("train.validate_every", train.validate_every >= 1, "an integer >= 1"),
+        ("train.log", train.log in (None, *TRACKERS), f"none or one of {', '.join(TRACKERS)}"),
     ]
 
 

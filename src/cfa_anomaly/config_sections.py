@@ -102,6 +102,10 @@ class TrainConfig:
     # synthetic-validation AUPRO (needs data.validation=synthetic).
     select: str = "final"
     validate_every: int = 5  # epochs between validations (data.validation=synthetic); the last is always
+    # Experiment tracking (tracking.py): none, tensorboard (event files in log_uri, default <run>/tensorboard)
+    # or mlflow (log_uri is the tracking URI, default a local SQLite store <output_dir>/mlflow.db).
+    log: str | None = None
+    log_uri: str | None = None
 
 
 @dataclass

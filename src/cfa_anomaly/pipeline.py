@@ -19,6 +19,7 @@ from cfa_anomaly.model import CFA
 from cfa_anomaly.model.factory import build_model, resolve_device
 from cfa_anomaly.run_data import check_data
 from cfa_anomaly.run_report import environment, evaluate_and_write
+from cfa_anomaly.tracking import TrackedEpochs, open_tracker
 from cfa_anomaly.train import TrainResult, fit
 from cfa_anomaly.validation import ValidationTracker, plot_validation, synthetic_validation_set
 
@@ -74,8 +75,10 @@ def train_and_test(cfg: Config, output: Path, run_test: bool = True, resume: dic
     save_config(cfg, output / runfiles.CONFIG)
     state_path = output / runfiles.TRAIN_STATE
     tracker = _validation_tracker(model, holdout, cfg)
+    run = open_tracker(cfg, output)  # train.log: TensorBoard or MLflow, opened before training
+    observer = TrackedEpochs(run, tracker) if run is not None else tracker
     result = fit(model, training_loader(train_samples, cfg), cfg, device, state_path=state_path, resume=resume,
-                 observer=tracker)
+                 observer=observer)
     summary = _train_summary(result, cfg.train.epochs)
     if tracker is not None:
         summary["validation"] = _select_by_validation(model, tracker, cfg, output)
@@ -89,8 +92,16 @@ def train_and_test(cfg: Config, output: Path, run_test: bool = True, resume: dic
     predictor = Predictor.from_model(model, cfg, thresholds)
     atomic_write_json(output / runfiles.TRAIN_SUMMARY, {**summary, "config": cfg.to_dict(),
                                               "environment": environment(predictor)})
-    if not run_test:
-        return summary
-    return evaluate_and_write(predictor, cfg, output, extra=summary)
+    report = evaluate_and_write(predictor, cfg, output, extra=summary) if run_test else summary
+    if run is not None:
+        run.finish(report.get("metrics") or {}, _tracked_files(output))
+    return report
+
+
+def _tracked_files(output: Path) -> list[Path]:
+    """The run's files a tracker keeps: results, plots and the checkpoint, those that exist."""
+    names = (runfiles.METRICS, runfiles.TRAIN_SUMMARY, runfiles.ROC, runfiles.HISTOGRAM,
+             runfiles.VALIDATION_PLOT, runfiles.CHECKPOINT)
+    return [output / name for name in names if (output / name).is_file()]
 
 
