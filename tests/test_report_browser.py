@@ -68,7 +68,17 @@ def requested(driver) -> list[str]:
     return sent + driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
 
 
+def wait_for_thumbnails(driver) -> None:
+    """Until every card drawn has its thumbnail (the page asks for a few per frame)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    script = ("return [...document.querySelectorAll('#gallery img')].every(i => !i.dataset.src && i.complete"
+              " && i.naturalWidth > 0)")
+    WebDriverWait(driver, 20).until(lambda d: d.execute_script(script))
+
+
 def assert_offline_and_clean(driver) -> None:
+    wait_for_thumbnails(driver)
     urls = requested(driver)
     assert any(f"/{runfiles.REPORT_FILES}/" in url for url in urls), urls  # the log does see the thumbnails
     assert [url for url in urls if not url.startswith("file://")] == []

@@ -343,7 +343,7 @@
 
   function card(row, model, open) {
     const o = outcome(row, model);
-    const picture = row.thumb ? el("img", { src: row.thumb, loading: "lazy", decoding: "async", width: 128,
+    const picture = row.thumb ? el("img", { "data-src": row.thumb, loading: "lazy", decoding: "async", width: 128,
       height: 128, alt: row.path }) : el("div", { cls: "placeholder", text: row.error ? "unreadable" : "no picture" });
     return el("button", { type: "button", cls: `card ${o}`, "data-index": row.i, "data-score": row.score,
       title: row.error ? `${row.path}: ${row.error}` : row.path, onclick: open }, picture,
@@ -351,10 +351,32 @@
       el("span", { cls: "badge", text: OUTCOME_TEXT[o] }), el("span", { cls: "kind", text: row.kind }));
   }
 
-  // Only the rows of cards near the window are in the page; scrolling swaps them.
+  // Only the rows of cards near the window are in the page; scrolling swaps them. Their thumbnails are
+  // asked for a few per frame, so that a fast scroll past thousands of cards never waits on their decoding.
+  const PICTURES_PER_FRAME = 16;
+  function picturePump() {
+    const queue = [];
+    let running = false;
+    function pump() {
+      let started = 0;
+      while (queue.length && started < PICTURES_PER_FRAME) {
+        const img = queue.shift();
+        if (img.isConnected) { img.src = img.dataset.src; img.removeAttribute("data-src"); started++; }
+      }
+      running = queue.length > 0;
+      if (running) requestAnimationFrame(pump);
+    }
+    return (node) => {
+      const img = node.querySelector("img[data-src]");
+      if (!img) return;
+      queue.push(img);
+      if (!running) { running = true; requestAnimationFrame(pump); }
+    };
+  }
+
   function virtualGrid(grid, make) {
     let list = [], columns = 1, drawn = new Map();
-    const pitch = CARD.height + CARD.gap;
+    const pitch = CARD.height + CARD.gap, picture = picturePump();
     function draw() {
       const top = grid.getBoundingClientRect().top, rowsCount = Math.ceil(list.length / columns);
       const first = Math.max(0, Math.floor(-top / pitch) - 2);
@@ -369,7 +391,7 @@
         const node = make(list[k]);
         node.style.left = `${(k % columns) * (CARD.width + CARD.gap)}px`;
         node.style.top = `${Math.floor(k / columns) * pitch}px`;
-        grid.append(node); drawn.set(k, node);
+        grid.append(node); drawn.set(k, node); picture(node);
       }
     }
     function layout() {
