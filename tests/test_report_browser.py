@@ -240,3 +240,14 @@ def test_the_benchmark_page_links_each_cells_page(browser, run, tmp_path):
     WebDriverWait(browser, 20).until(lambda d: d.execute_script("return document.body.dataset.ready") == "1")
     assert browser.current_url.endswith(f"/{SYNTH_CATEGORY}/{runfiles.REPORT}")
     assert_offline_and_clean(browser)
+
+
+def test_a_run_without_scores_shows_its_training(browser, run, tmp_path):
+    """cfa train --no-test leaves config.yaml and train.json: the page says so and shows the training."""
+    for name in (runfiles.CONFIG, runfiles.TRAIN_SUMMARY):
+        shutil.copyfile(run / name, tmp_path / name)
+    open_page(browser, write_report(tmp_path))
+    assert console_errors(browser) == []
+    assert "No scored images" in text(browser, "#images")
+    assert not browser.find_elements("css selector", "#threshold-slider, #gallery")
+    assert "epochs" in text(browser, "#details")

@@ -197,6 +197,13 @@
     const state = { sort: labelled ? "mistakes" : "score-desc", kind: "", outcome: "", list: [] };
     const main = document.getElementById("main");
     if (DATA.tables.length) main.append(section("results", "Results", ...DATA.tables.map(table)));
+    if (!rows.length) { // trained without a test (cfa train --no-test): its training alone
+      main.append(section("images", "Images", el("p", { cls: "note", text: "No scored images in this folder "
+        + "(no scores file): a run trained with cfa train --no-test has none; cfa test --checkpoint "
+        + "<run>/checkpoint.pt scores its test split." })),
+      section("details", "Run details", ...details(DATA.details)));
+      return;
+    }
     const threshold = thresholdSection(rows, model, labelled);
     main.append(threshold.node);
     const charts = el("div", { cls: "charts" });
