@@ -46,7 +46,8 @@ def test_an_mlflow_run_holds_the_run_s_figures_params_and_files(synth_root, tmp_
 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     output = tmp_path / "run"
-    train_and_test(small_config(synth_root, **EXTRA, **{"train.log": "mlflow", "train.log_uri": store}), output)
+    cfg = small_config(synth_root, **EXTRA, **{"train.log": "mlflow", "train.log_uri": store})
+    train_and_test(cfg, output)
     metrics, losses = saved(output)
     client = MlflowClient(tracking_uri=store)
     [run] = client.search_runs([client.get_experiment_by_name("synth").experiment_id])
@@ -70,3 +71,19 @@ def test_a_tracker_that_is_not_installed_is_a_clear_error_and_a_bad_name_is_refu
         open_tracker(small_config(synth_root, **{"train.log": "mlflow"}), tmp_path)
     with pytest.raises(ConfigError, match="train.log"):
         small_config(synth_root, **{"train.log": "wandb"})
+
+
+@requires_mobilenet_weights
+@pytest.mark.skipif(not has_module("tensorboard"), reason="tensorboard not installed (extra [tensorboard])")
+def test_cfa_train_log_and_log_uri_set_the_tracker(synth_root, tmp_path):
+    from conftest import small_overrides
+
+    from cfa_anomaly import cli
+
+    sets = [item for o in small_overrides(synth_root, **{"train.epochs": "1"}) for item in ("--set", o)]
+    events = tmp_path / "events"
+    assert cli.main(["train", *sets, "--log", "tensorboard", "--log-uri", str(events), "--no-report",
+                     "--output", str(tmp_path / "run")]) == 0
+    assert list(events.glob("events.out.tfevents.*"))
+    config = json.loads((tmp_path / "run" / runfiles.METRICS).read_text())["config"]
+    assert config["train"]["log"] == "tensorboard"

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 from cfa_anomaly import runfiles
 from cfa_anomaly.cells import DONE, ERROR_FILE, FAILED, REUSED, SKIPPED, Cell, CellOutcome, failure, run_cell
 from cfa_anomaly.config import MVTEC_CATEGORIES, ConfigError, config_from_dict, load_config
-from cfa_anomaly.data.samples import DatasetError, category_dir
+from cfa_anomaly.data.folder import dataset_samples
+from cfa_anomaly.data.samples import DatasetError
 from cfa_anomaly.io_utils import atomic_write_json, atomic_write_text
 from cfa_anomaly.report import (
     csv_report,
@@ -137,7 +138,7 @@ def plan_cell(root: Path, output: Path, category: str, setting: Setting, seed: i
         log.info("[%s] finished earlier: reusing %s", key, cell.folder / METRICS_FILE)
         return point, CellOutcome(key, REUSED, metrics=previous["metrics"])
     try:
-        category_dir(root, category)
+        dataset_samples(cfg.data, "train")  # the category is there, in its layout
     except DatasetError as err:
         return point, CellOutcome(key, SKIPPED, problem=f"skipped: {err}")
     return point, cell

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cfa_anomaly import runfiles
-from cfa_anomaly.config import Config, ConfigError, load_config
+from cfa_anomaly.config import TRACKERS, Config, ConfigError, load_config
 from cfa_anomaly.inference.spec import PredictorSpec
 from cfa_anomaly.outputs import new_run_dir, prepare_output_dir
 
@@ -80,6 +80,22 @@ def add_overrides_argument(parser: argparse.ArgumentParser, help_text: str | Non
                         help=help_text)
 
 
+def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
+    """--log and --log-uri: train.log and train.log_uri (tracking.py)."""
+    group = parser.add_argument_group("experiment tracking")
+    group.add_argument("--log", choices=TRACKERS,
+                       help="also record the run in TensorBoard or MLflow (train.log; extras [tensorboard], "
+                            "[mlflow])")
+    group.add_argument("--log-uri", metavar="URI", help="TensorBoard's folder or MLflow's tracking URI "
+                       "(train.log_uri; default <run>/tensorboard, or a SQLite store beside the runs)")
+
+
+def tracking_overrides(args: argparse.Namespace) -> list[str]:
+    """--log and --log-uri as config overrides."""
+    given = {"train.log": args.log, "train.log_uri": args.log_uri}
+    return [f"{key}={value}" for key, value in given.items() if value]
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by `cfa train` and main.py."""
     add_data_root_argument(parser, "folder holding <category>/")
@@ -99,6 +115,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         parser, "override a config value, e.g. --set model.backbone=mobilenet_v2 (repeatable)")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue a killed run from its last completed epoch (its own config is used)")
+    add_tracking_arguments(parser)
     add_output_arguments(parser)
     add_report_option(parser)
 
@@ -165,7 +182,7 @@ def folder_overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 def config_from_args(config_path: str | None, args: argparse.Namespace) -> Config:
     """The config file (or the defaults) with the command line's folders, --set values, root and category."""
     folders, name = folder_overrides(args)
-    overrides = [*name, *args.overrides, *folders]
+    overrides = [*name, *tracking_overrides(args), *args.overrides, *folders]
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
     if args.category:

@@ -19,14 +19,17 @@ from cfa_anomaly.cli.common import (
     add_output_arguments,
     add_overrides_argument,
     add_report_option,
+    add_tracking_arguments,
     config_from_args,
     output_folder,
     positive_int,
     predictor_from_args,
+    tracking_overrides,
     uses_ray,
 )
 from cfa_anomaly.cli.reporting import finish_with_report
-from cfa_anomaly.config import MVTEC_CATEGORIES, Config, load_config
+from cfa_anomaly.config import Config, load_config
+from cfa_anomaly.data.sets import DATASETS
 from cfa_anomaly.distributed.grid import RayExecutor
 from cfa_anomaly.outputs import OutputExistsError, prepare_output_dir
 
@@ -155,7 +158,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     config_dir = Path(args.config_dir) if args.config_dir else (CONFIG_DIR if CONFIG_DIR.is_dir() else None)
     output = Path(args.output)
-    summary = run_benchmark(args.root, output, args.categories, args.overrides, config_dir, force=args.force,
+    layout, categories = DATASETS[args.dataset]
+    args.categories = args.categories or list(categories)
+    overrides = [f"data.layout={layout}", *tracking_overrides(args), *args.overrides]
+    summary = run_benchmark(args.root, output, args.categories, overrides, config_dir, force=args.force,
                             backbones=args.backbones or (), seeds=args.seeds or (),
                             grid=args.grid or (), executor=benchmark_executor(args),
                             select_by_validation=args.select_by == "validation")
@@ -209,10 +215,15 @@ def add_grid_arguments(bench: argparse.ArgumentParser) -> None:
 def add_benchmark_parser(commands: Commands) -> None:
     bench = commands.add_parser("benchmark", help="train + test over categories; tables, CSV and GIFs")
     bench.add_argument("--root", required=True, help="folder holding the category folders (e.g. MVTec AD)")
-    bench.add_argument("--categories", nargs="+", default=list(MVTEC_CATEGORIES))
+    bench.add_argument("--dataset", choices=list(DATASETS), default="mvtec",
+                       help="the data set under --root, read as it ships (sets data.layout; default "
+                            "%(default)s)")
+    bench.add_argument("--categories", nargs="+",
+                       help="categories to run (default: all of --dataset's)")
     bench.add_argument("--config-dir", help="folder of <category>.yaml (default: "
                                             "./configs/anomaly/unsupervised/cfa when present)")
     add_overrides_argument(bench)
+    add_tracking_arguments(bench)
     bench.add_argument("--output", default="runs/benchmark")
     bench.add_argument("--force", action="store_true", help="recompute categories that finished earlier")
     add_grid_arguments(bench)
