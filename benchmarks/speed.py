@@ -8,8 +8,8 @@
     python benchmarks/speed.py --device cuda         # the same on a GPU (peak GPU memory added)
 
 Variants (VARIANTS): plain (float32, maps resized before the descriptor: the reference), float32, mixed,
-bfloat16 and int8-search (each with the descriptor applied per backbone layer, the default), and some
-opt-in and diagnostic ones (mixed-bf16-last, mixed-eager, mixed-compiled).
+bfloat16, int8-search and projected-search (each with the descriptor applied per backbone layer, the
+default), and some opt-in and diagnostic ones (mixed-bf16-last, mixed-eager, mixed-compiled).
 Timing: each variant runs in its own process (so peak memory is its own) on the same seeded random
 images: the one-time feature pass and memory-bank initialisation, ms per image per training epoch, and
 inference images/s (backbone through smoothed map, decoding excluded); each figure is the best of
@@ -51,7 +51,8 @@ VARIANTS = {
     "float32": ["model.precision=float32"],
     "mixed": ["model.precision=mixed"],
     "mixed-bf16-last": ["model.precision=mixed", "model.last_stage_bfloat16=true"],  # opt-in: see README
-    "int8-search": ["model.precision=int8-search"],  # auto's choice on CPUs where bfloat16 does not pay
+    "int8-search": ["model.precision=int8-search"],  # auto's choices on CPUs where bfloat16 does not pay
+    "projected-search": ["model.precision=projected-search"],  # ... exact: the certified search
     "bfloat16": ["model.precision=bfloat16"],
     "mixed-eager": ["model.precision=mixed", "model.compile=off"],  # mixed without torch.compile
     "mixed-compiled": ["model.precision=mixed", "model.compile=on"],  # compiled at any size (small backbones)

@@ -9,6 +9,7 @@ import torch
 from cfa_anomaly.model.descriptor import CoordConv1x1
 from cfa_anomaly.model.distances import centre_bank
 from cfa_anomaly.model.matching import describe_and_match
+from cfa_anomaly.model.projection import project_centres
 
 
 def patch_rows(features: torch.Tensor) -> torch.Tensor:
@@ -40,12 +41,16 @@ def identity_layer(dimension: int) -> CoordConv1x1:
     return layer
 
 
-def model_search(points: torch.Tensor, centres: torch.Tensor, k: int, search: torch.dtype = torch.float32
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def model_search(points: torch.Tensor, centres: torch.Tensor, k: int, search: torch.dtype = torch.float32,
+                 projection: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's own nearest-centre search (model/matching.py, as training and scoring run it) on given
     points: (N, D) points as a 1 x N map through an identity layer -> (N, k) float32 squared distances,
-    ascending, and centre indices."""
+    ascending, and centre indices. projection: d, for the certified search with a d-dimensional projection
+    (model.precision=projected-search)."""
     dimension = points.shape[1]
     grid = points.t().reshape(1, dimension, 1, -1).contiguous(memory_format=torch.channels_last)
+    bank = centre_bank(centres, search=search)
+    if projection is not None:
+        bank = bank._replace(projection=project_centres(bank.centred, bank.norms, bank.order, projection))
     with torch.no_grad():
-        return describe_and_match(identity_layer(dimension), grid, centre_bank(centres, search=search), k)
+        return describe_and_match(identity_layer(dimension), grid, bank, k)

@@ -24,7 +24,7 @@ MVTEC_CATEGORIES: tuple[str, ...] = (
 )
 
 
-PRECISIONS: tuple[str, ...] = ("auto", "float32", "mixed", "bfloat16", "int8-search")
+PRECISIONS: tuple[str, ...] = ("auto", "float32", "mixed", "bfloat16", "int8-search", "projected-search")
 COMPILE_SETTINGS: tuple[str, ...] = ("auto", "on", "off")
 VALIDATIONS: tuple[str, ...] = ("synthetic",)
 SELECTIONS: tuple[str, ...] = ("final", "best-validation")

@@ -75,7 +75,8 @@ class ModelConfig:
     blur_sigma: float = 4.0
     kmeans_iters: int = 100
     # Arithmetic: float32; mixed (descriptor and nearest-centre search in bfloat16, not exact); bfloat16 (the
-    # backbone too); int8-search (CPU only); auto (what a probe finds fastest here). See docs/performance.md.
+    # backbone too); int8-search (CPU only); projected-search (float32, an exact search by a certified lower
+    # bound); auto (what a probe finds fastest here). See docs/performance.md.
     precision: str = "auto"
     # Opt-in under mixed: the backbone's last stage (after its stride-8 map) in bfloat16 where its
     # convolutions are packed for oneDNN; elsewhere float32, and a warning says so. See docs/performance.md.

@@ -56,7 +56,7 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, device: str = "auto", graph: str = "fast",
                         precision: str | None = None) -> Predictor:
         """The torch model of a checkpoint. graph: fast (the trained precision) or plain (exact float32).
-        precision: override the stored one (float32, mixed, bfloat16, int8-search)."""
+        precision: override the stored one (float32, mixed, bfloat16, int8-search, projected-search)."""
         from cfa_anomaly.checkpoint import restore_model, saved_thresholds
 
         model, cfg, payload = restore_model(Path(path), device, precision)

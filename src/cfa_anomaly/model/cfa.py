@@ -24,8 +24,9 @@ class CFA(nn.Module):
 
     def __init__(self, extractor: FeatureExtractor, cfg: ModelConfig,
                  precision: PrecisionPlan | str | None = None) -> None:
-        """precision: the plan to run, or its name (float32, mixed, bfloat16, int8-search); default
-        cfg.precision, where auto means float32 (model/factory.py resolves auto for a device)."""
+        """precision: the plan to run, or its name (float32, mixed, bfloat16, int8-search,
+        projected-search); default cfg.precision, where auto means float32 (model/factory.py resolves auto
+        for a device)."""
         super().__init__()
         self.cfg = cfg
         if not isinstance(precision, PrecisionPlan):
@@ -80,7 +81,8 @@ class CFA(nn.Module):
         if bank.shape[0] == 0:
             raise RuntimeError("the memory bank is empty: train the model or load a checkpoint first")
         if self._prepared is None or self._prepared[0] is not bank or self._prepared[1] != bank._version:
-            self._prepared = (bank, bank._version, centre_bank(bank, search=self.plan.search))
+            prepared = centre_bank(bank, search=self.plan.search, projected=self.plan.projected)
+            self._prepared = (bank, bank._version, prepared)
         return self._prepared[2]
 
     def compiles(self, layers: Layers) -> bool:

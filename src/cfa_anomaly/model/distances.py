@@ -8,7 +8,8 @@ centre m, which keeps the products' rounding small (the features of a ReLU netwo
 The search product runs in float32, bfloat16, or int8 (model.precision=int8-search, for CPUs without
 bfloat16 units whose int8 dot products are fast: VNNI, AMX-INT8): points and centres rounded to int8 with
 one scale per row, the product summed exactly in int32, and the candidates re-ranked by exact float32
-distances like bfloat16's.
+distances like bfloat16's. A float32 bank can also carry a Projection (model.precision=projected-search),
+for model/search.py's exact certified search.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from cfa_anomaly.model.kernels import bank_layout, pack_bank, padded_width, search_product
+from cfa_anomaly.model.projection import Projection, project_centres
 
 # CSR tensors are used only for the k-entries-per-row selection below, a well-covered case.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -41,6 +43,7 @@ class CentredBank(NamedTuple):
     packed: torch.Tensor | None = None  # search packed for oneDNN (the "packed" layout), else None
     column_scales: torch.Tensor | None = None  # int8 search: (M,) -2 x each centre's scale, search order
     column_norms: torch.Tensor | None = None  # int8 search: (M,) |c - m|^2 in search order
+    projection: Projection | None = None  # certified search: the bound's subspace (model/projection.py)
 
     @property
     def product_dtype(self) -> torch.dtype:
@@ -69,9 +72,11 @@ def quantize_rows(rows: torch.Tensor) -> QuantizedRows:
     return QuantizedRows(torch.div(rows, scales).round_().to(torch.int8), scales)
 
 
-def centre_bank(centres: torch.Tensor, search: torch.dtype = torch.float32) -> CentredBank:
+def centre_bank(centres: torch.Tensor, search: torch.dtype = torch.float32, projected: bool = False
+                ) -> CentredBank:
     """Prepare (M, D) centres; the search runs in `search` (float32, bfloat16 or int8: the model's
-    PrecisionPlan.search).
+    PrecisionPlan.search); projected (a float32 search): with the bank's Projection too, for the certified
+    search (model/certified.py), where one pays (model/projection.py; else the full float32 product runs).
 
     b = |c - m|^2 is stored as two search-dtype numbers (b_hi + b_lo), so that it enters the
     product as exactly as in float32. The search rows are shuffled (a fixed permutation): torch.topk on
@@ -85,6 +90,8 @@ def centre_bank(centres: torch.Tensor, search: torch.dtype = torch.float32) -> C
         centred = centres32 - offset
         norms = centred.pow(2).sum(1)
         dtype = search
+        if projected and dtype != torch.float32:
+            raise ValueError(f"the certified search runs a float32 bank, not {dtype}")
         if dtype == torch.int8:
             return _int8_bank(offset, centred, norms)
         bias_hi = norms.to(dtype)
@@ -98,7 +105,8 @@ def centre_bank(centres: torch.Tensor, search: torch.dtype = torch.float32) -> C
         search = search[order]
         search_t = search.t().contiguous() if layout == "contiguous" else search.t()
         packed = pack_bank(search, chunk) if layout == "packed" else None
-        return CentredBank(offset, centred, norms, search_t.t(), search_t, order, packed)
+        projection = project_centres(centred, norms, order) if projected else None
+        return CentredBank(offset, centred, norms, search_t.t(), search_t, order, packed, projection=projection)
 
 
 def _search_order(count: int, device: torch.device) -> torch.Tensor:

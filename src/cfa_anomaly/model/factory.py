@@ -28,9 +28,9 @@ def resolve_device(name: str) -> torch.device:
 def build_model(cfg: Config, device: torch.device, precision: str | None = None) -> CFA:
     """Backbone as configured and a freshly initialised descriptor, both seeded (random backbones included).
 
-    precision: the arithmetic to run (float32, mixed, bfloat16, int8-search); default: cfg.model.precision
-    resolved for the device (model/precision.py plan_for). Also has the C library keep freed memory for reuse (runtime.reuse_freed_memory): a third
-    faster on a CPU.
+    precision: the arithmetic to run (float32, mixed, bfloat16, int8-search, projected-search); default:
+    cfg.model.precision resolved for the device (model/precision.py plan_for). Also has the C library keep
+    freed memory for reuse (runtime.reuse_freed_memory): a third faster on a CPU.
     """
     reuse_freed_memory()
     torch.manual_seed(cfg.train.seed)

@@ -16,8 +16,9 @@ same kernels; set CFA_ANOMALY_BANK_LAYOUT=view|contiguous|packed to fix it. On a
 
 Likewise auto precision picks `mixed` on a CPU only where the flags announce bfloat16 units and a probe
 of the wide_resnet50_2 search product finds bfloat16 at least 1.25x faster than float32 (on the AMX Xeon
-above: ~5x; a CPU that emulates bfloat16 would lose accuracy for nothing); failing that, `int8-search`
-where the int8 search (product and key: int8_probe.py) is at least 1.25x faster than float32's product.
+above: ~5x; a CPU that emulates bfloat16 would lose accuracy for nothing); failing that, the faster of
+`int8-search` and `projected-search` where a probe of each search (search_probe.py) finds it at least 1.25x
+faster than the float32 search.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ ENV_LAYOUT = "CFA_ANOMALY_BANK_LAYOUT"
 ENV_CACHE = "CFA_ANOMALY_CACHE"  # a folder; default ~/.cache/cfa-anomaly
 PROBE_ROUNDS = 5
 MATRIX_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16", "avx512f", "avx2")
+CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")  # settings that hold kernels to older instructions
 MARGIN = 0.05  # another layout must be at least 5% faster to be chosen over the view
 PACKED_ALIGN = 32  # the packed layout's inner size: a multiple of this (oneDNN's AMX tiles take 32 bf16)
 Products = list[tuple[torch.Tensor, torch.Tensor]]  # (left, right) operands of search_product
@@ -54,8 +56,8 @@ def cache_file() -> Path:
 @cache
 def _cpu_name() -> str:
     """The CPU as far as kernels differ: model name and number, and its matrix extensions (a VM may hide the
-    model name; AMX and AVX512-BF16 decide which oneDNN kernels exist), and ONEDNN_MAX_CPU_ISA if it caps
-    them (a choice measured without the cap would not hold under it)."""
+    model name; AMX and AVX512-BF16 decide which oneDNN kernels exist), and ONEDNN_MAX_CPU_ISA and
+    ATEN_CPU_CAPABILITY if they cap them (a choice measured without the cap would not hold under it)."""
     fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -67,8 +69,10 @@ def _cpu_name() -> str:
     extensions = [flag for flag in MATRIX_FLAGS if flag in flags]
     name = fields.get("model name") or platform.processor() or platform.machine()
     described = f"{name} (model {fields.get('model', '?')}; {' '.join(extensions) or 'no matrix extensions'})"
-    capped = os.environ.get("ONEDNN_MAX_CPU_ISA")  # oneDNN's kernels limited to an older instruction set
-    return f"{described}; ONEDNN_MAX_CPU_ISA={capped}" if capped else described
+    for variable in CAPS:  # oneDNN's or ATen's kernels limited to an older instruction set
+        if os.environ.get(variable):
+            described += f"; {variable}={os.environ[variable]}"
+    return described
 
 
 def bank_packing_available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -114,18 +118,27 @@ def search_operands(chunk: int, inner: int, centres: int, dtype: torch.dtype) ->
 
 
 def best_seconds(candidates: dict[str, Products]) -> dict[str, float]:
-    """Seconds of the fastest product of each candidate, timed alternately (a busy machine slows all alike),
-    best of PROBE_ROUNDS, after one warm-up each (kernel generation and caches)."""
-    for name, products in candidates.items():
-        for left, right in products:
-            search_product(left, right, name == "packed")
-    seconds = dict.fromkeys(candidates, float("inf"))
-    for _ in range(PROBE_ROUNDS):
-        for name, products in candidates.items():
+    """Seconds of the fastest product of each candidate (best_calls)."""
+    def calls(name: str, products: Products) -> Callable[[], None]:
+        def run() -> None:
             for left, right in products:
-                start = time.perf_counter()
                 search_product(left, right, name == "packed")
-                seconds[name] = min(seconds[name], time.perf_counter() - start)
+        return run
+
+    return best_calls({name: calls(name, products) for name, products in candidates.items()})
+
+
+def best_calls(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Seconds of each call, timed alternately (a busy machine slows all alike), best of PROBE_ROUNDS,
+    after one warm-up each (kernel generation and caches)."""
+    for call in calls.values():
+        call()
+    seconds = dict.fromkeys(calls, float("inf"))
+    for _ in range(PROBE_ROUNDS):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            seconds[name] = min(seconds[name], time.perf_counter() - start)
     return seconds
 
 
@@ -187,7 +200,7 @@ def bank_layout(device: torch.device, dtype: torch.dtype, chunk: int, inner: int
 
 # The search product of wide_resnet50_2 at 224 px: the shape the auto precision is decided on.
 PRECISION_PROBE_SHAPE = (512, 1795, 3136)
-BFLOAT16_GAIN = 1.25  # bfloat16 (int8) must be at least this much faster for auto to pick mixed (int8-search)
+BFLOAT16_GAIN = 1.25  # how much faster than float32 a search must be for auto to pick it
 
 
 def probe_bfloat16(chunk: int, inner: int, centres: int) -> dict[str, float]:
@@ -201,24 +214,26 @@ def probe_bfloat16(chunk: int, inner: int, centres: int) -> dict[str, float]:
     return best_seconds(candidates)
 
 
-def pays(name: str, probe: Callable[..., dict[str, float]]) -> bool:
-    """Whether `name` (a key of probe's result) runs the search at least BFLOAT16_GAIN times faster than
-    float32 on this CPU: probed once at PRECISION_PROBE_SHAPE, remembered per machine like the layout."""
+def fastest(names: tuple[str, ...], probe: Callable[..., dict[str, float]]) -> str:
+    """The fastest of `names` (keys of probe's result, with float32) where it runs the search at least
+    BFLOAT16_GAIN times faster than float32 on this CPU, else float32: probed once at
+    PRECISION_PROBE_SHAPE, remembered per machine like the layout."""
     shape = "x".join(map(str, PRECISION_PROBE_SHAPE))
-    key = f"{_cpu_name()} | torch {torch.__version__} | {name} vs float32 | {shape}"
+    key = f"{_cpu_name()} | torch {torch.__version__} | {' or '.join(names)} vs float32 | {shape}"
 
     def measure() -> str:
         seconds = probe(*PRECISION_PROBE_SHAPE)
-        pays = seconds[name] * BFLOAT16_GAIN <= seconds["float32"]
+        best = min(names, key=seconds.__getitem__)
+        choice = best if seconds[best] * BFLOAT16_GAIN <= seconds["float32"] else "float32"
         timings = ", ".join(f"{label} {value * 1000:.2f} ms" for label, value in seconds.items())
-        log.debug("%s: %s (probe: %s)", key, pays, timings)
-        return name if pays else "float32"
+        log.debug("%s: %s (probe: %s)", key, choice, timings)
+        return choice
 
-    return _remembered(key, (name, "float32"), measure) == name
+    return _remembered(key, (*names, "float32"), measure)
 
 
 def bfloat16_pays() -> bool:
     """Whether this CPU runs the search product in bfloat16 at least BFLOAT16_GAIN times faster than in
     float32: where it does not, auto precision does not pick mixed even on a CPU whose flags announce
     bfloat16 units."""
-    return pays("bfloat16", lambda *shape: probe_bfloat16(*shape))
+    return fastest(("bfloat16",), lambda *shape: probe_bfloat16(*shape)) == "bfloat16"

@@ -22,16 +22,8 @@ import torch
 
 from cfa_anomaly.model.compiled import Compiled
 from cfa_anomaly.model.descriptor import CoordConv1x1, resize_map
-from cfa_anomaly.model.distances import (
-    CentredBank,
-    candidate_centres,
-    chosen_squared_distances,
-    pulled_centres,
-    rerank,
-    search_count,
-    search_rows,
-    squared_norms,
-)
+from cfa_anomaly.model.distances import CentredBank, pulled_centres, squared_norms
+from cfa_anomaly.model.search import nearest_centres
 
 Front = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
@@ -135,14 +127,8 @@ class _DescribeAndMatch(torch.autograd.Function):
             shift = position_shift(bias, coords, weight[:, sum(layer.shape[1] for layer in layers):],
                                    bank.offset)
         centred, point_norms = front(weight, shift, layers, dtype)  # p - m
-        rows = search_rows(centred, bank, point_norms)
         inputs = layer_inputs(layers, dtype)
-        count = search_count(k, bank.centred.shape[0], bank.search.dtype)
-        indices = candidate_centres(rows, bank, count)
-        del rows  # (B*H*W, W): not kept while the exact distances and the backward run
-        distances = chosen_squared_distances(centred, bank, indices, point_norms)
-        if count > k:
-            distances, indices = rerank(distances, indices, k)
+        distances, indices, _ = nearest_centres(centred, point_norms, bank, k)
         ctx.bank, ctx.grids, ctx.back = bank, [tuple(layer.shape[-2:]) for layer in layers], back_for(front)
         ctx.save_for_backward(centred, indices, distances == 0, coords, *inputs)  # == 0: clamped, no gradient
         ctx.mark_non_differentiable(indices)

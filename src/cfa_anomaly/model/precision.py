@@ -9,8 +9,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from cfa_anomaly.config import ModelConfig
-from cfa_anomaly.model.int8_probe import int8_pays
 from cfa_anomaly.model.kernels import bfloat16_pays
+from cfa_anomaly.model.search_probe import faster_search
 
 log = logging.getLogger(__name__)
 
@@ -19,11 +19,12 @@ log = logging.getLogger(__name__)
 class PrecisionPlan:
     """What each part of the model computes in, for one resolved model.precision (never auto)."""
 
-    name: str  # float32, mixed, bfloat16 or int8-search: stored in checkpoints and cards
+    name: str  # float32, mixed, bfloat16, int8-search or projected-search: stored in checkpoints and cards
     backbone: torch.dtype  # the backbone's autocast dtype (bfloat16 under bfloat16 only)
     features: torch.dtype  # the pooled maps and the descriptor's products
     search: torch.dtype  # the nearest-centre search product (candidates re-ranked exactly unless float32)
     last_stage_bfloat16: bool = False  # mixed with model.last_stage_bfloat16: the backbone's last stages
+    projected: bool = False  # the float32 search certified by a projection's lower bound (model/search.py)
 
 
 F32, BF16 = torch.float32, torch.bfloat16
@@ -32,6 +33,7 @@ PLANS = {
     "mixed": PrecisionPlan("mixed", F32, BF16, BF16),
     "bfloat16": PrecisionPlan("bfloat16", BF16, BF16, BF16),
     "int8-search": PrecisionPlan("int8-search", F32, F32, torch.int8),
+    "projected-search": PrecisionPlan("projected-search", F32, F32, F32, projected=True),
 }
 
 
@@ -47,14 +49,17 @@ def has_bfloat16_matrix_units(device: torch.device) -> bool:
 def resolve_precision(requested: str, device: torch.device) -> str:
     """model.precision = auto -> mixed where bfloat16 is fast: a GPU with bfloat16, or a CPU whose flags
     announce bfloat16 units and where a probe of the search product (model/kernels.py, once per machine)
-    finds bfloat16 faster; else, on a CPU, int8-search where a probe finds the int8 search faster than
-    float32's; else float32. mixed and int8-search are close to float32, not exact: an approximate
-    nearest-centre search (docs/performance.md)."""
+    finds bfloat16 faster; else, on a CPU, the faster of int8-search and projected-search where a probe
+    (model/search_probe.py) finds it faster than the float32 search; else float32. mixed and int8-search
+    are close to float32, not exact: an approximate nearest-centre search; projected-search is exact
+    (docs/performance.md)."""
     if requested != "auto":
         return requested
     if has_bfloat16_matrix_units(device) and (device.type != "cpu" or bfloat16_pays()):
         return "mixed"
-    return "int8-search" if device.type == "cpu" and int8_pays() else "float32"
+    if device.type != "cpu":
+        return "float32"
+    return {"int8": "int8-search", "projected": "projected-search"}.get(faster_search(), "float32")
 
 
 def plan_for(cfg: ModelConfig, device: torch.device, precision: str | None = None) -> PrecisionPlan:
