@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import subprocess
 import time
 from collections.abc import Sequence
@@ -11,7 +12,8 @@ import torch
 
 
 def machine_line(packages: Sequence[str] = ("torch",)) -> str:
-    """Date (UTC), CPU model and count, AMX and AVX512-BF16, the given packages' versions, torch threads."""
+    """Date (UTC), CPU model and count, AMX and AVX512-BF16, the given packages' versions, torch threads, and
+    the instruction-set caps set (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY: an older CPU emulated)."""
     lscpu = subprocess.run(["lscpu"], check=False, capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
     flags = fields.get("Flags", "")
@@ -25,4 +27,8 @@ def machine_line(packages: Sequence[str] = ("torch",)) -> str:
     return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  {fields.get('Model name', '?').strip()}, "
             f"{fields.get('CPU(s)', '?').strip()} CPUs, AMX {'yes' if amx else 'no'}, "
             f"AVX512-BF16 {'yes' if 'avx512_bf16' in flags else 'no'}  {', '.join(versions)}  "
-            f"torch threads {torch.get_num_threads()}")
+            f"torch threads {torch.get_num_threads()}" + "".join(
+                f"  {name}={os.environ[name]}" for name in CAPS if os.environ.get(name)))
+
+
+CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")

@@ -124,8 +124,8 @@ def scoring_agrees(root, category: str, variant: str, resize: int, crop: int) ->
 
 @requires_mobilenet_weights
 @pytest.mark.parametrize("variant", list(SCORING))
-def test_the_fast_path_scores_a_trained_model_as_the_plain_graph_does_on_real_grid_images(shared_data,
-                                                                                          variant, monkeypatch):
+def test_the_fast_path_scores_a_trained_model_as_the_plain_graph_does_on_real_grid_images(shared_data, variant,
+                                                                                          monkeypatch):
     project_every_bank(monkeypatch)
     scoring_agrees(shared_data / "mvtec_ad", "grid", variant, 128, 112)
 

@@ -18,8 +18,9 @@ def test_every_configurable_precision_but_auto_has_a_plan():
 
 
 @pytest.mark.parametrize(("name", "backbone", "features", "search", "projected"), [
-    ("float32", F32, F32, F32, False), ("mixed", F32, BF16, BF16, False), ("bfloat16", BF16, BF16, BF16, False),
-    ("int8-search", F32, F32, torch.int8, False), ("projected-search", F32, F32, F32, True)])
+    ("float32", F32, F32, F32, False), ("mixed", F32, BF16, BF16, False),
+    ("bfloat16", BF16, BF16, BF16, False), ("int8-search", F32, F32, torch.int8, False),
+    ("projected-search", F32, F32, F32, True)])
 def test_each_plan_says_what_each_part_computes_in(name, backbone, features, search, projected):
     plan = named_plan(name)
     assert (plan.name, plan.backbone, plan.features, plan.search, plan.projected) == (

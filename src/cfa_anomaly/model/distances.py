@@ -106,7 +106,8 @@ def centre_bank(centres: torch.Tensor, search: torch.dtype = torch.float32, proj
         search_t = search.t().contiguous() if layout == "contiguous" else search.t()
         packed = pack_bank(search, chunk) if layout == "packed" else None
         projection = project_centres(centred, norms, order) if projected else None
-        return CentredBank(offset, centred, norms, search_t.t(), search_t, order, packed, projection=projection)
+        return CentredBank(offset, centred, norms, search_t.t(), search_t, order, packed,
+                           projection=projection)
 
 
 def _search_order(count: int, device: torch.device) -> torch.Tensor:

@@ -30,7 +30,7 @@ from cfa_anomaly.model.distances import (
 )
 from cfa_anomaly.model.projection import Projection, bound_rows
 
-EXTRA = 8  # candidates the certified search keeps beyond k
+EXTRA = 24  # candidates the certified search keeps beyond k
 GUARD = 0.5  # the share of a first chunk's rows the bound must certify for the others to try it
 
 
