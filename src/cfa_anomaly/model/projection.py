@@ -1,5 +1,5 @@
 """A lower bound on every point-centre distance from one narrow product: the certified search's candidates
-(model.precision=projected-search, model/certified.py).
+(model.precision=projected-search, model/search.py).
 
 With m the mean centre and U a (D x d) orthonormal basis of the bank's leading principal directions, write a
 centred point p - m as its projection q = (p - m) U plus a residual r_p orthogonal to U, and a centre alike
@@ -11,13 +11,15 @@ residuals' lengths (the triangle inequality): one product of width d + 3,
 gives this bound for every pair. Any orthonormal U keeps it a bound; the bank's leading directions make it
 tight where it matters, because a bank of mean features lies close to a low-dimensional subspace (rho_c
 small), so that the only slack, 2 rho_p rho_c (1 - cos), is small. d is the smallest multiple of 16 that
-leaves at most RESIDUAL_SHARE of the bank's variance outside U (on the shared real sets and random-weight
-wide_resnet50_2 features 99-100% of patches were then certified; benchmarks/README.md); no projection is
-made (the search keeps the full float32 product) where the bound would cost more than MAX_COST of the full
-product (small D) or leave more than RESIDUAL_LIMIT out.
+leaves at most RESIDUAL_SHARE of the bank's variance outside U (with model/search.py's 24 extra candidates,
+every patch of models trained on the shared real sets was then certified, and 95-100% of random-weight
+wide_resnet50_2's, 51% in the worst training step; benchmarks/README.md); no projection is made (the
+search keeps the full float32 product) where the bound would cost more than MAX_COST of the full product
+(small D) or leave more than RESIDUAL_LIMIT out.
 
-Everything is float32 except the basis's construction (float64); bound_rows gives each row the slack that
-covers the float32 rounding of its bound, so the bound minus the slack stays below the true distance.
+The points' side is float32 (the centres' b and rho_c, and the basis's orthonormalisation, float64);
+bound_rows gives each row the slack that covers the float32 rounding of its bound, so the bound minus the
+slack stays below the true distance.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ def largest_dimension(channels: int, centres: int) -> int:
 def chosen_dimension(values: torch.Tensor, total: float, limit: int) -> int | None:
     """The smallest multiple of GRANULE (at most limit) whose leading eigenvalues leave at most
     RESIDUAL_SHARE of the variance `total` out; else limit if that leaves at most RESIDUAL_LIMIT out (at
-    1e-3 about 90% of real patches were certified), else None: too few rows would be."""
+    1e-3, 88-99% of the patches measured were certified with 8 extra candidates), else None: too few rows
+    would be."""
     left = total - torch.cumsum(values, 0)
     for dimension in range(GRANULE, limit + 1, GRANULE):
         if left[dimension - 1] <= RESIDUAL_SHARE * total:
