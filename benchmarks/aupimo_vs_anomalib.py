@@ -57,7 +57,8 @@ def test_maps(category: str, epochs: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--bins", type=int, default=300_000, help="anomalib's num_thresholds")
     args = parser.parse_args()
