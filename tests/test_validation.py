@@ -111,7 +111,8 @@ def test_benchmark_selects_a_backbone_per_category_by_validation_only(synth_root
     report = (tmp_path / "results.md").read_text()
     assert f"| {SELECTED_ROW} |" in report and f"synth: {chosen['setting']}" in report
     test_aupro = summary["results"][f"{chosen['setting']}/seed-0/synth"]["aupro"]
-    assert f"{test_aupro:.3f}" in report.split(f"| {SELECTED_ROW} |")[-1].split("\n")[0]  # the AUPRO table
+    aupro_table = report.split("### AUPRO")[1].split("###")[0]
+    assert f"{test_aupro:.3f}" in aupro_table.split(f"| {SELECTED_ROW} |")[1].split("\n")[0]
 
 
 def test_selection_needs_two_backbones(synth_root, tmp_path):
