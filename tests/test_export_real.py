@@ -1,6 +1,7 @@
 """Exported runtimes against the torch float32 graph on real images (../shared/data; skipped without it).
 
-The default config of each category with an offline backbone, 30 epochs (the paper's schedule), trained
+The default config of each category with an offline backbone, 10 epochs (a third of the paper's 30: the
+exports' equality does not depend on how long the model trained; it keeps the suite short), trained
 once per (data, backbone). For ONNX Runtime and OpenVINO in float32: maps within 1e-3 relative max abs
 difference of the torch plain float32 graph, image scores within 1e-4 relative, identical decisions at
 the stored threshold, every metric equal to 4 decimals. The fast torch path (the trained precision, what
@@ -44,12 +45,12 @@ def relative_max_difference(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module", params=CASES)
 def scored(request, shared_data, tmp_path_factory):
-    """Train the default config for 30 epochs, export to ONNX and OpenVINO, score the test split with the
+    """Train the default config for 10 epochs, export to ONNX and OpenVINO, score the test split with the
     torch plain graph, the fast torch path and both runtimes."""
     category, backbone = request.param
     cfg = load_config(REPO_ROOT / "configs/anomaly/unsupervised/cfa" / f"{category}.yaml",
                       [f"data.root={shared_data / SETS[category]}", f"model.backbone={backbone}",
-                       "train.epochs=30", "train.device=cpu", "evaluation.cross_fit_below=0"])
+                       "train.epochs=10", "train.device=cpu", "evaluation.cross_fit_below=0"])
     folder = tmp_path_factory.mktemp(f"{category}_{backbone}")
     train_and_test(cfg, folder / "run", run_test=False)  # the scoring below is the test
     checkpoint = folder / "run" / runfiles.CHECKPOINT
@@ -86,7 +87,7 @@ def test_fast_torch_path_agrees_with_the_plain_graph_on_real_images(scored):
     (reference, reference_metrics), (predictions, metrics) = results["plain"], results["fast"]
     tolerance = SCORING[predictors["fast"].card.precision]
     for key, value in reference_metrics.items():
-        assert abs(metrics[key] - value) <= tolerance.metrics, (key, metrics[key], value)
+        assert tolerance.allows(key, abs(metrics[key] - value)), (key, metrics[key], value)
     correlation = np.corrcoef(predictions.maps.ravel(), reference.maps.ravel())[0, 1]
     assert correlation >= tolerance.correlation, correlation
     relative = np.abs(predictions.scores - reference.scores).max() / np.abs(reference.scores).max()

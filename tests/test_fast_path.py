@@ -26,21 +26,28 @@ CPU = torch.device("cpu")
 
 class Tolerance(NamedTuple):
     """How close a path stays to its reference: the maps' correlation at least, the image scores within
-    (relative to the largest score), image and pixel AUROC within."""
+    (relative to the largest score), the metrics within (AUROCs, F1-max, AUPRO), and AUPIMO within: it rests
+    on the good images' highest 1e-5 of pixels, one or two pixels on the shared sets, so an approximate
+    search moves it more than the others."""
 
     correlation: float
     scores: float
     metrics: float
+    aupimo: float = 5e-5
+
+    def allows(self, metric: str, difference: float) -> bool:
+        return difference <= (self.aupimo if metric == "aupimo" else self.metrics)
 
 
 EXACT = Tolerance(0.99999, 1e-5, 5e-5)  # float32 up to summation order: the same metrics to 4 decimals
 # Scoring a trained model: the fast path against the plain float32 graph of the same model.
 SCORING = {"float32": EXACT, "float32-compiled": EXACT, "int8-search": EXACT, "projected-search": EXACT,
-           "mixed": Tolerance(0.99999, 0.002, 0.0005), "bfloat16": Tolerance(0.9995, 0.01, 0.002)}
+           "mixed": Tolerance(0.99999, 0.002, 0.0005, 0.005),
+           "bfloat16": Tolerance(0.9995, 0.01, 0.002, 0.02)}
 # Training and scoring: a model trained by the fast path against one trained by the plain path (float32,
 # aligned maps, eager), both scored by their own path.
 TRAINING = {"float32": EXACT, "int8-search": EXACT, "projected-search": EXACT,
-            "mixed": Tolerance(0.9999, 0.005, 0.0005), "bfloat16": Tolerance(0.999, 0.02, 0.002)}
+            "mixed": Tolerance(0.9999, 0.005, 0.0005, 0.005), "bfloat16": Tolerance(0.999, 0.02, 0.002, 0.02)}
 VARIANTS = {"plain": ["model.precision=float32", "model.per_layer_projection=false", "model.compile=off"],
             "float32-compiled": ["model.precision=float32", "model.compile=on"]}
 
