@@ -25,6 +25,11 @@ def _open(path: Path) -> Image.Image:
     return image
 
 
+def _mask_files(folder: Path) -> list[Path]:
+    """The files of a mask folder (a mask per defect, MVTec LOCO AD), sorted; hidden files ignored."""
+    return [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+
+
 def unreadable(path: Path) -> str | None:
     """Why an image file cannot be used (empty, truncated, not an image), or None when it looks sound.
 
@@ -32,7 +37,7 @@ def unreadable(path: Path) -> str | None:
     (a mask per defect, MVTec LOCO AD) is checked file by file.
     """
     if path.is_dir():
-        files = [p for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")]
+        files = _mask_files(path)
         reasons = [(p, unreadable(p)) for p in files]
         bad = [(p, r) for p, r in reasons if r]
         return f"{bad[0][0].name}: {bad[0][1]}" if bad else (None if files else "an empty mask folder")
@@ -99,7 +104,7 @@ def read_mask(path: Path) -> np.ndarray:
     A folder of mask files (one per defect, as MVTec LOCO AD has them) reads as their union.
     """
     if path.is_dir():
-        files = [p for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")]
+        files = _mask_files(path)
         if not files:
             raise DatasetError(f"mask folder {path} holds no mask files")
         masks = [read_mask(p) for p in files]
