@@ -224,8 +224,8 @@ def test_the_position_term_is_reused_until_the_weights_or_bank_change():
     init_memory_bank(model, cached, 2, Config())
     grid = tuple(cached[0].shape[-2:])
     with torch.no_grad():
-        first = model.position_term(model.prepared_bank(), grid)
-        assert model.position_term(model.prepared_bank(), grid) is first
+        first = model.position_term(model.descriptor.projection, model.prepared_bank(), grid)
+        assert model.position_term(model.descriptor.projection, model.prepared_bank(), grid) is first
         scored = model.nearest(cached, 3)
         inside, _ = describe_and_match(model.descriptor.projection, cached, model.prepared_bank(), 3)
     torch.testing.assert_close(scored, inside, rtol=1e-6, atol=1e-6)  # as the step makes it itself
@@ -235,13 +235,13 @@ def test_the_position_term_is_reused_until_the_weights_or_bank_change():
         param.grad = torch.ones_like(param)
     optimizer.step()
     with torch.no_grad():
-        changed = model.position_term(model.prepared_bank(), grid)
+        changed = model.position_term(model.descriptor.projection, model.prepared_bank(), grid)
         fresh = layer_shift(model.descriptor.projection, model.prepared_bank(), grid)
     assert changed is not first and not torch.equal(changed, first)
     torch.testing.assert_close(changed, fresh, rtol=0, atol=0)
     model.memory_bank = model.memory_bank + 1.0  # a new bank: a new offset
     with torch.no_grad():
-        assert model.position_term(model.prepared_bank(), grid) is not changed
+        assert model.position_term(model.descriptor.projection, model.prepared_bank(), grid) is not changed
 
 
 def test_init_memory_bank_with_gamma_c_compresses_by_kmeans():

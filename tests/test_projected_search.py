@@ -91,15 +91,38 @@ def test_the_certified_search_returns_the_reference_neighbours(seed):
     assert_exact(points, centres, *model_search(points, centres, 3, projection=bank.projection.dimension))
 
 
-@pytest.mark.parametrize(("dimension", "least", "most"), [(2, 0.0, 0.05), (8, 0.3, 0.8)], ids=["d=2", "d=8"])
-def test_rows_the_bound_does_not_certify_are_searched_again_in_full(dimension, least, most):
+@pytest.mark.parametrize(("dimension", "certified", "full"), [(2, (0.0, 0.05), (0.9, 1.0)),
+                                                          (4, (0.0, 0.05), (0.3, 0.9)),
+                                                          (8, (0.3, 0.8), (0.0, 0.0))], ids=["d=2", "d=4", "d=8"])
+def test_rows_the_first_candidates_do_not_certify_are_widened_or_searched_in_full(dimension, certified, full):
+    """d = 8: the rows the first 6 + 8 candidates leave open are all settled by the widened candidates; d = 2:
+    the bound is too loose for that and nearly every row runs the full product; d = 4 in between. Exact
+    neighbours in every case."""
     points, centres = low_rank(0)
     bank = bank_with_projection(centres, dimension)
     centred = points - bank.offset
     found = certified_nearest(centred, squared_norms(centred), bank, 6, extra=8, chunk=len(points))
-    assert least <= found.certified.float().mean().item() <= most
+    assert certified[0] <= found.certified.float().mean().item() <= certified[1]
+    assert full[0] <= found.full.float().mean().item() <= full[1]
+    assert not (found.certified & found.full).any()
     assert_exact(points, centres, found.distances, found.indices)
     assert_exact(points, centres, *model_search(points, centres, 3, projection=dimension))
+
+
+def test_widened_rows_take_every_centre_whose_bound_is_below_the_upper_bound():
+    """widened_rows alone, with upper bounds a little above the true k-th distances: the k nearest exactly,
+    without the full product; with an upper bound far above every distance, the full product."""
+    points, centres = low_rank(2)
+    bank = bank_with_projection(centres, 12)
+    centred = points - bank.offset
+    norms = squared_norms(centred)
+    kth = nearest_reference(points, centres, 6)[0][:, -1].float()
+    found = search.widened_rows(centred, norms, bank, 6, kth * 1.01, chunk=128)
+    assert not found.full.any()
+    assert_exact(points, centres, found.distances, found.indices)
+    everything = search.widened_rows(centred, norms, bank, 6, torch.full_like(kth, 1e9), chunk=128)
+    assert everything.full.all()
+    assert_exact(points, centres, everything.distances, everything.indices)
 
 
 @pytest.mark.parametrize("first_fits", [True, False])
@@ -110,7 +133,10 @@ def test_a_first_chunk_the_bound_does_not_fit_sends_the_other_rows_to_the_full_p
     bank = bank_with_projection(centres, 12)
     centred = points - bank.offset
     found = certified_nearest(centred, squared_norms(centred), bank, 6, extra=8, chunk=64)
-    assert found.certified[64:].float().mean() > 0.9 if first_fits else not found.certified.any()
+    if first_fits:
+        assert found.certified[64:].float().mean() > 0.9
+    else:
+        assert not found.certified.any() and found.full[64:].all()
     assert_exact(points, centres, found.distances, found.indices)
 
 
@@ -183,3 +209,31 @@ def test_training_with_the_certified_search_gives_the_float32_model(monkeypatch,
     for name in PARAMETERS:
         torch.testing.assert_close(models["projected-search"][2][name], models["float32"][2][name],
                                    rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("dimension", [4, 8])
+def test_scoring_in_the_banks_axes_gives_the_unrotated_neighbours(monkeypatch, dimension):
+    """Scoring (no gradient) runs the rotated descriptor and bank (model/rotation.py): the same neighbours and,
+    to float32 rounding, the same distances as the unrotated certified search and the float32 search; the
+    rotation is made once and again when the weights change."""
+    monkeypatch.setattr(distances, "project_centres", functools.partial(project_centres, dimension=dimension))
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, 32, 32)
+    cfg = tiny_config("projected-search")
+    model = CFA(TinyBackbone(), cfg.model, precision="projected-search")
+    fit(model, [{"image": images[:3]}, {"image": images[3:]}], cfg, torch.device("cpu"))
+    layers = model.aggregate(images)
+    reference = CFA(TinyBackbone(), cfg.model, precision="float32")
+    reference.load_learned_state(model.learned_state())
+    with torch.no_grad():
+        rotated = model.nearest(layers, 3)
+        made = model.__dict__["_rotated"]
+        assert model.nearest(layers, 3).equal(rotated) and model.__dict__["_rotated"] is made
+        plain = reference.nearest(layers, 3)
+    unrotated = model.nearest(layers, 3).detach()  # with gradients: the unrotated descriptor
+    torch.testing.assert_close(rotated, unrotated, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rotated, plain, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        model.descriptor.projection.conv.weight.mul_(1.01)
+        model.nearest(layers, 3)
+    assert model.__dict__["_rotated"] is not made

@@ -7,8 +7,9 @@ import torch.nn as nn
 
 from cfa_anomaly.backbones import FeatureExtractor
 from cfa_anomaly.config import ModelConfig
+from cfa_anomaly.model import rotation
 from cfa_anomaly.model.compiled import compile_enabled
-from cfa_anomaly.model.descriptor import PatchDescriptor, align_maps, pool_maps
+from cfa_anomaly.model.descriptor import CoordConv1x1, PatchDescriptor, align_maps, pool_maps
 from cfa_anomaly.model.distances import CentredBank, centre_bank
 from cfa_anomaly.model.loss import CoupledHypersphereLoss
 from cfa_anomaly.model.matching import describe_and_match, described_rows, layer_shift
@@ -96,20 +97,30 @@ class CFA(nn.Module):
 
     def nearest(self, layers: Layers, k: int) -> torch.Tensor:
         """Pooled maps -> (B*h*w, k) squared distances of the described patches to their k nearest centres."""
-        bank = self.prepared_bank()
-        shift = self.position_term(bank, tuple(layers[0].shape[-2:]))
-        parts = [describe_and_match(self.descriptor.projection, part, bank, k, self.compiles(part), shift)[0]
+        layer, bank = self.descriptor.projection, self.prepared_bank()
+        if bank.projection is not None and not torch.is_grad_enabled():  # scoring: in the bank's axes
+            layer, bank = self.rotated(layer, bank)
+        shift = self.position_term(layer, bank, tuple(layers[0].shape[-2:]))
+        parts = [describe_and_match(layer, part, bank, k, self.compiles(part), shift)[0]
                  for part in self.scoring_parts(layers)]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def position_term(self, bank: CentredBank, grid: tuple[int, int]) -> torch.Tensor:
+    def rotated(self, layer: CoordConv1x1, bank: CentredBank) -> tuple[CoordConv1x1, CentredBank]:
+        """The descriptor layer and the bank in the bank's principal axes, for scoring with the certified
+        search (model/rotation.py); made again when the weights or the bank change."""
+        cached = self.__dict__.get("_rotated")
+        if not rotation.current(cached, layer, bank):
+            cached = rotation.rotate(layer, bank)
+            self.__dict__["_rotated"] = cached  # outside the state, like the position term
+        return cached.layer, cached.bank
+
+    def position_term(self, projection: CoordConv1x1, bank: CentredBank, grid: tuple[int, int]) -> torch.Tensor:
         """The descriptor's position term minus the bank's mean centre (matching.layer_shift), a (H*W, D)
         product (~2 ms at 56 x 56 x 1792 on a 2-core Xeon) that scoring batches and a training step's
         micro-batches share: made again only when its inputs change, the bias, the position columns of the
         weight (compared by value, a few thousand numbers: a fused optimizer step changes them without
         bumping their version), the bank or the grid. A constant for the step (its gradient is written out
-        in matching._DescribeAndMatch.backward)."""
-        projection = self.descriptor.projection
+        in matching._DescribeAndMatch.backward). projection: the descriptor's layer, or its rotation."""
         conv = projection.conv
         inputs = (conv.bias.detach(), conv.weight.detach().flatten(1)[:, projection.in_channels:])
         cached = self.__dict__.get("_position_term")
@@ -166,6 +177,7 @@ class CFA(nn.Module):
         state = self.__dict__.copy()
         state["_prepared"] = None
         state.pop("_position_term", None)
+        state.pop("_rotated", None)
         return state
 
     def learned_state(self) -> dict[str, torch.Tensor]:

@@ -262,6 +262,26 @@ def chosen_squared_distances(centred_points: torch.Tensor, bank: CentredBank, in
     return distances.add_(bank.norms[indices]).clamp_min_(0)
 
 
+def masked_nearest(centred_points: torch.Tensor, bank: CentredBank, mask: torch.Tensor, k: int,
+                   point_norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, D) float32 points minus m, an (n, M) bool mask of the centres to consider (search order, at least
+    k per row) -> the (n, k) squared distances (ascending) and centre indices of each row's k nearest among
+    them. The dot products run at the masked pairs only (a row may have any number), and each distance is
+    computed as chosen_squared_distances computes it, to the bit."""
+    pairs = mask.nonzero()
+    rows, columns = pairs[:, 0], bank.order[pairs[:, 1]]
+    crow = torch.zeros(len(mask) + 1, dtype=torch.long, device=mask.device)
+    torch.cumsum(mask.sum(1), 0, out=crow[1:])
+    pattern = torch.sparse_csr_tensor(crow, columns, torch.zeros(len(columns), device=mask.device),
+                                      size=(len(mask), bank.centred.shape[0]), check_invariants=False)
+    dots = torch.sparse.sampled_addmm(pattern, centred_points, bank.centred.transpose(0, 1), beta=0.0)
+    values = dots.values().mul_(-2.0).add_(point_norms[rows]).add_(bank.norms[columns]).clamp_min_(0)
+    spread = torch.full(mask.shape, float("inf"), device=mask.device)
+    spread[rows, columns] = values
+    distances, indices = torch.topk(spread, k, dim=1, largest=False, sorted=True)
+    return distances, indices
+
+
 def chosen_distances_backward(centred_points: torch.Tensor, bank: CentredBank, indices: torch.Tensor,
                               grad: torch.Tensor, clamped: torch.Tensor) -> torch.Tensor:
     """Exact gradient of sum(grad * chosen distances) in the points: sum_j g_j 2 (p - c_j), (N, D) float32.

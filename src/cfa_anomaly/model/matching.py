@@ -128,7 +128,7 @@ class _DescribeAndMatch(torch.autograd.Function):
                                    bank.offset)
         centred, point_norms = front(weight, shift, layers, dtype)  # p - m
         inputs = layer_inputs(layers, dtype)
-        distances, indices, _ = nearest_centres(centred, point_norms, bank, k)
+        distances, indices = nearest_centres(centred, point_norms, bank, k)[:2]
         ctx.bank, ctx.grids, ctx.back = bank, [tuple(layer.shape[-2:]) for layer in layers], back_for(front)
         ctx.save_for_backward(centred, indices, distances == 0, coords, *inputs)  # == 0: clamped, no gradient
         ctx.mark_non_differentiable(indices)

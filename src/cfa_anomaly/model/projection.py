@@ -44,6 +44,7 @@ class Projection(NamedTuple):
     columns: torch.Tensor  # (d + 3, M) float32: -2 b, 1, |b|^2 + rho_c^2, rho_c; centres in search order
     radius: float  # the largest rho_c
     norm: float  # the largest |c - m|^2
+    leading: bool = False  # the basis is the first d coordinate axes: q is a slice (model/rotation.py)
 
     @property
     def dimension(self) -> int:
@@ -137,7 +138,8 @@ def bound_rows(centred_points: torch.Tensor, point_norms: torch.Tensor, projecti
     few float32 roundings of |p - m|^2) moves rho_p by at most sqrt(2) e / max(rho_p, sqrt(e)), and the
     bound by 2 (rho_p + rho_c) times that; the product's own rounding is covered by the second term.
     """
-    projected = centred_points @ projection.basis
+    dimension = projection.dimension
+    projected = centred_points[:, :dimension] if projection.leading else centred_points @ projection.basis
     squared = torch.linalg.vector_norm(projected, dim=1, dtype=torch.float32).square_()
     residual_squared = point_norms - squared
     residual = residual_squared.clamp_min(0).sqrt()
