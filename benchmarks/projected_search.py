@@ -37,6 +37,7 @@ from cfa_anomaly.model import projection, search
 from cfa_anomaly.model.distances import squared_norms
 from cfa_anomaly.model.factory import build_model
 from cfa_anomaly.model.matching import described_rows
+from cfa_anomaly.model.precision import named_plan
 from cfa_anomaly.train import cache_features, fit
 
 SHARES: list[float] = []  # each certified search's share of certified rows, in order
@@ -130,7 +131,34 @@ def real(name: str, backbone: str, repeats: int) -> None:
         points = torch.cat([described_rows(model.descriptor.projection, model.aggregate(batch["image"]),
                                            torch.float32) for batch in test])
     compare(f"{name}, {backbone}, trained, test features", model, points, repeats)
+    rotated_scoring(f"{name}, {backbone}", model, test)
     SHARES.clear()
+
+
+def rotated_scoring(label: str, model, test) -> None:
+    """The test maps as scoring makes them (rotated into the bank's axes, model/rotation.py) against the same
+    learned state scored by the float32 search: the largest map difference and the metrics of both."""
+    from cfa_anomaly.metrics import image_auroc, pixel_auroc, pixel_f1_max
+
+    reference = copy.deepcopy(model)
+    reference.plan = named_plan("float32")
+    reference._prepared = None
+    maps, labels, masks = {"rotated": [], "float32": []}, [], []
+    with torch.no_grad():
+        for batch in test:
+            for key, scorer in (("rotated", model), ("float32", reference)):
+                maps[key].append(scorer(batch["image"])[0])
+            labels.append(batch["label"])
+            masks.append(batch["mask"])
+    maps = {key: torch.cat(value).double().numpy() for key, value in maps.items()}
+    labels, masks = torch.cat(labels).numpy(), torch.cat(masks).numpy()
+    largest = abs(maps["rotated"] - maps["float32"]).max() / abs(maps["float32"]).max()
+    metrics = {key: (image_auroc(labels, value.reshape(len(value), -1).max(1)), pixel_auroc(masks, value),
+                     pixel_f1_max(masks, value)) for key, value in maps.items()}
+    print(f"{label}, scoring rotated into the bank's axes against the float32 search: largest map difference "
+          f"{largest:.2e} of the largest score; image AUROC, pixel AUROC, pixel F1-max "
+          + "; ".join(f"{key} " + ", ".join(f"{v:.6f}" for v in values) for key, values in metrics.items()),
+          flush=True)
 
 
 def main() -> None:
