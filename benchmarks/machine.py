@@ -13,7 +13,8 @@ import torch
 
 def machine_line(packages: Sequence[str] = ("torch",)) -> str:
     """Date (UTC), CPU model and count, AMX and AVX512-BF16, the given packages' versions, torch threads, and
-    the instruction-set caps set (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY: an older CPU emulated)."""
+    the instruction-set caps set (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS: an older
+    CPU emulated)."""
     lscpu = subprocess.run(["lscpu"], check=False, capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
     flags = fields.get("Flags", "")
@@ -31,4 +32,4 @@ def machine_line(packages: Sequence[str] = ("torch",)) -> str:
                 f"  {name}={os.environ[name]}" for name in CAPS if os.environ.get(name)))
 
 
-CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")

@@ -42,7 +42,8 @@ ENV_LAYOUT = "CFA_ANOMALY_BANK_LAYOUT"
 ENV_CACHE = "CFA_ANOMALY_CACHE"  # a folder; default ~/.cache/cfa-anomaly
 PROBE_ROUNDS = 5
 MATRIX_FLAGS = ("amx_tile", "amx_bf16", "avx512_bf16", "avx512f", "avx2")
-CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")  # settings that hold kernels to older instructions
+# settings that hold kernels to older instructions (oneDNN, ATen, MKL)
+CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
 MARGIN = 0.05  # another layout must be at least 5% faster to be chosen over the view
 PACKED_ALIGN = 32  # the packed layout's inner size: a multiple of this (oneDNN's AMX tiles take 32 bf16)
 Products = list[tuple[torch.Tensor, torch.Tensor]]  # (left, right) operands of search_product
@@ -56,8 +57,8 @@ def cache_file() -> Path:
 @cache
 def _cpu_name() -> str:
     """The CPU as far as kernels differ: model name and number, and its matrix extensions (a VM may hide the
-    model name; AMX and AVX512-BF16 decide which oneDNN kernels exist), and ONEDNN_MAX_CPU_ISA and
-    ATEN_CPU_CAPABILITY if they cap them (a choice measured without the cap would not hold under it)."""
+    model name; AMX and AVX512-BF16 decide which oneDNN kernels exist), and the CAPS set to cap them (a
+    choice measured without the cap would not hold under it)."""
     fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
