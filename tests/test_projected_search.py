@@ -215,7 +215,7 @@ def test_training_with_the_certified_search_gives_the_float32_model(monkeypatch,
 def test_scoring_in_the_banks_axes_gives_the_unrotated_neighbours(monkeypatch, dimension):
     """Scoring (no gradient) runs the rotated descriptor and bank (model/rotation.py): the same neighbours and,
     to float32 rounding, the same distances as the unrotated certified search and the float32 search; the
-    rotation is made once and again when the weights change."""
+    rotated bank is made once, the rotated layer again when the weights change."""
     monkeypatch.setattr(distances, "project_centres", functools.partial(project_centres, dimension=dimension))
     torch.manual_seed(0)
     images = torch.rand(6, 3, 32, 32)
@@ -227,8 +227,8 @@ def test_scoring_in_the_banks_axes_gives_the_unrotated_neighbours(monkeypatch, d
     reference.load_learned_state(model.learned_state())
     with torch.no_grad():
         rotated = model.nearest(layers, 3)
-        made = model.__dict__["_rotated"]
-        assert model.nearest(layers, 3).equal(rotated) and model.__dict__["_rotated"] is made
+        made, bank = model.__dict__["_rotated_layer"], model.__dict__["_rotated_bank"]
+        assert model.nearest(layers, 3).equal(rotated) and model.__dict__["_rotated_layer"] is made
         plain = reference.nearest(layers, 3)
     unrotated = model.nearest(layers, 3).detach()  # with gradients: the unrotated descriptor
     torch.testing.assert_close(rotated, unrotated, rtol=1e-5, atol=1e-6)
@@ -236,4 +236,4 @@ def test_scoring_in_the_banks_axes_gives_the_unrotated_neighbours(monkeypatch, d
     with torch.no_grad():
         model.descriptor.projection.conv.weight.mul_(1.01)
         model.nearest(layers, 3)
-    assert model.__dict__["_rotated"] is not made
+    assert model.__dict__["_rotated_layer"] is not made and model.__dict__["_rotated_bank"] is bank

@@ -107,12 +107,15 @@ class CFA(nn.Module):
 
     def rotated(self, layer: CoordConv1x1, bank: CentredBank) -> tuple[CoordConv1x1, CentredBank]:
         """The descriptor layer and the bank in the bank's principal axes, for scoring with the certified
-        search (model/rotation.py); made again when the weights or the bank change."""
-        cached = self.__dict__.get("_rotated")
-        if not rotation.current(cached, layer, bank):
-            cached = rotation.rotate(layer, bank)
-            self.__dict__["_rotated"] = cached  # outside the state, like the position term
-        return cached.layer, cached.bank
+        search (model/rotation.py): the bank's made again when the bank changes, the layer's when the
+        weights do."""
+        rotated = self.__dict__.get("_rotated_bank")  # outside the state, like the position term
+        if rotated is None or rotated.source is not bank:
+            rotated = self.__dict__["_rotated_bank"] = rotation.rotate_bank(bank)
+        turned = self.__dict__.get("_rotated_layer")
+        if not rotation.current_layer(turned, layer, rotated):
+            turned = self.__dict__["_rotated_layer"] = rotation.rotate_layer(layer, rotated)
+        return turned.layer, rotated.bank
 
     def position_term(self, projection: CoordConv1x1, bank: CentredBank, grid: tuple[int, int]) -> torch.Tensor:
         """The descriptor's position term minus the bank's mean centre (matching.layer_shift), a (H*W, D)
@@ -177,7 +180,8 @@ class CFA(nn.Module):
         state = self.__dict__.copy()
         state["_prepared"] = None
         state.pop("_position_term", None)
-        state.pop("_rotated", None)
+        state.pop("_rotated_bank", None)
+        state.pop("_rotated_layer", None)
         return state
 
     def learned_state(self) -> dict[str, torch.Tensor]:
