@@ -102,7 +102,8 @@ def timing_run(variant: str, backbone: str, images: int, epochs: int, batch: int
 
 
 def profile_run(variant: str, backbone: str, batch: int) -> None:
-    """torch.profiler tables: two training steps on cached features, then one inference batch."""
+    """torch.profiler tables, by operator and input shape: two training steps on cached features, then one
+    inference batch."""
     from torch.profiler import profile
 
     from cfa_anomaly.train import cache_features, init_memory_bank, select_images
@@ -123,18 +124,25 @@ def profile_run(variant: str, backbone: str, batch: int) -> None:
         optimizer.step()
 
     step(select_images(cached, slice(0, batch)))  # warm-up
-    with profile() as training:
+    with profile(record_shapes=True) as training:
         for i in range(0, len(images), batch):
             step(select_images(cached, slice(i, i + batch)))
     print(f"training, {len(images)} images (per image: divide by {len(images)})")
-    print(training.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    print(shape_table(training))
     model.eval()
     with torch.inference_mode():
         model(images[:batch])  # warm-up
-        with profile() as inference:
+        with profile(record_shapes=True) as inference:
             model(images[:batch])
     print(f"inference, {batch} images")
-    print(inference.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    print(shape_table(inference))
+
+
+def shape_table(profiled) -> str:
+    """The profile's 25 largest (operator, input shapes) by self time."""
+    averages = profiled.key_averages(group_by_input_shape=True)
+    return averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=30,
+                          max_shapes_column_width=70)
 
 
 def neighbour_run(name: str, backbone: str, epochs: int, precision: str = "mixed") -> dict:
