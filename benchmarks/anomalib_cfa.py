@@ -1,6 +1,6 @@
 """anomalib's CFA timed as benchmarks/speed.py times this project (not a test; run by anomalib's own venv).
 
-    .venv-anomalib/bin/python benchmarks/anomalib_cfa.py --images 16 --epochs 2 --batch 4
+    .venv-anomalib/bin/python benchmarks/anomalib_cfa.py --images 16 --epochs 2 --batch 4 [--device cuda]
 
 Run by benchmarks/vs_anomalib.py with the Python of the virtual environment it sets up for anomalib,
 which pins its own dependencies; this script imports nothing of cfa_anomaly. It builds anomalib's torch
@@ -10,7 +10,8 @@ Lightning module does, without the Lightning trainer: the memory bank from a pas
 images (`initialize_centroid`, the `on_train_start` hook), then per batch the training-mode forward
 (backbone, descriptor, all distances), `CfaLoss`, `backward(retain_graph=True)` and an AdamW step with
 the module's settings; inference is the eval-mode forward (anomaly maps and scores) under
-`torch.inference_mode`. Prints one JSON line with the keys of speed.py's --single mode.
+`torch.inference_mode`. Prints one JSON line with the keys of speed.py's --single mode. On a GPU the images
+are moved there before the timings (as speed.py does) and the peak GPU memory is added.
 """
 
 from __future__ import annotations
@@ -51,17 +52,25 @@ def build(backbone: str, seed: int) -> tuple[torch_model.CfaModel, CfaLoss]:
     return model, loss
 
 
-def timing_run(backbone: str, images: int, epochs: int, batch: int) -> dict:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timing_run(backbone: str, images: int, epochs: int, batch: int, device: torch.device) -> dict:
     model, loss_fn = build(backbone, seed=0)
+    model, loss_fn = model.to(device), loss_fn.to(device)
     generator = torch.Generator().manual_seed(0)
     data = torch.rand(images, 3, 224, 224, generator=generator)  # the same images as speed.py's
     # anomalib's pre-processor normalises outside the torch model; done once here, not timed
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    data = (data - mean) / std
+    data = ((data - mean) / std).to(device)
     loader = [SimpleNamespace(image=data[i: i + batch]) for i in range(0, images, batch)]
 
+    synchronize(device)
     start = time.perf_counter()
     model.initialize_centroid(loader)
+    synchronize(device)
     bank_seconds = time.perf_counter() - start
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=5e-4, amsgrad=True)
@@ -73,14 +82,17 @@ def timing_run(backbone: str, images: int, epochs: int, batch: int) -> dict:
             loss = loss_fn(model(part.image))
             loss.backward(retain_graph=True)
             optimizer.step()
+    synchronize(device)
     train_seconds = time.perf_counter() - start
 
     model.eval()
     with torch.inference_mode():
         model(data[:batch])  # warm-up, as in speed.py
+        synchronize(device)
         start = time.perf_counter()
         for part in loader:
             model(part.image)
+        synchronize(device)
         infer_seconds = time.perf_counter() - start
     return {
         "variant": "anomalib",
@@ -91,6 +103,7 @@ def timing_run(backbone: str, images: int, epochs: int, batch: int) -> dict:
         "train_ms_per_image_epoch": 1000 * train_seconds / (images * max(epochs, 1)),
         "inference_images_per_second": images / infer_seconds,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
 
 
@@ -100,8 +113,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    print(json.dumps(timing_run(args.backbone, args.images, args.epochs, args.batch)))
+    print(json.dumps(timing_run(args.backbone, args.images, args.epochs, args.batch, torch.device(args.device))))
 
 
 if __name__ == "__main__":

@@ -35,8 +35,7 @@ from machine import machine_line
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from cfa_anomaly.backbones import FeatureExtractor  # noqa: E402
-
+from cfa_anomaly.backbones import FeatureExtractor
 
 RUNTIMES = ("torch", "openvino-f32", "onnxruntime")
 

@@ -1,6 +1,7 @@
 """This project's default path against anomalib's CFA, on the same images, in one run (not a test).
 
     python benchmarks/vs_anomalib.py [--repeats 3] [--images 16 --epochs 2 --batch 4]
+    python benchmarks/vs_anomalib.py --device cuda --anomalib-python python3   # a GPU row, anomalib importable
 
 anomalib pins its own dependencies, so it lives in its own virtual environment, `.venv-anomalib/` at the
 repository root (ignored by git): created on the first run with `pip install torch==<this torch>
@@ -17,6 +18,12 @@ Before each run the script waits (up to --wait seconds) until other processes us
 CPUs, and it prints the share of the CPUs that other processes used during each run: on 2 cores one other
 busy thread slows a 2-thread torch run several-fold (its threads wait for each other), so a run with a
 large share is not a reading of this code.
+
+--device cuda times both sides on the GPU (images moved there before the timings, peak GPU memory shown);
+auto then resolves for the GPU. --anomalib-python names an interpreter that already imports anomalib (a
+machine without a package registry, where the venv cannot be made: e.g. its wheels installed with
+--target and PYTHONPATH set); the CPU-share checks stay, and on a GPU they only say whether the machine
+was busy.
 
 What "training" means on each side: anomalib runs the frozen backbone in every training step; this
 project runs it once and caches the pooled maps, so its one-time cost (feature pass + memory bank) is
@@ -49,7 +56,8 @@ VENV = REPO / ".venv-anomalib"
 ANOMALIB = "anomalib==2.7.0"
 # the speed goals: this project's speed over anomalib's on this CPU (goal, stretch)
 GOALS = {"training": (10.0, 14.0), "inference": (4.0, 5.6)}
-LOWER_IS_BETTER = ("bank_ms_per_image", "feature_ms_per_image", "train_ms_per_image_epoch", "peak_rss_gib")
+LOWER_IS_BETTER = ("bank_ms_per_image", "feature_ms_per_image", "train_ms_per_image_epoch", "peak_rss_gib",
+                   "peak_gpu_gib")
 
 
 def anomalib_python() -> Path:
@@ -129,7 +137,9 @@ def paired_ratios(ours: list[dict], theirs: list[dict]) -> dict[str, list[float]
     return {kind: [pair[kind] for pair in pairs] for kind in ("training", "inference")}
 
 
-def verdict(ratio: float, goal: tuple[float, float]) -> str:
+def verdict(ratio: float, goal: tuple[float, float], device: str) -> str:
+    if device != "cpu":
+        return "the goals are a CPU's"
     if ratio >= goal[1]:
         return f"goal {goal[0]:g}x and stretch {goal[1]:g}x met"
     return f"goal {goal[0]:g}x {'met' if ratio >= goal[0] else 'NOT met'}, stretch {goal[1]:g}x not met"
@@ -147,10 +157,14 @@ def main() -> None:
     parser.add_argument("--also", nargs="*", default=[], metavar="VARIANT",
                         help="other variants of this project to time in the same runs (benchmarks/speed.py's, "
                              "e.g. mixed-bf16-last); the default path's ratios are the goals'")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where both sides run")
+    parser.add_argument("--anomalib-python", type=Path,
+                        help="an interpreter that imports anomalib (default: .venv-anomalib, made if missing)")
     args = parser.parse_args()
-    python = anomalib_python()
-    precision = resolve_precision("auto", torch.device("cpu"))
-    sizes = ["--images", str(args.images), "--epochs", str(args.epochs), "--batch", str(args.batch)]
+    python = args.anomalib_python or anomalib_python()
+    precision = resolve_precision("auto", torch.device(args.device))
+    sizes = ["--images", str(args.images), "--epochs", str(args.epochs), "--batch", str(args.batch), "--device",
+             args.device]
     commands = {
         "anomalib": [str(python), str(HERE / "anomalib_cfa.py"), *sizes],
         "cfa-anomaly": [sys.executable, str(HERE / "speed.py"), "--single", precision, *sizes],
@@ -158,6 +172,8 @@ def main() -> None:
     for variant in args.also:
         commands[variant] = [sys.executable, str(HERE / "speed.py"), "--single", variant, *sizes]
     print(machine_line(("torch", "torchvision")))
+    if args.device != "cpu":
+        print(f"device {args.device}: {torch.cuda.get_device_name(torch.device(args.device))}")
     print(f"wide_resnet50_2 (random weights), {args.images} seeded random images 224 px, {args.epochs} epochs, "
           f"batch {args.batch}; this project: model.precision=auto -> {precision}; best of {args.repeats} "
           "alternating runs, each in its own process")
@@ -172,6 +188,11 @@ def main() -> None:
                   f"infer {result['inference_images_per_second']:6.2f} img/s  "
                   f"RSS {result['peak_rss_gib']:.2f} GiB  (other processes: {100 * result['others_before']:.0f}% "
                   f"of the CPUs before, {100 * result['others_during']:.0f}% during)", flush=True)
+    print_results(runs, precision, args.device)
+
+
+def print_results(runs: dict[str, list[dict]], precision: str, device: str) -> None:
+    """The best run of each side, the ratios over anomalib and, for the default path, each repeat's own."""
     theirs = best(runs["anomalib"])
     version = runs["anomalib"][0]["anomalib_version"]
     print(f"{'':24} {'one-time ms/img':>16} {'train ms/img/epoch':>19} {'infer img/s':>12} {'peak RSS GiB':>13}")
@@ -190,9 +211,13 @@ def main() -> None:
     for name, row in ours.items():
         training, inference = speedups(row, theirs).values()
         memory = f"peak RSS x{row['peak_rss_gib'] / theirs['peak_rss_gib']:.2f}"
+        if row.get("peak_gpu_gib") and theirs.get("peak_gpu_gib"):
+            memory += (f", peak GPU memory {row['peak_gpu_gib']:.2f} against {theirs['peak_gpu_gib']:.2f} GiB "
+                       f"(x{row['peak_gpu_gib'] / theirs['peak_gpu_gib']:.2f})")
         if name == "cfa-anomaly":
-            print(f"cfa-anomaly over anomalib: training x{training:.2f} ({verdict(training, GOALS['training'])}), "
-                  f"inference x{inference:.2f} ({verdict(inference, GOALS['inference'])}), {memory}")
+            print(f"cfa-anomaly over anomalib: training x{training:.2f} "
+                  f"({verdict(training, GOALS['training'], device)}), inference x{inference:.2f} "
+                  f"({verdict(inference, GOALS['inference'], device)}), {memory}")
             for kind, ratios in paired_ratios(runs[name], runs["anomalib"]).items():
                 listed = ", ".join(f"x{ratio:.2f}" for ratio in ratios)
                 print(f"  {kind} ratio of each repeat's two runs: {listed} (median x"
@@ -200,6 +225,7 @@ def main() -> None:
         else:
             print(f"{name} (not the default) over anomalib: training x{training:.2f}, "
                   f"inference x{inference:.2f}, {memory}")
+
 
 
 if __name__ == "__main__":
