@@ -6,8 +6,9 @@ Each search runs one chunk of the wide_resnet50_2 shape as the model runs it, it
 distances included, against the float32 search of the same chunk (product, selection, exact distances); the
 faster of the two, where at least 1.25x faster than float32, is auto's choice (kernels.fastest), remembered
 per machine. The probe's bank lies in a subspace of PROBE_SHARE of the channels, so the certified search
-certifies every row; it is charged FALLBACK_SHARE of the float32 search on top, for the rows that real
-features leave to the full product (0-12% were on the measured sets, benchmarks/README.md).
+certifies every row; it is charged FALLBACK_SHARE of the float32 search on top, for the rows that other
+features leave open (a conservative charge: the shared sets' real features left none; random-weight
+wide_resnet50_2 training left up to half of a step's rows, all settled by widening, none searched in full).
 
 Kept apart from kernels.py, which the distances build on, so that neither imports the other.
 """
