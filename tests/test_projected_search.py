@@ -111,7 +111,8 @@ def test_rows_the_first_candidates_do_not_certify_are_widened_or_searched_in_ful
 
 def test_widened_rows_take_every_centre_whose_bound_is_below_the_upper_bound():
     """widened_rows alone, with upper bounds a little above the true k-th distances: the k nearest exactly,
-    without the full product; with an upper bound far above every distance, the full product."""
+    without the full product; with an upper bound far above every distance, or one that leaves fewer than k
+    centres (as rounding could), the full product."""
     points, centres = low_rank(2)
     bank = bank_with_projection(centres, 12)
     centred = points - bank.offset
@@ -123,6 +124,9 @@ def test_widened_rows_take_every_centre_whose_bound_is_below_the_upper_bound():
     everything = search.widened_rows(centred, norms, bank, 6, torch.full_like(kth, 1e9), chunk=128)
     assert everything.full.all()
     assert_exact(points, centres, everything.distances, everything.indices)
+    too_low = search.widened_rows(centred, norms, bank, 6, torch.zeros_like(kth), chunk=128)  # fewer than k
+    assert too_low.full.all()
+    assert_exact(points, centres, too_low.distances, too_low.indices)
 
 
 @pytest.mark.parametrize("first_fits", [True, False])

@@ -128,7 +128,8 @@ def widened_rows(centred: torch.Tensor, point_norms: torch.Tensor, bank: Centred
     """Rows whose first candidates were not certified, and (N,) upper bounds of their k-th distances -> the
     exact k nearest: every centre whose bound less slack is at most the row's upper bound is a candidate
     (all others are farther than the k-th); rows with more than WIDE_SHARE of the centres so run the full
-    product (`full`). bounds: bound_rows of these rows, if made already."""
+    product (`full`), as do rows with fewer than k (only rounding could do that). bounds: bound_rows of these
+    rows, if made already."""
     rows, slack = bounds or bound_rows(centred, point_norms, bank.projection)
     limit = max(k, int(WIDE_SHARE * bank.centred.shape[0]))
     parts = []
@@ -138,7 +139,8 @@ def widened_rows(centred: torch.Tensor, point_norms: torch.Tensor, bank: Centred
             key = torch.mm(rows[part], bank.projection.columns).sub_(slack[part, None])
             below = key <= upper[part, None]
         del key
-        full = below.sum(1) > limit
+        counts = below.sum(1)
+        full = (counts > limit) | (counts < k)  # < k: only where rounding puts a candidate's bound above T
         distances = torch.empty(len(full), k, device=centred.device)
         indices = torch.empty(len(full), k, device=centred.device, dtype=torch.long)
         for chosen, search in ((~full, None), (full, exact_nearest)):
