@@ -241,3 +241,21 @@ def test_scoring_in_the_banks_axes_gives_the_unrotated_neighbours(monkeypatch, d
         model.descriptor.projection.conv.weight.mul_(1.01)
         model.nearest(layers, 3)
     assert model.__dict__["_rotated_layer"] is not made and model.__dict__["_rotated_bank"] is bank
+
+
+def test_a_torch_predictor_prepares_the_rotation_when_it_loads(monkeypatch):
+    """The fast path's backend makes the prepared bank and its rotation at load (a service's first request
+    does not wait for them); scoring then reuses them."""
+    from cfa_anomaly.inference.torch_backend import TorchBackend
+
+    monkeypatch.setattr(distances, "project_centres", functools.partial(project_centres, dimension=8))
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, 32, 32)
+    cfg = tiny_config("projected-search")
+    model = CFA(TinyBackbone(), cfg.model, precision="projected-search")
+    fit(model, [{"image": images[:3]}, {"image": images[3:]}], cfg, torch.device("cpu"))
+    model.__dict__.pop("_rotated_bank", None)
+    backend = TorchBackend(model, 32)
+    made = model.__dict__["_rotated_bank"], model.__dict__["_rotated_layer"]
+    backend(images)
+    assert model.__dict__["_rotated_bank"] is made[0] and model.__dict__["_rotated_layer"] is made[1]

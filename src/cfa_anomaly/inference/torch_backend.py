@@ -25,6 +25,8 @@ class TorchBackend:
         self.device = model.memory_bank.device
         self.graph = graph
         self.module: torch.nn.Module = model if graph == "fast" else PlainCFA(model, crop).eval()
+        if graph == "fast":
+            model.prepare_scoring()  # at load, not in the first request
         precision = model.precision if graph == "fast" else "float32"
         self.name = f"torch {graph} ({precision}, {self.device})"
 
