@@ -238,12 +238,21 @@ def default_chunk(device: torch.device) -> int:
     return 512 if device.type == "cpu" else 8192
 
 
-def _selection(indices: torch.Tensor, values: torch.Tensor, n_centres: int) -> torch.Tensor:
-    """A sparse (N, M) CSR matrix with values[n, j] at column indices[n, j]: k entries per row."""
-    rows, k = indices.shape
-    crow = torch.arange(0, rows * k + 1, k, device=indices.device)
-    return torch.sparse_csr_tensor(crow, indices.reshape(-1), values.reshape(-1).contiguous(),
-                                   size=(rows, n_centres), check_invariants=False)
+def _sampled_dots(centred_points: torch.Tensor, bank: CentredBank, crow: torch.Tensor, columns: torch.Tensor
+                  ) -> torch.Tensor:
+    """The dot products (p - m).(c - m) at just the pairs of a CSR pattern (row pointers crow, centre
+    columns), flat in the pattern's order: a sampled sparse product."""
+    values = torch.zeros(len(columns), device=columns.device)
+    pattern = torch.sparse_csr_tensor(crow, columns, values, size=(len(crow) - 1, bank.centred.shape[0]),
+                                      check_invariants=False)
+    return torch.sparse.sampled_addmm(pattern, centred_points, bank.centred.transpose(0, 1), beta=0.0).values()
+
+
+def _pair_distances(dots: torch.Tensor, point_norms: torch.Tensor, centre_norms: torch.Tensor) -> torch.Tensor:
+    """|p - m|^2 - 2 (p - m).(c - m) + |c - m|^2 from the dots (overwritten), clamped at 0 against rounding
+    (a point on a centre can come out slightly negative); in this one order, so that every caller gets the
+    same bits for the same pair."""
+    return dots.mul_(-2.0).add_(point_norms).add_(centre_norms).clamp_min_(0)
 
 
 def chosen_squared_distances(centred_points: torch.Tensor, bank: CentredBank, indices: torch.Tensor,
@@ -251,31 +260,29 @@ def chosen_squared_distances(centred_points: torch.Tensor, bank: CentredBank, in
     """(N, D) float32 points minus m, (N, k) centre indices -> (N, k) float32 squared distances.
 
     |p - m|^2 - 2 (p - m).(c_j - m) + |c_j - m|^2, the dot products computed only at the chosen pairs
-    (a sampled sparse product), clamped at 0 against rounding (a point on a centre can come out slightly
-    negative). No gradient here: see chosen_distances_backward, which passes none through the clamped ones.
+    (a sampled sparse product), clamped at 0 against rounding. No gradient here: see
+    chosen_distances_backward, which passes none through the clamped ones.
     """
-    pattern = _selection(indices, torch.zeros(indices.shape, device=indices.device), bank.centred.shape[0])
-    dots = torch.sparse.sampled_addmm(pattern, centred_points, bank.centred.transpose(0, 1), beta=0.0)
+    rows, k = indices.shape
+    crow = torch.arange(0, rows * k + 1, k, device=indices.device)
+    dots = _sampled_dots(centred_points, bank, crow, indices.reshape(-1)).view(indices.shape)
     if point_norms is None:
         point_norms = squared_norms(centred_points)
-    distances = dots.values().view(indices.shape).mul_(-2.0).add_(point_norms.view(-1, 1))
-    return distances.add_(bank.norms[indices]).clamp_min_(0)
+    return _pair_distances(dots, point_norms.view(-1, 1), bank.norms[indices])
 
 
 def masked_nearest(centred_points: torch.Tensor, bank: CentredBank, mask: torch.Tensor, k: int,
                    point_norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, D) float32 points minus m, an (n, M) bool mask of the centres to consider (search order, at least
     k per row) -> the (n, k) squared distances (ascending) and centre indices of each row's k nearest among
-    them. The dot products run at the masked pairs only (a row may have any number), and each distance is
-    computed as chosen_squared_distances computes it, to the bit."""
+    them. The dot products run at the masked pairs only (a row may have any number), each distance computed
+    as chosen_squared_distances computes it (_pair_distances), to the bit."""
     pairs = mask.nonzero()
     rows, columns = pairs[:, 0], bank.order[pairs[:, 1]]
     crow = torch.zeros(len(mask) + 1, dtype=torch.long, device=mask.device)
     torch.cumsum(mask.sum(1), 0, out=crow[1:])
-    pattern = torch.sparse_csr_tensor(crow, columns, torch.zeros(len(columns), device=mask.device),
-                                      size=(len(mask), bank.centred.shape[0]), check_invariants=False)
-    dots = torch.sparse.sampled_addmm(pattern, centred_points, bank.centred.transpose(0, 1), beta=0.0)
-    values = dots.values().mul_(-2.0).add_(point_norms[rows]).add_(bank.norms[columns]).clamp_min_(0)
+    values = _pair_distances(_sampled_dots(centred_points, bank, crow, columns), point_norms[rows],
+                             bank.norms[columns])
     spread = torch.full(mask.shape, float("inf"), device=mask.device)
     spread[rows, columns] = values
     distances, indices = torch.topk(spread, k, dim=1, largest=False, sorted=True)

@@ -143,15 +143,14 @@ def widened_rows(centred: torch.Tensor, point_norms: torch.Tensor, bank: Centred
         full = (counts > limit) | (counts < k)  # < k: only where rounding puts a candidate's bound above T
         distances = torch.empty(len(full), k, device=centred.device)
         indices = torch.empty(len(full), k, device=centred.device, dtype=torch.long)
-        for chosen, search in ((~full, None), (full, exact_nearest)):
-            where = chosen.nonzero().view(-1)
-            if not len(where):
-                continue
-            points, norms = centred[part][where], point_norms[part][where]
-            if search is None:
-                distances[where], indices[where] = masked_nearest(points, bank, below[where], k, norms)
-            else:
-                distances[where], indices[where] = search(points, norms, bank, k)[:2]
+        points, norms = centred[part], point_norms[part]
+        narrow, wide = (~full).nonzero().view(-1), full.nonzero().view(-1)
+        if len(narrow):
+            found = masked_nearest(points[narrow], bank, below[narrow], k, norms[narrow])
+            distances[narrow], indices[narrow] = found
+        if len(wide):
+            found = exact_nearest(points[wide], norms[wide], bank, k)
+            distances[wide], indices[wide] = found.distances, found.indices
         parts.append(Found(distances, indices, ~full, full))
     return Found(*(torch.cat(pair) for pair in zip(*parts)))
 
