@@ -35,11 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from cfa_anomaly.config import load_config
-from cfa_anomaly.model import projection, search
+from cfa_anomaly.model import CFA, projection, search
 from cfa_anomaly.model.distances import squared_norms
 from cfa_anomaly.model.factory import build_model
 from cfa_anomaly.model.matching import described_rows
-from cfa_anomaly.model.precision import named_plan
 from cfa_anomaly.train import cache_features, fit
 
 SHARES: list[tuple[float, float]] = []  # each certified search's shares of certified and full rows, in order
@@ -147,9 +146,8 @@ def rotated_scoring(label: str, model, test) -> None:
     learned state scored by the float32 search: the largest map difference and the metrics of both."""
     from cfa_anomaly.metrics import image_auroc, pixel_auroc, pixel_f1_max
 
-    reference = copy.deepcopy(model)
-    reference.plan = named_plan("float32")
-    reference._prepared = None
+    reference = CFA(model.extractor, model.cfg, precision="float32")
+    reference.load_learned_state(model.learned_state())
     maps, labels, masks = {"rotated": [], "float32": []}, [], []
     with torch.no_grad():
         for batch in test:
